@@ -1,0 +1,48 @@
+"""The `skipsearch` command. Each command group lives in its own module with a
+`register(subparsers)` that adds its parser and sets `func(args) -> int`.
+
+Only this package prints. A `SkipsearchError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from ..errors import SkipsearchError
+from . import models_cmd
+
+COMMAND_MODULES = [models_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skipsearch",
+        description="Search which sublayers to skip for lossless self-speculative decoding.",
+    )
+    parser.add_argument("--version", action="version", version=f"skipsearch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args) or 0
+    except SkipsearchError as exc:
+        print(f"skipsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("skipsearch: interrupted", file=sys.stderr)
+        return 130
