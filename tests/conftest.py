@@ -6,6 +6,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+# Tiny models are dominated by per-operation overhead, and intra-op threads only contend
+# with each other (and with parallel test workers) on these 2-core machines.
+torch.set_num_threads(1)
+
 
 def make_tiny_llama(seed: int = 0, num_layers: int = 4, vocab_size: int = 128) -> LlamaForCausalLM:
     config = LlamaConfig(

@@ -1,0 +1,340 @@
+"""Self-speculative decoding: the skipped model drafts, the full model verifies.
+
+Each round the model with `skip_set` left out drafts up to `max_draft_tokens` tokens one at
+a time (stopping early when its top-1 probability falls below `confidence_threshold`),
+then the full model scores the pending token and every draft in one forward pass. The
+accepted prefix plus one token of the full model's own are committed, so greedy output is
+token-for-token the full model's, and sampled output follows the full model's
+distribution (speculative sampling: accept with probability min(1, p/q), else resample
+from the normalised residual max(0, p - q)).
+
+The KV cache holds the full model's keys and values of every committed token but the
+last, which is pending. Drafting appends approximate entries to the layers it runs; they
+are cropped before verification, and verification's entries past the accepted prefix are
+cropped after it. Positions are always passed explicitly because a skipped attention
+layer's cache falls behind the others while drafting.
+
+This module knows nothing about tokenizers, tasks or profiles: it takes and returns ids.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+from .errors import SkipsearchError
+from .skipping import SkipSet, skipping
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    max_new_tokens: int = 128
+    max_draft_tokens: int = 8
+    # stop drafting when the draft's top-1 probability is lower than this; 0 never stops early
+    confidence_threshold: float = 0.8
+    # 0 means greedy; otherwise speculative sampling with the warped distribution
+    temperature: float = 0.0
+    top_p: float = 1.0
+    # 0 means no top-k filtering
+    top_k: int = 0
+    seed: int | None = None
+    # switch to plain decoding for the rest of a call once drafting proves slower
+    fallback: bool = True
+    # plain steps timed at the start of a call: the speed drafting has to beat
+    probe_steps: int = 2
+    # rounds measured before the fallback may trigger
+    fallback_min_rounds: int = 3
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.max_draft_tokens >= 1, "max_draft_tokens must be >= 1"),
+            (0.0 <= self.confidence_threshold <= 1.0, "confidence_threshold must be in [0, 1]"),
+            (self.temperature >= 0.0, "temperature must be >= 0 (0 is greedy)"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SkipsearchError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class DecodeStats:
+    new_tokens: int = 0
+    rounds: int = 0  # full-model verify passes that followed a draft
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    plain_steps: int = 0  # full-model steps without a draft (probe, fallback, no confident draft)
+    prefill_time_s: float = 0.0
+    draft_time_s: float = 0.0
+    verify_time_s: float = 0.0
+    plain_time_s: float = 0.0
+    total_time_s: float = 0.0
+    fell_back: bool = False
+    fallback_at_token: int | None = None
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Share of drafted tokens the full model accepted."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def mean_accepted_tokens(self) -> float:
+        """Tokens committed per verify round: accepted drafts plus the full model's own token."""
+        return (self.accepted_tokens + self.rounds) / self.rounds if self.rounds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.total_time_s if self.total_time_s else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(
+            acceptance_rate=self.acceptance_rate,
+            mean_accepted_tokens=self.mean_accepted_tokens,
+            tokens_per_s=self.tokens_per_s,
+        )
+        return out
+
+
+@dataclass
+class DecodeResult:
+    token_ids: list[int]  # generated ids only
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+
+def eos_token_ids(model) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def crop_cache(cache: DynamicCache, length: int) -> None:
+    """Drop every layer's entries past `length`; layers may differ in length after drafting."""
+    for layer in cache.layers:
+        excess = layer.get_seq_length() - length
+        if excess > 0:
+            layer.crop(-excess)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def warp(logits: torch.Tensor, settings: DecodeSettings) -> torch.Tensor:
+    """Probabilities after temperature, top-k and top-p, the same for draft and target."""
+    logits = logits.float() / settings.temperature
+    if settings.top_k:
+        kth = torch.topk(logits, min(settings.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if settings.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token once the tokens before it already cover top_p; the first always stays
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= settings.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)
+
+
+class _Forward:
+    """One forward step on the shared cache at explicit positions; returns last-layer logits."""
+
+    def __init__(self, model, cache: DynamicCache, device: torch.device):
+        self.model, self.cache, self.device = model, cache, device
+
+    def __call__(self, token_ids: list[int], start: int, logits_to_keep: int = 0) -> torch.Tensor:
+        ids = torch.tensor([token_ids], device=self.device)
+        positions = torch.arange(start, start + len(token_ids), device=self.device).unsqueeze(0)
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits[0]  # (kept positions, vocab)
+
+
+def _draft(forward: _Forward, skip_set: SkipSet, model, pending: int, start: int, budget: int,
+           settings: DecodeSettings, generator, stop_ids: set[int]) -> tuple[list[int], list[torch.Tensor]]:
+    """Draft up to `budget` tokens after `pending`; returns the tokens and, when sampling, their q."""
+    tokens: list[int] = []
+    draft_probs: list[torch.Tensor] = []
+    token = pending
+    with skipping(model, skip_set):
+        for step in range(budget):
+            logits = forward([token], start + step)[-1]
+            if settings.greedy:
+                if settings.confidence_threshold > 0:
+                    probs = logits.softmax(-1)
+                    confidence, best = probs.max(-1)
+                    if confidence.item() < settings.confidence_threshold:
+                        break
+                    token = int(best)
+                else:
+                    token = int(logits.argmax())
+            else:
+                probs = warp(logits, settings)
+                if probs.max().item() < settings.confidence_threshold:
+                    break
+                token = int(torch.multinomial(probs, 1, generator=generator))
+                draft_probs.append(probs)
+            tokens.append(token)
+            if token in stop_ids:
+                break
+    return tokens, draft_probs
+
+
+def _verify(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Tensor],
+            settings: DecodeSettings, generator) -> tuple[int, int]:
+    """Given the full model's logits at the pending token and each draft, return
+    (number of drafts accepted, the full model's next token)."""
+    if settings.greedy:
+        targets = logits.argmax(-1).tolist()  # (len(drafts) + 1,)
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
+            accepted += 1
+        return accepted, targets[accepted]
+    target_probs = warp(logits, settings)  # (len(drafts) + 1, vocab)
+    for i, token in enumerate(drafts):
+        p, q = target_probs[i], draft_probs[i]
+        if torch.rand((), generator=generator, device=p.device) * q[token] < p[token]:
+            continue
+        residual = (p - q).clamp_min(0)
+        total = residual.sum()
+        # p == q up to rounding leaves no residual mass; sampling p is then exact
+        replacement = residual / total if total > 0 else p
+        return i, int(torch.multinomial(replacement, 1, generator=generator))
+    return len(drafts), int(torch.multinomial(target_probs[-1], 1, generator=generator))
+
+
+def _choose(logits: torch.Tensor, settings: DecodeSettings, generator) -> int:
+    if settings.greedy:
+        return int(logits.argmax())
+    return int(torch.multinomial(warp(logits, settings), 1, generator=generator))
+
+
+def decode(
+    model,
+    prompt_ids: list[int] | torch.Tensor,
+    skip_set: SkipSet | None = None,
+    settings: DecodeSettings = DecodeSettings(),
+    on_tokens: Callable[[list[int]], None] | None = None,
+) -> DecodeResult:
+    """Generate after `prompt_ids`; with an empty or missing skip set this is plain decoding."""
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dim() == 2:
+            if prompt_ids.shape[0] != 1:
+                raise SkipsearchError(
+                    f"batch size {prompt_ids.shape[0]} is not supported: the self-speculative "
+                    "decoder takes one prompt at a time; call it per prompt"
+                )
+            prompt_ids = prompt_ids[0]
+        prompt_ids = prompt_ids.tolist()
+    if not prompt_ids:
+        raise SkipsearchError("the prompt is empty; give at least one token")
+    skip_set = skip_set or SkipSet()
+    device = next(model.parameters()).device
+    stop_ids = eos_token_ids(model)
+    generator = None
+    if not settings.greedy:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
+
+    stats = DecodeStats()
+    generated: list[int] = []
+    cache = DynamicCache()
+    forward = _Forward(model, cache, device)
+    speculate = len(skip_set) > 0
+    plain_step_times: list[float] = []
+    spec_time, spec_tokens, spec_attempts = 0.0, 0, 0
+
+    def commit(tokens: list[int]) -> bool:
+        """Append tokens up to EOS or the length limit; True when generation is over."""
+        done = False
+        for i, token in enumerate(tokens):
+            if token in stop_ids or len(generated) + i + 1 >= settings.max_new_tokens:
+                tokens, done = tokens[: i + 1], True
+                break
+        generated.extend(tokens)
+        if on_tokens is not None:
+            on_tokens(tokens)
+        return done
+
+    with torch.inference_mode():
+        synchronize(device)
+        start = time.perf_counter()
+        logits = forward(prompt_ids, 0, logits_to_keep=1)[-1]
+        done = commit([_choose(logits, settings, generator)])
+        synchronize(device)
+        stats.prefill_time_s = time.perf_counter() - start
+
+        while not done:
+            length = len(prompt_ids) + len(generated) - 1  # positions with full-model KV
+            pending = generated[-1]
+            budget = min(settings.max_draft_tokens, settings.max_new_tokens - len(generated) - 1)
+            probing = len(plain_step_times) < settings.probe_steps and settings.fallback
+            if not speculate or budget < 1 or probing:
+                step_start = time.perf_counter()
+                logits = forward([pending], length)[-1]
+                done = commit([_choose(logits, settings, generator)])
+                synchronize(device)
+                elapsed = time.perf_counter() - step_start
+                stats.plain_steps += 1
+                stats.plain_time_s += elapsed
+                if probing:
+                    plain_step_times.append(elapsed)
+                continue
+
+            round_start = time.perf_counter()
+            drafts, draft_probs = _draft(forward, skip_set, model, pending, length, budget,
+                                         settings, generator, stop_ids)
+            crop_cache(cache, length)
+            synchronize(device)
+            verify_start = time.perf_counter()
+            logits = forward([pending] + drafts, length)
+            accepted, next_token = _verify(logits, drafts, draft_probs, settings, generator)
+            crop_cache(cache, length + 1 + accepted)
+            done = commit(drafts[:accepted] + [next_token])
+            synchronize(device)
+            round_end = time.perf_counter()
+
+            stats.draft_time_s += verify_start - round_start
+            stats.verify_time_s += round_end - verify_start
+            if drafts:
+                stats.rounds += 1
+                stats.drafted_tokens += len(drafts)
+                stats.accepted_tokens += accepted
+            else:
+                stats.plain_steps += 1
+            spec_time += round_end - round_start
+            spec_tokens += accepted + 1
+            spec_attempts += 1
+            if (
+                settings.fallback
+                and plain_step_times
+                and spec_attempts >= settings.fallback_min_rounds
+                and spec_time / spec_tokens > sorted(plain_step_times)[len(plain_step_times) // 2]
+            ):
+                speculate = False
+                stats.fell_back = True
+                stats.fallback_at_token = len(generated)
+
+        synchronize(device)
+        stats.total_time_s = time.perf_counter() - start
+    stats.new_tokens = len(generated)
+    return DecodeResult(token_ids=generated, stats=stats)

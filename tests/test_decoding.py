@@ -1,0 +1,218 @@
+import random
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from conftest import make_tiny_llama
+from skipsearch import decoding
+from skipsearch.decoding import DecodeSettings, crop_cache, decode, warp
+from skipsearch.errors import SkipsearchError
+from skipsearch.skipping import SkipSet, eligible_sublayers, skipping
+
+
+def _generate(model, prompt, max_new_tokens):
+    out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens)
+    return out[0, len(prompt):].tolist()
+
+
+def _random_skip_sets(num_layers, count, seed):
+    rng = random.Random(seed)
+    eligible = eligible_sublayers(num_layers, keep_first=0, keep_last=0)
+    return [SkipSet.from_sublayers(rng.sample(eligible, rng.randint(1, len(eligible) - 1))) for _ in range(count)]
+
+
+def _perfect_draft_model(seed=0):
+    """A tiny model whose last MLP adds nothing, so skipping it drafts exactly the full model."""
+    model = make_tiny_llama(seed=seed)
+    model.model.layers[-1].mlp.down_proj.weight.zero_()
+    return model, SkipSet(mlp=(len(model.model.layers) - 1,))
+
+
+@pytest.mark.parametrize("max_draft_tokens", range(1, 9))
+def test_greedy_is_identical_to_generate(tiny_model, max_draft_tokens):
+    rng = random.Random(max_draft_tokens)
+    prompts = [[rng.randrange(3, 128) for _ in range(rng.randint(1, 16))] for _ in range(5)]
+    skip_sets = _random_skip_sets(4, 20, seed=max_draft_tokens)
+    for prompt in prompts:
+        expected = _generate(tiny_model, prompt, 12)
+        for skip_set in skip_sets:
+            settings = DecodeSettings(max_new_tokens=12, max_draft_tokens=max_draft_tokens,
+                                      confidence_threshold=0.0, fallback=False)
+            assert decode(tiny_model, prompt, skip_set, settings).token_ids == expected, skip_set
+
+
+@pytest.mark.integration
+def test_greedy_is_identical_to_generate_on_smollm(smollm):
+    model, tokenizer = smollm.model, smollm.tokenizer
+    texts = ["Write a haiku about autumn.", "What is 17 * 23?", "def fibonacci(n):"]
+    for i, text in enumerate(texts):
+        prompt = list(tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                    add_generation_prompt=True)["input_ids"])
+        expected = _generate(model, prompt, 12)
+        for skip_set in _random_skip_sets(30, 5, seed=i):
+            # thin the random sets so drafts get accepted sometimes and the accept path runs
+            thin = SkipSet(attention=skip_set.attention[::4], mlp=skip_set.mlp[::6])
+            settings = DecodeSettings(max_new_tokens=12, max_draft_tokens=3,
+                                      confidence_threshold=0.0, fallback=False)
+            assert decode(model, prompt, thin, settings).token_ids == expected, thin
+
+
+def test_perfect_draft_is_fully_accepted():
+    model, skip_set = _perfect_draft_model()
+    prompt = [5, 6, 7]
+    # the prefill gives the first token, then six rounds of 4 drafts + 1 token each
+    settings = DecodeSettings(max_new_tokens=31, max_draft_tokens=4, confidence_threshold=0.0, fallback=False)
+    result = decode(model, prompt, skip_set, settings)
+    assert result.token_ids == _generate(model, prompt, 31)
+    stats = result.stats
+    assert stats.acceptance_rate == 1.0
+    assert stats.rounds == 6 and stats.mean_accepted_tokens == 5.0
+    assert stats.new_tokens == 31 and stats.tokens_per_s > 0
+
+
+def test_eos_inside_an_accepted_draft_stops_where_generate_stops():
+    model, skip_set = _perfect_draft_model()
+    prompt = [9, 4, 11]
+    free_run = _generate(model, prompt, 30)
+    for position in (2, 5, 9, 14):
+        eos = free_run[position]
+        if eos in free_run[:position]:
+            continue
+        model.generation_config.eos_token_id = eos
+        expected = _generate(model, prompt, 30)
+        assert expected[-1] == eos and len(expected) == position + 1
+        settings = DecodeSettings(max_new_tokens=30, max_draft_tokens=6, confidence_threshold=0.0, fallback=False)
+        result = decode(model, prompt, skip_set, settings)
+        assert result.token_ids == expected
+        assert result.stats.accepted_tokens > 0
+
+
+@pytest.mark.parametrize("reject_at", range(0, 6))
+def test_cache_rollback_after_rejection_at_every_draft_position(tiny_model, reject_at):
+    """After a rejection at draft position j, every layer holds exactly the full model's KV."""
+    prompt = [3, 14, 15, 92, 65]
+    gamma = 6
+    truth = _generate(tiny_model, prompt, gamma + 2)
+    cache = DynamicCache()
+    forward = decoding._Forward(tiny_model, cache, torch.device("cpu"))
+    length = len(prompt)
+    with torch.inference_mode():
+        forward(prompt, 0)
+        pending = truth[0]
+        # run a real draft with a skipped attention layer so the layers' lengths diverge
+        decoding._draft(forward, SkipSet(attention=(1,), mlp=(2,)), tiny_model, pending, length, gamma,
+                        DecodeSettings(confidence_threshold=0.0), None, set())
+        assert len({layer.get_seq_length() for layer in cache.layers}) == 2
+        crop_cache(cache, length)
+        drafts = truth[1: gamma + 1]
+        drafts[reject_at] = (drafts[reject_at] + 1) % 128
+        logits = forward([pending] + drafts, length)
+        accepted, next_token = decoding._verify(logits, drafts, [], DecodeSettings(), None)
+        assert accepted == reject_at and next_token == truth[reject_at + 1]
+        crop_cache(cache, length + 1 + accepted)
+
+        reference = DynamicCache()
+        tiny_model(torch.tensor([prompt + truth[: reject_at + 1]]), past_key_values=reference, use_cache=True)
+    for ours, theirs in zip(cache.layers, reference.layers):
+        assert ours.keys.shape == theirs.keys.shape
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-5)
+
+
+def _sharp_tiny_model():
+    model = make_tiny_llama(seed=3, num_layers=2, vocab_size=6)
+    # random init gives near-uniform next-token distributions; sharpen them so that the
+    # skipped model's q differs clearly from the full model's p
+    model.lm_head.weight.mul_(40.0)
+    return model
+
+
+def _exact_two_token_distribution(model, prompt, settings):
+    """P(t1, t2) of the full model under the warped distribution."""
+    with torch.inference_mode():
+        p1 = warp(model(torch.tensor([prompt])).logits[0, -1], settings)
+        vocab = p1.shape[0]
+        batch = torch.tensor([prompt + [t] for t in range(vocab)])
+        p2 = warp(model(batch).logits[:, -1], settings)
+    return p1[:, None] * p2  # (vocab, vocab)
+
+
+def _empirical(model, prompt, skip_set, settings, samples):
+    counts = torch.zeros(6, 6)
+    for seed in range(samples):
+        tokens = decode(model, prompt, skip_set, DecodeSettings(**{**settings.__dict__, "seed": seed})).token_ids
+        counts[tokens[0], tokens[1]] += 1
+    return counts / samples
+
+
+def test_speculative_sampling_matches_the_full_model_distribution(monkeypatch):
+    model = _sharp_tiny_model()
+    prompt = [1, 4, 2]
+    skip_set = SkipSet(attention=(1,), mlp=(0,))
+    # the first token comes from the prefill; with three tokens the second always comes out
+    # of a draft-and-verify round (accepted draft or residual resample)
+    settings = DecodeSettings(max_new_tokens=3, max_draft_tokens=1, confidence_threshold=0.0,
+                              temperature=1.0, top_k=5, fallback=False)
+    exact = _exact_two_token_distribution(model, prompt, settings)
+    samples = 3000
+    # total variation of an empirical 36-cell distribution from 3000 draws is ~0.05 at most
+    # by chance; the wrong rule below is off by far more on this model
+    tolerance = 0.06
+    tv = 0.5 * (_empirical(model, prompt, skip_set, settings, samples) - exact).abs().sum().item()
+    assert tv < tolerance
+
+    def accept_every_draft(logits, drafts, draft_probs, settings, generator):
+        target = warp(logits, settings)
+        return len(drafts), int(torch.multinomial(target[-1], 1, generator=generator))
+
+    monkeypatch.setattr(decoding, "_verify", accept_every_draft)
+    wrong_tv = 0.5 * (_empirical(model, prompt, skip_set, settings, samples) - exact).abs().sum().item()
+    assert wrong_tv > 2 * tolerance
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model):
+    settings = DecodeSettings(max_new_tokens=16, temperature=0.9, top_p=0.9, seed=7, confidence_threshold=0.0)
+    first = decode(tiny_model, [5, 6], SkipSet(attention=(2,)), settings).token_ids
+    assert decode(tiny_model, [5, 6], SkipSet(attention=(2,)), settings).token_ids == first
+
+
+def test_bad_profile_falls_back_to_plain_decoding(tiny_model):
+    everything = SkipSet.from_sublayers(eligible_sublayers(4, keep_first=0, keep_last=0))
+    prompt = [7, 8, 9]
+    settings = DecodeSettings(max_new_tokens=64, max_draft_tokens=8, confidence_threshold=0.0)
+    result = decode(tiny_model, prompt, everything, settings)
+    assert result.token_ids == _generate(tiny_model, prompt, 64)
+    assert result.stats.fell_back
+    assert result.stats.fallback_at_token < 32
+
+
+def test_batches_are_refused_with_a_clear_message(tiny_model):
+    with pytest.raises(SkipsearchError, match="one prompt at a time"):
+        decode(tiny_model, torch.ones(2, 4, dtype=torch.long), SkipSet(attention=(1,)))
+
+
+def test_skipping_is_restored_after_decoding(tiny_model):
+    decode(tiny_model, [1, 2, 3], SkipSet(attention=(1,), mlp=(2,)), DecodeSettings(max_new_tokens=8))
+    assert all("forward" not in vars(layer) for layer in tiny_model.model.layers)
+
+
+def test_streaming_callback_sees_every_token(tiny_model):
+    seen = []
+    result = decode(tiny_model, [1, 2, 3], SkipSet(mlp=(1,)),
+                    DecodeSettings(max_new_tokens=20, confidence_threshold=0.0), on_tokens=seen.extend)
+    assert seen == result.token_ids
+
+
+@pytest.mark.parametrize("bad", [{"max_new_tokens": 0}, {"confidence_threshold": 1.5}, {"top_p": 0.0}])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(SkipsearchError):
+        DecodeSettings(**bad)
+
+
+def test_crop_cache_only_shortens(tiny_model):
+    cache = DynamicCache()
+    with torch.inference_mode(), skipping(tiny_model, SkipSet(attention=(2,))):
+        tiny_model(torch.tensor([[1, 2, 3, 4]]), past_key_values=cache, use_cache=True)
+    crop_cache(cache, 2)
+    assert [layer.get_seq_length() for layer in cache.layers] == [2, 2, 0, 2]
