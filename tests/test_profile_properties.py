@@ -1,0 +1,165 @@
+"""Whatever a profile file or mapping holds, the loader either returns a Profile or raises SkipsearchError."""
+
+import datetime
+
+import jsonschema
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from skipsearch import DraftSettings, Profile, ProfileMetrics, ProfileModel, SkipSet, SkipsearchError
+from skipsearch import profiles
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+NUM_LAYERS = 4
+VALID = profiles.profile_to_dict(
+    Profile(
+        model=ProfileModel("tiny", "llama", NUM_LAYERS, "sha256:" + "0" * 64),
+        task="humaneval",
+        skip=SkipSet(attention=(1, 2), mlp=(2,)),
+        draft=DraftSettings(max_draft_tokens=8, confidence_threshold=0.8),
+        metrics=ProfileMetrics(matchness=0.8, speedup=1.1, device="cpu"),
+        provenance={"seed": 0, "command": ["skipsearch", "search"]},
+    )
+)
+SCHEMA = jsonschema.Draft202012Validator(profiles.profile_schema())
+KEYS = ["skipsearch_profile", "model", "name", "architecture", "num_hidden_layers", "fingerprint", "task", "skip",
+        "attention", "mlp", "draft", "max_draft_tokens", "confidence_threshold", "metrics", "speedup", "provenance"]
+
+scalars = (
+    st.none() | st.booleans() | st.integers(-3, 40) | st.integers() | st.floats()
+    | st.text(max_size=10) | st.sampled_from(KEYS) | st.dates()
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.sampled_from(KEYS), inner,
+                                                                  max_size=4),
+    max_leaves=10,
+)
+
+
+def load_text(tmp_path, content) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass"))
+    try:
+        profiles.load_profile(path)
+    except SkipsearchError as exc:
+        assert "\n" not in str(exc)
+
+
+@FAST
+@given(values)
+def test_any_yaml_document_loads_or_gives_one_line(tmp_path, value):
+    load_text(tmp_path, yaml.safe_dump(value))
+
+
+@FAST
+@given(st.text())
+def test_any_text_loads_or_gives_one_line(tmp_path, text):
+    load_text(tmp_path, text)
+
+
+@FAST
+@given(st.binary())
+def test_any_bytes_load_or_give_one_line(tmp_path, content):
+    load_text(tmp_path, content)
+
+
+@FAST
+@given(st.data())
+def test_spliced_profile_text_loads_or_gives_one_line(tmp_path, data):
+    text = profiles.dump_profile(profiles.parse_profile(VALID))
+    start = data.draw(st.integers(0, len(text)))
+    end = data.draw(st.integers(start, min(len(text), start + 20)))
+    load_text(tmp_path, text[:start] + data.draw(st.text(max_size=10)) + text[end:])
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, prefix + (index,))
+
+
+def _mutate(root: dict, data) -> dict:
+    """Replace, delete, rename or add one entry somewhere in the mapping."""
+    path = data.draw(st.sampled_from(list(_paths(root))))
+    if not path:
+        return data.draw(values)
+    parent = root
+    for key in path[:-1]:
+        parent = parent[key]
+    last = path[-1]
+    action = data.draw(st.sampled_from(["replace", "delete", "rename", "add"]))
+    if action == "replace":
+        parent[last] = data.draw(values)
+    elif action == "delete":
+        del parent[last]
+    elif isinstance(parent, dict) and action == "rename":
+        parent[data.draw(st.text(max_size=8) | st.sampled_from(KEYS))] = parent.pop(last)
+    elif isinstance(parent, dict):
+        parent[data.draw(st.text(max_size=8) | st.sampled_from(KEYS))] = data.draw(values)
+    else:
+        parent.append(data.draw(values))
+    return root
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_mappings_parse_or_give_one_line_and_the_schema_agrees(data):
+    mapping = yaml.safe_load(yaml.safe_dump(VALID))
+    for _ in range(data.draw(st.integers(1, 3))):
+        mapping = _mutate(mapping, data)
+        if not isinstance(mapping, dict):
+            break
+    try:
+        profile = profiles.parse_profile(mapping, source="p.yaml")
+    except SkipsearchError as exc:
+        assert str(exc).startswith("p.yaml: ") and "\n" not in str(exc)
+        return
+    # The schema cannot check cross-field bounds or tell 2.0 from 2, so it may accept more;
+    # it must never refuse what the loader accepts.
+    SCHEMA.validate(mapping)
+    assert profiles.parse_profile(yaml.safe_load(profiles.dump_profile(profile))) == profile
+
+
+indices = st.lists(st.integers(0, 29), unique=True, max_size=30).map(tuple)
+finite = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
+plain_text = st.text(min_size=1, max_size=20)
+provenance_scalars = st.none() | st.booleans() | st.integers() | finite | st.text(max_size=20)
+
+valid_profiles = st.builds(
+    Profile,
+    model=st.builds(ProfileModel, name=plain_text, architecture=plain_text, num_hidden_layers=st.just(30),
+                    fingerprint=st.from_regex(r"sha256:[0-9a-f]{64}", fullmatch=True)),
+    task=plain_text,
+    skip=st.builds(SkipSet, attention=indices, mlp=indices),
+    draft=st.builds(DraftSettings, max_draft_tokens=st.integers(1, 64), confidence_threshold=st.floats(0, 1)),
+    metrics=st.none() | st.builds(
+        ProfileMetrics,
+        matchness=st.none() | st.floats(0, 1), acceptance_rate=st.none() | st.floats(0, 1),
+        mean_accepted_tokens=st.none() | finite, speedup=st.none() | finite, predicted_speedup=st.none() | finite,
+        device=st.none() | plain_text, dtype=st.none() | plain_text,
+    ),
+    provenance=st.dictionaries(st.text(max_size=10),
+                               provenance_scalars | st.lists(provenance_scalars, max_size=3), max_size=4),
+)
+
+
+@FAST
+@given(valid_profiles)
+def test_valid_profiles_round_trip_through_a_file_and_fit_the_schema(tmp_path, profile):
+    path = tmp_path / "p.yaml"
+    profiles.save_profile(profile, path)
+    assert profiles.load_profile(path) == profile
+    SCHEMA.validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def test_dates_are_strings_once_written():
+    profile = profiles.parse_profile({**VALID, "provenance": {"date": "2025-01-31"}})
+    assert yaml.safe_load(profiles.dump_profile(profile))["provenance"]["date"] == "2025-01-31"
+    assert not isinstance(yaml.safe_load("d: 2025-01-31")["d"], str)  # why the writer must quote it
+    assert isinstance(yaml.safe_load("d: 2025-01-31")["d"], datetime.date)

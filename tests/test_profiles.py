@@ -1,0 +1,537 @@
+import copy
+import datetime
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from conftest import make_tiny_llama
+
+from skipsearch import (
+    DraftSettings,
+    Profile,
+    ProfileMetrics,
+    ProfileModel,
+    SkipSet,
+    SkipsearchError,
+    check_profile_for_model,
+    load_profile,
+    model_fingerprint,
+    parse_profile,
+    profile_schema,
+    save_profile,
+)
+from skipsearch import profiles
+from skipsearch.cli import main
+from skipsearch.models import LoadedModel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FAKE_FINGERPRINT = "sha256:" + "ab" * 32
+
+
+def make_profile(fingerprint=FAKE_FINGERPRINT, num_layers=4, **changes) -> Profile:
+    fields = dict(
+        model=ProfileModel(name="tiny", architecture="llama", num_hidden_layers=num_layers, fingerprint=fingerprint),
+        task="humaneval",
+        skip=SkipSet(attention=(1, 2), mlp=(2,)),
+        draft=DraftSettings(max_draft_tokens=8, confidence_threshold=0.8),
+        metrics=ProfileMetrics(matchness=0.81, acceptance_rate=0.74, mean_accepted_tokens=2.9, speedup=1.12,
+                               predicted_speedup=1.15, device="cpu (2 threads)", dtype="float32"),
+        provenance={"tool_version": "0.1.0", "study": "tiny-humaneval", "trial": 17, "seed": 0,
+                    "date": "2025-01-31", "command": ["skipsearch", "search"], "note": None},
+    )
+    fields.update(changes)
+    return Profile(**fields)
+
+
+def valid_mapping() -> dict:
+    return profiles.profile_to_dict(make_profile())
+
+
+def write(tmp_path: Path, content: str | bytes, name: str = "profile.yaml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+def assert_one_line(message: str, *fragments: str) -> None:
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+# --- round trip -------------------------------------------------------------------------------
+
+
+def test_round_trip_through_text_and_file(tmp_path):
+    profile = make_profile()
+    text = profiles.dump_profile(profile)
+    assert text.startswith("# skipsearch profile v1")
+    assert "attention: [1, 2]" in text
+    assert list(yaml.safe_load(text)) == ["skipsearch_profile", "model", "task", "skip", "draft", "metrics",
+                                          "provenance"]
+    assert parse_profile(yaml.safe_load(text)) == profile
+    save_profile(profile, tmp_path / "p.yaml")
+    assert load_profile(tmp_path / "p.yaml") == profile
+
+
+def test_optional_sections_and_empty_skip_lists_round_trip(tmp_path):
+    profile = make_profile(skip=SkipSet(), metrics=None, provenance={})
+    save_profile(profile, tmp_path / "p.yaml")
+    data = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    assert "metrics" not in data and "provenance" not in data
+    assert data["skip"] == {"attention": [], "mlp": []}
+    assert load_profile(tmp_path / "p.yaml") == profile
+
+
+def test_partial_metrics_and_null_sections_are_accepted():
+    data = valid_mapping()
+    data["metrics"] = {"speedup": 1.3, "matchness": None}
+    assert parse_profile(data).metrics == ProfileMetrics(speedup=1.3)
+    data["metrics"] = None
+    data["provenance"] = None
+    parsed = parse_profile(data)
+    assert parsed.metrics is None and parsed.provenance == {}
+
+
+def test_unsorted_indices_and_integral_numbers_are_normalised():
+    data = valid_mapping()
+    data["skip"]["attention"] = [3, 0]
+    data["draft"]["confidence_threshold"] = 1
+    parsed = parse_profile(data)
+    assert parsed.skip.attention == (0, 3)
+    assert parsed.draft.confidence_threshold == 1.0 and isinstance(parsed.draft.confidence_threshold, float)
+
+
+def test_numpy_values_are_written_as_plain_yaml():
+    np = pytest.importorskip("numpy")
+    profile = make_profile(
+        draft=DraftSettings(max_draft_tokens=np.int64(4), confidence_threshold=np.float64(0.5)),
+        metrics=ProfileMetrics(speedup=np.float32(1.5)),
+        provenance={"seed": np.int64(3), "scores": (np.float64(0.25),)},
+    )
+    data = yaml.safe_load(profiles.dump_profile(profile))
+    assert data["draft"] == {"max_draft_tokens": 4, "confidence_threshold": 0.5}
+    assert data["provenance"] == {"seed": 3, "scores": [0.25]}
+
+
+# --- rejected mappings ------------------------------------------------------------------------
+
+
+def _set(path, value):
+    def change(data):
+        *parents, last = path
+        target = data
+        for key in parents:
+            target = target[key]
+        target[last] = value
+    return change
+
+
+def _delete(path):
+    def change(data):
+        *parents, last = path
+        target = data
+        for key in parents:
+            target = target[key]
+        del target[last]
+    return change
+
+
+# (change, fragments the one-line message must hold, whether the JSON Schema can tell too)
+REJECTED = {
+    "unknown version": (_set(["skipsearch_profile"], 2), ["skipsearch_profile:", "known: 1"], True),
+    "version as text": (_set(["skipsearch_profile"], "1"), ["skipsearch_profile:", "integer"], True),
+    "version as bool": (_set(["skipsearch_profile"], True), ["skipsearch_profile:", "boolean"], True),
+    "no version": (_delete(["skipsearch_profile"]), ["skipsearch_profile:", "missing"], True),
+    "no task": (_delete(["task"]), ["task: required field is missing"], True),
+    "no fingerprint": (_delete(["model", "fingerprint"]), ["model.fingerprint: required field is missing"], True),
+    "no skip.mlp": (_delete(["skip", "mlp"]), ["skip.mlp: required field is missing"], True),
+    "no draft": (_delete(["draft"]), ["draft: required field is missing"], True),
+    "no confidence": (_delete(["draft", "confidence_threshold"]), ["draft.confidence_threshold:"], True),
+    "typo top": (lambda d: d.update(tsk=d.pop("task")), ["tsk: unknown key", "did you mean 'task'"], True),
+    "typo skip": (_set(["skip", "atention"], [1]), ["skip.atention: unknown key", "did you mean 'attention'"],
+                  True),
+    "typo metrics": (_set(["metrics", "speed_up"], 1.0), ["metrics.speed_up", "did you mean 'speedup'"], True),
+    "unknown model key": (_set(["model", "revision"], "main"), ["model.revision: unknown key", "valid:"], True),
+    "non-string key": (_set(["skip", 1], [1]), ["skip.1: unknown key"], True),
+    "task as number": (_set(["task"], 5), ["task: expected a non-empty string, got 5"], True),
+    "empty task": (_set(["task"], ""), ["task: expected a non-empty string"], True),
+    "task as date": (_set(["task"], datetime.date(2024, 5, 1)), ["task:", "quotes"], True),
+    "name as list": (_set(["model", "name"], ["a"]), ["model.name:", "list"], True),
+    "layers as bool": (_set(["model", "num_hidden_layers"], True), ["model.num_hidden_layers:", "boolean"], True),
+    "zero layers": (_set(["model", "num_hidden_layers"], 0), ["model.num_hidden_layers:", "positive"], True),
+    "bad fingerprint": (_set(["model", "fingerprint"], "md5:abc"), ["model.fingerprint:", "sha256"], True),
+    "negative index": (_set(["skip", "attention"], [1, 2, -3]),
+                       ["skip.attention[2]: expected a non-negative integer, got -3"], True),
+    "duplicate index": (_set(["skip", "mlp"], [2, 2]), ["skip.mlp[1]:", "twice"], True),
+    "float index": (_set(["skip", "mlp"], [1.5]), ["skip.mlp[0]:", "1.5"], True),
+    "integral float index": (_set(["skip", "mlp"], [1.0]), ["skip.mlp[0]:", "integer"], False),
+    "bool index": (_set(["skip", "mlp"], [True]), ["skip.mlp[0]:", "boolean"], True),
+    "text index": (_set(["skip", "mlp"], ["1"]), ["skip.mlp[0]:", "string"], True),
+    "index out of range": (_set(["skip", "attention"], [0, 4]), ["skip.attention[1]:", "out of range", "0..3"],
+                           False),
+    "skip as text": (_set(["skip", "attention"], "1,2"), ["skip.attention:", "list"], True),
+    "skip as null": (_set(["skip", "attention"], None), ["skip.attention:", "null"], True),
+    "skip as list": (_set(["skip"], [1, 2]), ["skip:", "mapping"], True),
+    "threshold above 1": (_set(["draft", "confidence_threshold"], 1.5), ["draft.confidence_threshold:", "[0, 1]"],
+                          True),
+    "threshold below 0": (_set(["draft", "confidence_threshold"], -0.1), ["draft.confidence_threshold:"], True),
+    "threshold nan": (_set(["draft", "confidence_threshold"], math.nan), ["draft.confidence_threshold:", "nan"],
+                      False),  # JSON has no NaN; jsonschema lets it through every bound
+    "threshold bool": (_set(["draft", "confidence_threshold"], True), ["draft.confidence_threshold:"], True),
+    "zero draft tokens": (_set(["draft", "max_draft_tokens"], 0), ["draft.max_draft_tokens:", ">= 1"], True),
+    "float draft tokens": (_set(["draft", "max_draft_tokens"], 2.5), ["draft.max_draft_tokens:"], True),
+    "matchness above 1": (_set(["metrics", "matchness"], 1.2), ["metrics.matchness:", "[0, 1]"], True),
+    "speedup as text": (_set(["metrics", "speedup"], "fast"), ["metrics.speedup:", "'fast'"], True),
+    "negative speedup": (_set(["metrics", "speedup"], -1.0), ["metrics.speedup:", "non-negative"], True),
+    "device as number": (_set(["metrics", "device"], 0), ["metrics.device:"], True),
+    "metrics as list": (_set(["metrics"], [1]), ["metrics:", "mapping"], True),
+    "provenance as list": (_set(["provenance"], ["a"]), ["provenance:", "mapping"], True),
+    "provenance nested mapping": (_set(["provenance", "sampler"], {"name": "tpe"}), ["provenance.sampler:"], True),
+    "provenance nested list": (_set(["provenance", "command"], ["a", ["b"]]), ["provenance.command[1]:"], True),
+    "provenance non-string key": (_set(["provenance", 3], "x"), ["provenance.3:", "string key"], True),
+}
+
+
+@pytest.mark.parametrize("case", list(REJECTED))
+def test_rejected_mappings_name_the_field(case):
+    change, fragments, _ = REJECTED[case]
+    data = valid_mapping()
+    change(data)
+    with pytest.raises(SkipsearchError) as info:
+        parse_profile(data, source="profile.yaml")
+    assert_one_line(str(info.value), "profile.yaml: ", *fragments)
+
+
+@pytest.mark.parametrize("data", [None, [], "skipsearch_profile: 1", 3])
+def test_top_level_must_be_a_mapping(data):
+    with pytest.raises(SkipsearchError, match=r"^p\.yaml: top level: expected a mapping"):
+        parse_profile(data, source="p.yaml")
+
+
+def test_unknown_version_is_reported_before_other_problems():
+    with pytest.raises(SkipsearchError, match=r"version 2 is not known .*known: 1"):
+        parse_profile({"skipsearch_profile": 2, "whatever": "comes in v2"})
+
+
+# --- reading files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, fragments",
+    [
+        ("", ["the file is empty"]),
+        ("# only a comment\n", ["the file is empty"]),
+        ("skip: [1, 2\n", ["not valid YAML at line 2, column 1"]),
+        ("a: b: c\n", ["not valid YAML at line 1, column 5"]),
+        ("a: 1\n---\nb: 2\n", ["not valid YAML"]),
+        ("a: 2024-13-45\n", ["not valid YAML", "month"]),
+        ("a: !!python/object:os.system x\n", ["not valid YAML at line 1"]),
+        ("[" * 3000 + "]" * 3000, ["not valid YAML"]),
+        ("- 1\n- 2\n", ["top level: expected a mapping"]),
+        (b"skipsearch_profile: 1\n\xff\xfe\n", ["not UTF-8"]),
+        (b"\x00\x01\x02", ["not valid YAML"]),
+    ],
+)
+def test_unreadable_files_give_one_line(tmp_path, content, fragments):
+    path = write(tmp_path, content)
+    with pytest.raises(SkipsearchError) as info:
+        load_profile(path)
+    assert_one_line(str(info.value), str(path), *fragments)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(SkipsearchError, match="does not exist"):
+        load_profile(tmp_path / "nope.yaml")
+    with pytest.raises(SkipsearchError, match="is a directory"):
+        load_profile(tmp_path)
+
+
+def test_field_errors_from_a_file_name_the_file(tmp_path):
+    data = valid_mapping()
+    data["skip"]["attention"] = [1, 2, -3]
+    path = write(tmp_path, yaml.safe_dump(data))
+    with pytest.raises(SkipsearchError) as info:
+        load_profile(path)
+    assert str(info.value) == f"{path}: skip.attention[2]: expected a non-negative integer, got -3"
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = write(tmp_path, b"\xef\xbb\xbf" + profiles.dump_profile(make_profile()).encode())
+    assert load_profile(path) == make_profile()
+
+
+# --- writing files ----------------------------------------------------------------------------
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return [p.name for p in folder.iterdir()] == ["p.yaml"]
+
+
+def test_save_replaces_an_existing_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("old")
+    save_profile(make_profile(), path)
+    assert load_profile(path) == make_profile()
+    assert _no_temp_files(tmp_path)
+    assert (path.stat().st_mode & 0o777) == 0o644
+
+
+@pytest.mark.parametrize("failing", ["replace", "fsync"])
+def test_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, failing):
+    path = tmp_path / "p.yaml"
+    path.write_text("old")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, failing, fail)
+    with pytest.raises(SkipsearchError, match="cannot write profile .*No space left on device"):
+        save_profile(make_profile(), path)
+    assert path.read_text() == "old"
+    assert _no_temp_files(tmp_path)
+
+
+def test_interrupted_save_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "p.yaml"
+    path.write_text("old")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_profile(make_profile(), path)
+    assert path.read_text() == "old"
+    assert _no_temp_files(tmp_path)
+
+
+def test_failing_dumper_writes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "p.yaml"
+    path.write_text("old")
+
+    def fail(*args, **kwargs):
+        raise SkipsearchError("dumper failed")
+
+    monkeypatch.setattr(profiles, "dump_profile", fail)
+    with pytest.raises(SkipsearchError, match="dumper failed"):
+        save_profile(make_profile(), path)
+    assert path.read_text() == "old"
+    assert _no_temp_files(tmp_path)
+
+
+def test_save_refuses_missing_folder_directory_and_invalid_profile(tmp_path):
+    with pytest.raises(SkipsearchError, match="output folder .*missing does not exist; create it"):
+        save_profile(make_profile(), tmp_path / "missing" / "p.yaml")
+    assert not (tmp_path / "missing").exists()
+    with pytest.raises(SkipsearchError, match="is a directory"):
+        save_profile(make_profile(), tmp_path)
+    with pytest.raises(SkipsearchError, match=r"skip.attention\[0\]: layer 9 is out of range"):
+        save_profile(make_profile(skip=SkipSet(attention=(9,))), tmp_path / "p.yaml")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- matching the live model ------------------------------------------------------------------
+
+
+def test_profile_for_the_same_model_is_accepted(tiny_model):
+    fingerprint = model_fingerprint(tiny_model)
+    profile = make_profile(fingerprint=fingerprint)
+    check_profile_for_model(profile, tiny_model)
+    check_profile_for_model(profile, tiny_model, fingerprint=fingerprint)
+
+
+def test_profile_for_other_weights_is_refused(tiny_model):
+    profile = make_profile(fingerprint=model_fingerprint(tiny_model))
+    with pytest.raises(SkipsearchError) as info:
+        check_profile_for_model(profile, make_tiny_llama(seed=1))
+    assert_one_line(str(info.value), "fingerprint expected", "got sha256:", "search a profile for this model",
+                    "load the model the profile was made for")
+
+
+def test_profile_for_another_layer_count_or_architecture_is_refused(tiny_model):
+    fingerprint = model_fingerprint(tiny_model)
+    with pytest.raises(SkipsearchError) as info:
+        check_profile_for_model(make_profile(fingerprint=fingerprint, num_layers=6), tiny_model)
+    assert_one_line(str(info.value), "num_hidden_layers expected 6, got 4", "search a profile for this model")
+    other = make_profile(model=ProfileModel("q", "qwen2", 4, fingerprint))
+    with pytest.raises(SkipsearchError) as info:
+        check_profile_for_model(other, tiny_model)
+    assert_one_line(str(info.value), "architecture expected qwen2, got llama")
+
+
+# --- JSON Schema ------------------------------------------------------------------------------
+
+
+def test_schema_is_valid_2020_12_and_ships_in_the_package():
+    schema = profile_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$schema"].endswith("2020-12/schema")
+    assert (REPO_ROOT / "skipsearch" / "profile.schema.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        make_profile(),
+        make_profile(skip=SkipSet(), metrics=None, provenance={}),
+        make_profile(metrics=ProfileMetrics(speedup=0.9), provenance={"seeds": [1, 2, 3], "ok": True}),
+    ],
+)
+def test_schema_accepts_what_the_loader_accepts(profile):
+    data = yaml.safe_load(profiles.dump_profile(profile))
+    assert parse_profile(data) == profile
+    jsonschema.validate(data, profile_schema(), cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.parametrize("case", [case for case, (_, _, schema_can_tell) in REJECTED.items() if schema_can_tell])
+def test_schema_rejects_what_the_loader_rejects(case):
+    change, _, _ = REJECTED[case]
+    data = valid_mapping()
+    change(data)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, profile_schema(), cls=jsonschema.Draft202012Validator)
+
+
+# --- plain PyYAML reader documented in the README ---------------------------------------------
+
+PLAIN_READER = '''
+import yaml
+
+with open(path, encoding="utf-8") as f:
+    profile = yaml.safe_load(f)
+if profile.get("skipsearch_profile") != 1:
+    raise ValueError(f"unsupported skipsearch profile version {profile.get('skipsearch_profile')!r}")
+skip_attention = set(profile["skip"]["attention"])  # 0-based decoder-layer indices
+skip_mlp = set(profile["skip"]["mlp"])
+max_draft_tokens = profile["draft"]["max_draft_tokens"]
+confidence_threshold = profile["draft"]["confidence_threshold"]
+'''
+
+
+def test_plain_pyyaml_reader_from_the_readme(tmp_path):
+    save_profile(make_profile(), tmp_path / "p.yaml")
+    namespace = {"path": str(tmp_path / "p.yaml")}
+    exec(PLAIN_READER, namespace)
+    assert namespace["skip_attention"] == {1, 2} and namespace["skip_mlp"] == {2}
+    assert namespace["max_draft_tokens"] == 8 and namespace["confidence_threshold"] == 0.8
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_validate_ok(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    save_profile(make_profile(), path)
+    assert main(["profile", "validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"OK: {path} (model tiny, task humaneval, 2 attention + 1 MLP sublayers skipped)\n"
+    assert err == ""
+
+
+def _fake_loader(model):
+    def load(name, dtype, device):
+        return LoadedModel(model=model, tokenizer=None, name=name, source="memory")
+    return load
+
+
+def test_cli_validate_against_a_model(tmp_path, capsys, monkeypatch, tiny_model):
+    from skipsearch.cli import profile_cmd
+
+    path = tmp_path / "p.yaml"
+    save_profile(make_profile(fingerprint=model_fingerprint(tiny_model)), path)
+    monkeypatch.setattr(profile_cmd, "load_model", _fake_loader(tiny_model))
+    assert main(["profile", "validate", str(path), "--model", "tiny", "--device", "cpu"]) == 0
+    assert "fits the loaded model tiny" in capsys.readouterr().out
+
+    monkeypatch.setattr(profile_cmd, "load_model", _fake_loader(make_tiny_llama(seed=1)))
+    assert main(["profile", "validate", str(path), "--model", "other"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("skipsearch: error: ")
+    assert "fingerprint expected" in err
+
+
+BAD_FILES = {
+    "empty": "",
+    "invalid yaml": "skip: [1, 2\n",
+    "wrong version": "skipsearch_profile: 7\n",
+    "bad index": yaml.safe_dump({**valid_mapping(), "skip": {"attention": [-1], "mlp": []}}),
+    "not utf-8": b"\xff\xfe\x00",
+    "list": "- 1\n",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+@pytest.mark.parametrize("action", ["validate", "show"])
+def test_cli_bad_files_give_one_error_line_and_exit_2(tmp_path, capsys, case, action):
+    path = write(tmp_path, BAD_FILES[case])
+    assert main(["profile", action, str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith(f"skipsearch: error: {path}")
+    assert "Traceback" not in err
+
+
+def test_cli_missing_file_exits_2(tmp_path, capsys):
+    assert main(["profile", "validate", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("skipsearch: error: profile ")
+
+
+def test_cli_as_a_process_exits_2_with_one_line(tmp_path):
+    path = write(tmp_path, "skipsearch_profile: 1\nmodel: {}\ntask: t\nskip: {}\ndraft: {}\n", name="bad.yaml")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-m", "skipsearch", "profile", "validate", str(path)],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"skipsearch: error: {path}: model.name: required field is missing"]
+
+
+def test_cli_show(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    save_profile(make_profile(), path)
+    assert main(["profile", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    for fragment in ["model:     tiny (llama, 4 layers, sha256:abab", "task:      humaneval",
+                     "3 of 8 sublayers", "attention: 1, 2", "mlp:       2", "up to 8 tokens", "< 0.8",
+                     "matchness: 0.81", "device: cpu (2 threads)", "tool_version: 0.1.0",
+                     "command: ['skipsearch', 'search']"]:
+        assert fragment in out
+
+
+def test_cli_show_without_metrics_or_provenance(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    save_profile(make_profile(skip=SkipSet(), metrics=None, provenance={}), path)
+    assert main(["profile", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "attention: none" in out and "metrics:   none recorded" in out and "provenance: none recorded" in out
+
+
+# --- the embedded SmolLM2 ---------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_profile_against_embedded_smollm(smollm, tmp_path, capsys, monkeypatch):
+    from skipsearch.cli import profile_cmd
+
+    fingerprint = model_fingerprint(smollm.model)
+    profile = make_profile(
+        model=ProfileModel(name="smollm2-135m", architecture="llama", num_hidden_layers=30, fingerprint=fingerprint),
+        skip=SkipSet(attention=(5, 6, 7, 9), mlp=(7, 23)),
+    )
+    path = tmp_path / "smollm.yaml"
+    save_profile(profile, path)
+    check_profile_for_model(load_profile(path), smollm.model, fingerprint=fingerprint)
+    monkeypatch.setattr(profile_cmd, "load_model", lambda name, dtype, device: smollm)
+    assert main(["profile", "validate", str(path), "--model", "smollm2-135m"]) == 0
+    assert "4 attention + 2 MLP sublayers skipped; fits the loaded model smollm2-135m" in capsys.readouterr().out
+
+    wrong = copy.deepcopy(profiles.profile_to_dict(profile))
+    wrong["model"]["fingerprint"] = "sha256:" + "0" * 64
+    with pytest.raises(SkipsearchError, match="fingerprint expected sha256:0000"):
+        check_profile_for_model(parse_profile(wrong), smollm.model, fingerprint=fingerprint)
