@@ -12,9 +12,9 @@ import sys
 
 from .. import __version__
 from ..errors import SkipsearchError
-from . import models_cmd
+from . import bench_cmd, models_cmd, profile_cmd, tasks_cmd, validate_cmd
 
-COMMAND_MODULES = [models_cmd]
+COMMAND_MODULES = [models_cmd, profile_cmd, tasks_cmd, validate_cmd, bench_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,279 @@
+"""`skipsearch bench`: self-speculative decoding with a skip set beside transformers' greedy
+`generate`, early exit and prompt lookup, on the same prompts in one process.
+
+Prints a table and writes `<out-dir>/bench-<model>-<task>.csv` and `.json` (the JSON also
+holds the settings, device, versions, the command and every per-prompt run). Exits with
+code 1 when a skipsearch method's tokens differ from `generate`'s (the lossless check).
+A benchmark, not a test: timings depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..bench import BASELINE, BenchPrompt, BenchResult, BenchSettings, run_bench
+from ..costs import describe_device
+from ..errors import SkipsearchError
+from ..models import DEFAULT_MODEL, DTYPES, load_model
+from ..profiles import check_profile_for_model, load_profile
+from ..skipping import SkipSet, decoder_layers
+from ..tasks import check_prompt_fits, format_prompt, load_task, split_prompts
+
+DEFAULT_EARLY_EXIT_LAYERS = (4, 8, 12, 16, 20, 24)
+DEFAULT_MAX_DRAFT_TOKENS = 8
+DEFAULT_CONFIDENCE_THRESHOLD = 0.8
+CSV_COLUMNS = ("method", "tokens_per_s", "ratio", "acceptance_rate", "mean_accepted_tokens", "predicted_speedup",
+               "measured_speedup", "identical", "new_tokens", "time_s", "fell_back")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark a skip set against generate, early exit and prompt lookup",
+        description="Run greedy transformers generate (the baseline), skipsearch's decoder without and with "
+        "a skip set, generate(assistant_early_exit=E) and prompt lookup on the same prompts, interleaved, "
+        "and report tokens/s, speedup, acceptance and the cost model's predicted speedup.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"embedded name, hub id, model folder or .gguf file (default {DEFAULT_MODEL})")
+    parser.add_argument("--profile", metavar="FILE", help="profile .yaml with the skip set and draft settings")
+    parser.add_argument("--skip-attention", metavar="LAYERS", default="",
+                        help="0-based layers whose attention block the draft skips, e.g. 3,5 (instead of --profile)")
+    parser.add_argument("--skip-mlp", metavar="LAYERS", default="",
+                        help="0-based layers whose MLP block the draft skips, e.g. 7 (instead of --profile)")
+    parser.add_argument("--max-draft-tokens", type=int, metavar="N",
+                        help=f"draft tokens per round at most (default: the profile's, else {DEFAULT_MAX_DRAFT_TOKENS})")
+    parser.add_argument("--confidence-threshold", type=float, metavar="X",
+                        help="stop drafting when the draft's top-1 probability is lower, in [0, 1]; 0 never stops "
+                        f"(default: the profile's, else {DEFAULT_CONFIDENCE_THRESHOLD})")
+    parser.add_argument("--data", metavar="FILE",
+                        help="Spec-Bench-style JSONL (question_id, category, turns); default: HumanEval")
+    parser.add_argument("--category", metavar="NAME", help="with --data: keep only prompts of this category")
+    parser.add_argument("--prompts", type=int, default=5, metavar="N",
+                        help="prompts to run: the first N of a seeded shuffle, which are held-out prompts of a study with the "
+                        "same --seed and at least N held-out prompts (default 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=96, metavar="N", help="new tokens per prompt (default 96)")
+    parser.add_argument("--early-exit-layers", metavar="LAYERS",
+                        help="layers E for generate(assistant_early_exit=E), e.g. 4,8; 'none' leaves early exit out "
+                        "(default 4,8,12,16,20,24, those the model has)")
+    parser.add_argument("--cost-repeats", type=int, default=5, metavar="N",
+                        help="timings per configuration for the cost model; 0 leaves out predicted speedups (default 5)")
+    parser.add_argument("--out-dir", default="reports", metavar="DIR", help="where the CSV and JSON go (default reports)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                        help="float32 (default) keeps outputs comparable; bfloat16 and float16 change them")
+    parser.add_argument("--seed", type=int, default=0, help="seed for choosing prompts and the cost model's ids (default 0)")
+    parser.set_defaults(func=run)
+
+
+def parse_layers(text: str, flag: str) -> tuple[int, ...]:
+    """"3,5,7" -> (3, 5, 7); "" -> ()."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise SkipsearchError(f"{flag} takes comma-separated 0-based layer numbers such as 3,5,7; got {text!r}") from None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def _model_slug(name: str) -> str:
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" or path.exists():
+        return _slug(path.stem if path.suffix == ".gguf" else path.name)
+    return _slug(name)
+
+
+def _check_args(args) -> None:
+    if args.profile and (args.skip_attention or args.skip_mlp):
+        raise SkipsearchError("use either --profile or --skip-attention/--skip-mlp, not both")
+    if args.category and not args.data:
+        raise SkipsearchError("--category needs --data FILE (a Spec-Bench-style JSONL); HumanEval has no categories")
+    if args.prompts < 1:
+        raise SkipsearchError(f"--prompts must be >= 1, got {args.prompts}")
+    if args.max_new_tokens < 1:
+        raise SkipsearchError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.cost_repeats < 0:
+        raise SkipsearchError(f"--cost-repeats must be >= 0 (0 leaves predictions out), got {args.cost_repeats}")
+
+
+def _choose_prompts(args):
+    task = load_task("specbench", data=args.data, category=args.category) if args.data else load_task("humaneval")
+    count = min(args.prompts, len(task.prompts))
+    if count < len(task.prompts):
+        _, chosen = split_prompts(task, 1, count, args.seed)
+    else:
+        chosen = list(task.prompts)
+    return task, chosen
+
+
+def _early_exit_layers(args, num_layers: int) -> tuple[int, ...]:
+    if args.early_exit_layers is None:
+        return tuple(e for e in DEFAULT_EARLY_EXIT_LAYERS if e < num_layers)
+    if args.early_exit_layers.strip().lower() == "none":
+        return ()
+    return parse_layers(args.early_exit_layers, "--early-exit-layers")
+
+
+def _command_line(args) -> str:
+    """The command with every option spelled out, defaults included: enough to rerun it."""
+    parts = ["skipsearch", "bench", "--model", args.model]
+    if args.profile:
+        parts += ["--profile", args.profile]
+    for flag, value in (("--skip-attention", args.skip_attention), ("--skip-mlp", args.skip_mlp),
+                        ("--max-draft-tokens", args.max_draft_tokens),
+                        ("--confidence-threshold", args.confidence_threshold), ("--data", args.data),
+                        ("--category", args.category), ("--early-exit-layers", args.early_exit_layers)):
+        if value not in (None, ""):
+            parts += [flag, str(value)]
+    parts += ["--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
+              "--cost-repeats", str(args.cost_repeats), "--out-dir", args.out_dir, "--device", args.device,
+              "--dtype", args.dtype, "--seed", str(args.seed)]
+    return shlex.join(parts)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, path)
+    except OSError as exc:
+        raise SkipsearchError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+
+
+def _csv_text(result: BenchResult) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in result.rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.to_dict().items()})
+    return buffer.getvalue()
+
+
+def _fmt(value, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table_lines(result: BenchResult) -> list[str]:
+    header = ("method", "tokens/s", "speedup", "predicted", "acceptance", "accepted/round", "identical")
+    body = [
+        (
+            row.method,
+            f"{row.tokens_per_s:.1f}",
+            f"{row.ratio:.2f}x",
+            _fmt(row.predicted_speedup, ".2f", "x"),
+            _fmt(row.acceptance_rate, ".2f"),
+            _fmt(row.mean_accepted_tokens, ".2f"),
+            "baseline" if row.method == BASELINE else ("yes" if row.identical else "NO"),
+        )
+        for row in result.rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def fmt(line) -> str:
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+
+    return [fmt(header), "  ".join("-" * w for w in widths), *[fmt(line) for line in body]]
+
+
+def run(args) -> int:
+    _check_args(args)
+    skip_set = SkipSet(attention=parse_layers(args.skip_attention, "--skip-attention"),
+                       mlp=parse_layers(args.skip_mlp, "--skip-mlp"))
+    profile = load_profile(args.profile) if args.profile else None
+    task, chosen = _choose_prompts(args)  # before loading the model: data errors show at once
+
+    torch.manual_seed(args.seed)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = loaded.model
+    num_layers = len(decoder_layers(model))
+    max_draft_tokens, threshold = DEFAULT_MAX_DRAFT_TOKENS, DEFAULT_CONFIDENCE_THRESHOLD
+    if profile is not None:
+        check_profile_for_model(profile, model)
+        skip_set = profile.skip
+        max_draft_tokens, threshold = profile.draft.max_draft_tokens, profile.draft.confidence_threshold
+    skip_set.check_against(num_layers)
+    settings = BenchSettings(
+        max_new_tokens=args.max_new_tokens,
+        skip_set=skip_set if len(skip_set) else None,
+        max_draft_tokens=args.max_draft_tokens if args.max_draft_tokens is not None else max_draft_tokens,
+        confidence_threshold=args.confidence_threshold if args.confidence_threshold is not None else threshold,
+        early_exit_layers=_early_exit_layers(args, num_layers),
+        cost_repeats=args.cost_repeats,
+        seed=args.seed,
+    )
+
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    prompts = []
+    for prompt in chosen:
+        ids = format_prompt(loaded.tokenizer, prompt.text)
+        check_prompt_fits(ids, max_positions, args.max_new_tokens, prompt.id)
+        prompts.append(BenchPrompt(id=prompt.id, token_ids=ids))
+
+    from tqdm import tqdm
+
+    with tqdm(desc="bench", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
+        def progress(done: int, total: int, label: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(done - bar.n)
+
+        result = run_bench(model, prompts, settings, progress=progress)
+
+    import transformers
+
+    device = next(model.parameters()).device
+    report = {
+        "command": _command_line(args),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": args.model, "source": loaded.source, "architecture": model.config.model_type,
+                  "num_hidden_layers": num_layers},
+        "profile": args.profile,
+        "task": task.name,
+        "prompt_ids": [p.id for p in prompts],
+        "device": result.costs.device if result.costs else describe_device(device),
+        "dtype": args.dtype,
+        "versions": {"skipsearch": __version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+        **result.to_dict(),
+    }
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"bench-{_model_slug(args.model)}-{_slug(task.name)}"
+    csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
+    _write_atomic(csv_path, _csv_text(result))
+    _write_atomic(json_path, json.dumps(report, indent=2) + "\n")
+
+    print(f"{args.model} on {task.name}: {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
+          f"{report['device']}, {args.dtype}; skip {skip_set.describe()}, "
+          f"up to {settings.max_draft_tokens} draft tokens, confidence {settings.confidence_threshold:g}")
+    print("\n".join(table_lines(result)))
+    print("speedup: tokens/s against generate, measured; predicted: the cost model from the run's own "
+          "acceptance and draft lengths")
+    print(f"wrote {csv_path} and {json_path}")
+    if result.mismatches:
+        where = ", ".join(f"{r.method} on {r.prompt_id}" for r in result.mismatches)
+        print(f"skipsearch: error: output differs from generate's ({where}): the lossless check failed",
+              file=sys.stderr)
+        return 1
+    return 0

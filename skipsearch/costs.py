@@ -1,0 +1,280 @@
+"""A cost model of self-speculative decoding, measured on the device the model runs on.
+
+`measure_costs` times single-token forward passes of the model with every attention block,
+every MLP block, or everything skipped, and verify passes of 1..n tokens; `CostModel` holds
+the result in seconds. The pure functions below turn a skip set and an acceptance rate into
+a predicted speedup over plain decoding, so a search can rank skip sets without decoding,
+and a benchmark can set the prediction beside the measured speedup.
+
+This module knows nothing about tasks, prompts, profiles or search; it does no file I/O
+(`to_dict` / `from_dict` let callers save a CostModel as JSON or YAML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from .decoding import DecodeStats, crop_cache, synchronize
+from .errors import SkipsearchError
+from .skipping import SkipSet, decoder_layers, skipping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CostModel:
+    """Wall-clock costs in seconds of the parts of a forward pass, at one context length.
+
+    The decoder layers of the supported models all have the same shapes, so one cost per
+    block kind is measured and stored for every layer; the per-layer lists leave room for
+    models (or measurements) whose layers differ.
+    """
+
+    attention: list[float]  # per decoder layer: one attention block, one new token
+    mlp: list[float]  # per decoder layer: one MLP block, one new token
+    fixed: float  # everything else of a one-token step: embedding, final norm, LM head, overhead
+    verify: list[float]  # index n-1: a full-model pass over n new tokens (verify[0] = a plain step)
+    device: str  # e.g. "cpu (2 threads)" or the CUDA device name
+    dtype: str  # e.g. "float32"
+    context_tokens: int = 0  # tokens already in the KV cache while timing
+
+    def __post_init__(self) -> None:
+        if len(self.attention) != len(self.mlp):
+            raise SkipsearchError(
+                f"cost model: attention and mlp need one cost per layer each, got {len(self.attention)} "
+                f"and {len(self.mlp)}"
+            )
+        if not self.verify:
+            raise SkipsearchError("cost model: verify needs at least the cost of one token, got []")
+        values = [*self.attention, *self.mlp, self.fixed, *self.verify]
+        if any(not math.isfinite(v) or v < 0 for v in values):
+            raise SkipsearchError("cost model: costs must be finite and >= 0 seconds")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.attention)
+
+    @property
+    def plain_step(self) -> float:
+        """One full-model step of plain decoding (one new token)."""
+        return self.verify[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CostModel":
+        names = [f.name for f in dataclasses.fields(cls)]
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        unknown = sorted(set(data) - set(names))
+        missing = [name for name in required if name not in data]
+        if unknown or missing:
+            raise SkipsearchError(
+                f"cost model: unknown keys {unknown} / missing keys {missing}; the keys are {', '.join(names)}"
+            )
+        return cls(
+            attention=[float(v) for v in data["attention"]],
+            mlp=[float(v) for v in data["mlp"]],
+            fixed=float(data["fixed"]),
+            verify=[float(v) for v in data["verify"]],
+            device=str(data["device"]),
+            dtype=str(data["dtype"]),
+            context_tokens=int(data.get("context_tokens", 0)),
+        )
+
+
+def describe_device(device: torch.device) -> str:
+    """"cpu (N threads)" or the CUDA device's name: what a cost or a speedup was measured on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"{device.type} ({threads} thread{'' if threads == 1 else 's'})"
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def measure_costs(
+    model,
+    context_tokens: int = 128,
+    max_verify_tokens: int = 9,
+    repeats: int = 5,
+    seed: int = 0,
+) -> CostModel:
+    """Time the model's forward passes on its own device and return the medians as a CostModel.
+
+    A DynamicCache is prefilled with `context_tokens` random ids; every timed pass appends
+    at explicit positions after them and the cache is cropped back after each pass, so all
+    passes see the same context. The configurations are timed interleaved (one of each per
+    repeat, after one warm-up each) so drift in the machine's speed hits all of them alike.
+    Neither the model nor torch's global random state is changed.
+    """
+    if context_tokens < 1 or max_verify_tokens < 1 or repeats < 1:
+        raise SkipsearchError(
+            "measure_costs needs context_tokens >= 1, max_verify_tokens >= 1 and repeats >= 1, got "
+            f"{context_tokens}, {max_verify_tokens} and {repeats}"
+        )
+    num_layers = len(decoder_layers(model))
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and context_tokens + max_verify_tokens > max_positions:
+        raise SkipsearchError(
+            f"context_tokens={context_tokens} plus max_verify_tokens={max_verify_tokens} exceed the model's "
+            f"{max_positions} positions; use a shorter context"
+        )
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    generator = torch.Generator().manual_seed(seed)
+    context = torch.randint(0, model.config.vocab_size, (1, context_tokens + max_verify_tokens), generator=generator)
+    context = context.to(device)  # (1, context + verify tokens)
+    everything = range(num_layers)
+    # name -> (skip set, new tokens); "verify n" with n = 1 is the full model's plain step
+    configurations: dict[str, tuple[SkipSet, int]] = {
+        "no attention": (SkipSet(attention=tuple(everything)), 1),
+        "no mlp": (SkipSet(mlp=tuple(everything)), 1),
+        "nothing": (SkipSet(attention=tuple(everything), mlp=tuple(everything)), 1),
+    }
+    configurations.update({f"verify {n}": (SkipSet(), n) for n in range(1, max_verify_tokens + 1)})
+
+    with torch.inference_mode():
+        cache = DynamicCache()
+        model(
+            input_ids=context[:, :context_tokens],
+            position_ids=torch.arange(context_tokens, device=device).unsqueeze(0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
+        def timed(skip_set: SkipSet, new_tokens: int) -> float:
+            ids = context[:, context_tokens : context_tokens + new_tokens]
+            positions = torch.arange(context_tokens, context_tokens + new_tokens, device=device).unsqueeze(0)
+            with skipping(model, skip_set):
+                synchronize(device)
+                start = time.perf_counter()
+                # every position's logits, as the decoder computes them while drafting and verifying
+                model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+                synchronize(device)
+                elapsed = time.perf_counter() - start
+            crop_cache(cache, context_tokens)
+            return elapsed
+
+        for skip_set, new_tokens in configurations.values():  # warm-up
+            timed(skip_set, new_tokens)
+        samples: dict[str, list[float]] = {name: [] for name in configurations}
+        for _ in range(repeats):
+            for name, (skip_set, new_tokens) in configurations.items():
+                samples[name].append(timed(skip_set, new_tokens))
+
+    median = {name: statistics.median(times) for name, times in samples.items()}
+    full = median["verify 1"]
+    # Noise can make a difference negative on a small model; a block never costs less than nothing.
+    attention = max(0.0, (full - median["no attention"]) / num_layers)
+    mlp = max(0.0, (full - median["no mlp"]) / num_layers)
+    if attention == 0.0 or mlp == 0.0:
+        log.warning("measure_costs: a block's cost was below the timing noise and is taken as 0; "
+                    "use more repeats or a quieter machine")
+    return CostModel(
+        attention=[attention] * num_layers,
+        mlp=[mlp] * num_layers,
+        fixed=median["nothing"],
+        verify=[median[f"verify {n}"] for n in range(1, max_verify_tokens + 1)],
+        device=describe_device(device),
+        dtype=str(dtype).removeprefix("torch."),
+        context_tokens=context_tokens,
+    )
+
+
+# ---------------------------------------------------------------------------- predicting
+
+
+def draft_step_cost(costs: CostModel, skip_set: SkipSet) -> float:
+    """One draft step (one token) of the model with `skip_set` left out: fixed + the blocks that run."""
+    skip_set.check_against(costs.num_layers)
+    attention = sum(c for i, c in enumerate(costs.attention) if i not in skip_set.attention)
+    mlp = sum(c for i, c in enumerate(costs.mlp) if i not in skip_set.mlp)
+    return costs.fixed + attention + mlp
+
+
+def verify_cost(costs: CostModel, tokens: float) -> float:
+    """A full-model pass over `tokens` new tokens, linear between the measured whole counts."""
+    measured = len(costs.verify)
+    if not 1 <= tokens <= measured:
+        raise SkipsearchError(
+            f"verify costs were measured for 1..{measured} tokens, not {tokens:g}; "
+            f"measure with max_verify_tokens >= {math.ceil(tokens)}"
+        )
+    low = int(math.floor(tokens))
+    if low == measured:
+        return costs.verify[-1]
+    share = tokens - low
+    return (1 - share) * costs.verify[low - 1] + share * costs.verify[low]
+
+
+def _check_acceptance(acceptance: float) -> None:
+    if not 0.0 <= acceptance <= 1.0:
+        raise SkipsearchError(f"acceptance must be in [0, 1], got {acceptance}")
+
+
+def expected_tokens_per_round(acceptance: float, gamma: float) -> float:
+    """Tokens committed per draft–verify round with `gamma` drafts, each accepted with
+    probability `acceptance` independently of the others: (1 − a^(γ+1)) / (1 − a); γ + 1 at a = 1."""
+    _check_acceptance(acceptance)
+    if gamma < 0:
+        raise SkipsearchError(f"gamma (draft tokens per round) must be >= 0, got {gamma}")
+    if acceptance == 1.0:
+        return gamma + 1.0
+    return (1.0 - acceptance ** (gamma + 1)) / (1.0 - acceptance)
+
+
+def predicted_speedup(costs: CostModel, skip_set: SkipSet, acceptance: float, gamma: float) -> float:
+    """Predicted speedup of self-speculative decoding over plain decoding, for greedy decoding.
+
+    Assumes each drafted token is accepted with the same probability `acceptance`,
+    independently of its position and of the other drafts (for greedy decoding, the proxy's
+    matchness estimates it), and that every round drafts exactly `gamma` tokens:
+        tokens per round × plain step / (γ × draft step + verify pass of γ + 1 tokens).
+    """
+    round_cost = gamma * draft_step_cost(costs, skip_set) + verify_cost(costs, gamma + 1)
+    return expected_tokens_per_round(acceptance, gamma) * costs.plain_step / round_cost
+
+
+def best_draft_length(costs: CostModel, skip_set: SkipSet, acceptance: float, max_gamma: int) -> tuple[int, float]:
+    """The number of draft tokens per round in 1..max_gamma with the highest predicted speedup, and that speedup."""
+    if max_gamma < 1:
+        raise SkipsearchError(f"max_gamma must be >= 1, got {max_gamma}")
+    speedups = {gamma: predicted_speedup(costs, skip_set, acceptance, gamma) for gamma in range(1, max_gamma + 1)}
+    best = max(speedups, key=speedups.__getitem__)  # the shortest of equals: first maximum
+    return best, speedups[best]
+
+
+def predicted_speedup_from_stats(costs: CostModel, skip_set: SkipSet, stats: DecodeStats) -> float:
+    """The speedup the cost model predicts for a real run with these counts, to set beside the measured one.
+
+    Uses what the run measured rather than the independence assumption: its rounds, their
+    mean draft length (drafted_tokens / rounds) and the tokens they committed (accepted
+    drafts + one per round), plus its plain full-model steps (probe, fallback, rounds with
+    no confident draft), each costing a plain step. The prefill, which plain decoding pays
+    too, is left out, as are draft passes that ended a round for low confidence (the stats
+    do not count them), so the prediction is a little optimistic when drafts stop early.
+    """
+    round_tokens = stats.accepted_tokens + stats.rounds
+    plain_tokens = stats.plain_steps
+    if round_tokens + plain_tokens == 0:
+        return 1.0
+    rounds_cost = 0.0
+    if stats.rounds:
+        mean_drafted = stats.drafted_tokens / stats.rounds
+        per_round = mean_drafted * draft_step_cost(costs, skip_set) + verify_cost(costs, mean_drafted + 1)
+        rounds_cost = stats.rounds * per_round
+    speculative = rounds_cost + plain_tokens * costs.plain_step
+    plain = (round_tokens + plain_tokens) * costs.plain_step
+    return plain / speculative

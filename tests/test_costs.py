@@ -1,0 +1,149 @@
+"""The cost model: measuring on the tiny model (shapes only: timings are noisy) and the pure predictions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skipsearch.costs import (
+    CostModel,
+    best_draft_length,
+    draft_step_cost,
+    expected_tokens_per_round,
+    measure_costs,
+    predicted_speedup,
+    predicted_speedup_from_stats,
+    verify_cost,
+)
+from skipsearch.decoding import DecodeStats
+from skipsearch.errors import SkipsearchError
+from skipsearch.skipping import SkipSet, decoder_layers
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two intra-op threads on two cores shared with other jobs run ~10x slower than one; no timing is checked."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def made_up_costs(num_layers: int = 4) -> CostModel:
+    """Round numbers shaped like SmolLM2's on this CPU (fixed part ~1/6 of a step, verify flat at first)."""
+    return CostModel(
+        attention=[0.5] * num_layers,
+        mlp=[0.75] * num_layers,
+        fixed=6.0,
+        verify=[11.0, 11.5, 12.5, 15.0, 16.0, 17.0, 18.0, 19.0, 20.0],
+        device="cpu (2 threads)",
+        dtype="float32",
+    )
+
+
+def test_measure_costs_shapes_and_positivity(tiny_model):
+    costs = measure_costs(tiny_model, context_tokens=16, max_verify_tokens=3, repeats=2)
+    layers = tiny_model.config.num_hidden_layers
+    assert len(costs.attention) == len(costs.mlp) == layers
+    assert len(costs.verify) == 3
+    assert all(c >= 0 for c in costs.attention + costs.mlp)
+    assert costs.fixed > 0 and all(v > 0 for v in costs.verify)
+    assert costs.dtype == "float32" and costs.device.startswith("cpu (")
+    assert costs.context_tokens == 16
+    assert CostModel.from_dict(costs.to_dict()) == costs
+
+
+def test_measure_costs_leaves_model_unchanged(tiny_model):
+    ids = torch.tensor([[1, 5, 9, 17, 33, 64]])
+    with torch.inference_mode():
+        before = tiny_model(ids).logits
+    rng_state = torch.get_rng_state()
+    measure_costs(tiny_model, context_tokens=8, max_verify_tokens=2, repeats=1)
+    with torch.inference_mode():
+        after = tiny_model(ids).logits
+    assert torch.equal(before, after)
+    assert torch.equal(rng_state, torch.get_rng_state())
+    assert all("forward" not in vars(layer) for layer in decoder_layers(tiny_model))
+
+
+def test_measure_costs_refuses_bad_arguments(tiny_model):
+    with pytest.raises(SkipsearchError, match="context_tokens"):
+        measure_costs(tiny_model, context_tokens=0)
+    with pytest.raises(SkipsearchError, match="positions"):
+        measure_costs(tiny_model, context_tokens=510, max_verify_tokens=9)
+
+
+def test_draft_cost_is_fixed_plus_the_blocks_that_run():
+    costs = made_up_costs()
+    full = draft_step_cost(costs, SkipSet())
+    assert full == pytest.approx(6.0 + 4 * 0.5 + 4 * 0.75)
+    fewer = draft_step_cost(costs, SkipSet(attention=(1,)))
+    fewest = draft_step_cost(costs, SkipSet(attention=(1, 2), mlp=(2,)))
+    assert full > fewer > fewest
+    assert fewest == pytest.approx(6.0 + 2 * 0.5 + 3 * 0.75)
+    everything = SkipSet(attention=(0, 1, 2, 3), mlp=(0, 1, 2, 3))
+    assert draft_step_cost(costs, everything) == pytest.approx(costs.fixed)
+    with pytest.raises(SkipsearchError, match="out of range"):
+        draft_step_cost(costs, SkipSet(mlp=(4,)))
+
+
+def test_expected_tokens_per_round_edges():
+    assert expected_tokens_per_round(0.0, 5) == pytest.approx(1.0)
+    assert expected_tokens_per_round(1.0, 5) == pytest.approx(6.0)
+    assert expected_tokens_per_round(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_tokens_per_round(0.999999, 3) == pytest.approx(4.0, rel=1e-4)
+    with pytest.raises(SkipsearchError, match="acceptance"):
+        expected_tokens_per_round(1.5, 3)
+
+
+def test_predicted_speedup_of_the_full_model_as_its_own_draft():
+    costs = made_up_costs()
+    full = draft_step_cost(costs, SkipSet())
+    for gamma in (1, 3, 8):
+        expected = (gamma + 1) * costs.verify[0] / (gamma * full + costs.verify[gamma])
+        assert predicted_speedup(costs, SkipSet(), 1.0, gamma) == pytest.approx(expected)
+    assert predicted_speedup(costs, SkipSet(), 0.3, 0) == pytest.approx(1.0)
+
+
+def test_best_draft_length_grows_with_acceptance():
+    # a draft that skips most of the model is cheap next to a flat verify cost
+    costs = CostModel(attention=[2.5] * 4, mlp=[2.5] * 4, fixed=1.0, verify=[21 + 0.5 * n for n in range(10)],
+                      device="cpu (2 threads)", dtype="float32")
+    cheap = SkipSet(attention=(0, 1, 2), mlp=(1, 2, 3))
+    low_gamma, low_speedup = best_draft_length(costs, cheap, 0.3, 8)
+    high_gamma, high_speedup = best_draft_length(costs, cheap, 0.95, 8)
+    assert high_gamma > low_gamma
+    assert high_speedup > low_speedup
+    assert high_speedup == pytest.approx(predicted_speedup(costs, cheap, 0.95, high_gamma))
+    with pytest.raises(SkipsearchError, match="max_verify_tokens >= 11"):
+        best_draft_length(costs, cheap, 0.95, 10)
+
+
+def test_verify_cost_interpolates_between_measured_counts():
+    costs = made_up_costs()
+    assert verify_cost(costs, 1) == costs.verify[0]
+    assert verify_cost(costs, 2.5) == pytest.approx(12.0)
+    assert verify_cost(costs, 9) == costs.verify[-1]
+
+
+def test_prediction_from_stats():
+    costs = made_up_costs()
+    skip = SkipSet(attention=(1, 2))
+    # no rounds: plain decoding all the way
+    assert predicted_speedup_from_stats(costs, skip, DecodeStats(plain_steps=10)) == pytest.approx(1.0)
+    # 4 rounds of 3 drafts, 2 accepted each: 12 tokens for 4 x (3 drafts + verify of 4)
+    stats = DecodeStats(rounds=4, drafted_tokens=12, accepted_tokens=8)
+    per_round = 3 * draft_step_cost(costs, skip) + costs.verify[3]
+    expected = 12 * costs.verify[0] / (4 * per_round)
+    assert predicted_speedup_from_stats(costs, skip, stats) == pytest.approx(expected)
+    # plain steps add plain cost to both sides
+    stats.plain_steps = 2
+    expected = 14 * costs.verify[0] / (4 * per_round + 2 * costs.verify[0])
+    assert predicted_speedup_from_stats(costs, skip, stats) == pytest.approx(expected)
+
+
+def test_cost_model_from_dict_names_bad_keys():
+    data = made_up_costs().to_dict()
+    data["atention"] = data.pop("attention")
+    with pytest.raises(SkipsearchError, match="unknown keys \\['atention'\\] / missing keys \\['attention'\\]"):
+        CostModel.from_dict(data)
