@@ -176,7 +176,17 @@ def load_model(
             f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]} "
             "(no network? use an embedded name, a local folder or a .gguf file)"
         ) from exc
-    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch_dtype)
+    from transformers.utils import logging as hf_logging
+
+    # The per-tensor "Loading weights" bar of an already converted model only adds noise;
+    # the slow first load (GGUF dequantising) keeps its bar.
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch_dtype)
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
     decoder_layers(model)  # refuse unsupported families before anything else uses the model
     model.to(torch_device).eval()
     model.requires_grad_(False)

@@ -1,0 +1,120 @@
+"""`skipsearch generate`: self-speculative generation from a profile or explicit skip lists."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..decoding import DecodeSettings, decode
+from ..errors import SkipsearchError
+from ..models import DEFAULT_MODEL, DTYPES, load_model
+from ..profiles import check_profile_for_model, load_profile
+from ..skipping import SkipSet
+from ..tasks import check_prompt_fits, format_prompt
+
+
+def parse_layer_list(text: str, flag: str) -> tuple[int, ...]:
+    """'3,5,7' -> (3, 5, 7); an empty string is no layers."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SkipsearchError(f"{flag} takes comma-separated layer indices like 3,5,7; got {text!r}") from None
+
+
+def add_skip_arguments(parser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--profile", metavar="FILE", help="skip profile (.yaml) to draft with")
+    source.add_argument("--skip-attention", metavar="LAYERS", default="",
+                        help="comma-separated 0-based layers whose attention is skipped while drafting")
+    parser.add_argument("--skip-mlp", metavar="LAYERS", default="",
+                        help="comma-separated 0-based layers whose MLP is skipped while drafting")
+    parser.add_argument("--max-draft-tokens", type=int, metavar="N",
+                        help="tokens drafted per round at most (default: the profile's, else 8)")
+    parser.add_argument("--confidence-threshold", type=float, metavar="P",
+                        help="stop drafting when the draft's top-1 probability is below P "
+                             "(default: the profile's, else 0.8; 0 never stops early)")
+
+
+def resolve_skip(args, model) -> tuple[SkipSet, int, float]:
+    """The skip set and draft settings from --profile or the explicit lists; flags win over the profile."""
+    if args.profile:
+        if args.skip_mlp:
+            raise SkipsearchError("--skip-mlp cannot be combined with --profile; use one or the other")
+        profile = load_profile(args.profile)
+        check_profile_for_model(profile, model)
+        skip_set = profile.skip
+        draft_tokens, threshold = profile.draft.max_draft_tokens, profile.draft.confidence_threshold
+    else:
+        skip_set = SkipSet(attention=parse_layer_list(args.skip_attention, "--skip-attention"),
+                           mlp=parse_layer_list(args.skip_mlp, "--skip-mlp"))
+        skip_set.check_against(model.config.num_hidden_layers)
+        draft_tokens, threshold = 8, 0.8
+    if args.max_draft_tokens is not None:
+        draft_tokens = args.max_draft_tokens
+    if args.confidence_threshold is not None:
+        threshold = args.confidence_threshold
+    return skip_set, draft_tokens, threshold
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="generate text with self-speculative decoding (lossless)",
+        description="Generate with the full model's output, drafted by the model with sublayers skipped. "
+                    "Without --profile or skip lists it decodes plainly.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"embedded name, hub id, folder or .gguf (default {DEFAULT_MODEL})")
+    parser.add_argument("--prompt", required=True, help="the user message")
+    add_skip_arguments(parser)
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="tokens to generate at most (default 128)")
+    parser.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default 1 = off)")
+    parser.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest tokens (default 0 = off)")
+    parser.add_argument("--seed", type=int, metavar="S", help="random seed for sampling")
+    parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as plain text")
+    parser.add_argument("--no-fallback", action="store_true", help="keep drafting even when it is slower than plain decoding")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with text, token_ids and stats")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    skip_set, draft_tokens, threshold = resolve_skip(args, model)
+    settings = DecodeSettings(
+        max_new_tokens=args.max_new_tokens, max_draft_tokens=draft_tokens, confidence_threshold=threshold,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+        fallback=not args.no_fallback,
+    )
+    prompt_ids = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
+    check_prompt_fits(prompt_ids, getattr(model.config, "max_position_embeddings", None), args.max_new_tokens, "--prompt")
+
+    stream = None
+    if not args.json:
+        shown: list[int] = []
+        printed = [0]
+
+        def stream(tokens: list[int]) -> None:
+            shown.extend(tokens)
+            text = tokenizer.decode(shown, skip_special_tokens=True)
+            sys.stdout.write(text[printed[0]:])
+            sys.stdout.flush()
+            printed[0] = len(text)
+
+    result = decode(model, prompt_ids, skip_set, settings, on_tokens=stream)
+    stats = result.stats.to_dict()
+    if args.json:
+        text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        print(json.dumps({"text": text, "token_ids": result.token_ids, "skip": skip_set.describe(), "stats": stats}))
+        return 0
+    print()
+    print(
+        f"[{stats['new_tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s, "
+        f"{skip_set.describe()}, rounds {stats['rounds']}, acceptance {stats['acceptance_rate']:.2f}, "
+        f"mean accepted {stats['mean_accepted_tokens']:.2f}"
+        + (f", fell back to plain decoding at token {stats['fallback_at_token']}" if stats["fell_back"] else "")
+        + "]",
+        file=sys.stderr,
+    )
+    return 0

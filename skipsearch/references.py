@@ -1,0 +1,66 @@
+"""Reference continuations: the full model's greedy answers to the search prompts, cached on disk.
+
+A search scores thousands of candidates against the same continuations, and re-running a
+study must not regenerate them, so they are stored under the cache directory keyed by
+the model fingerprint, the task, the prompt's token ids and the length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .decoding import DecodeSettings, decode
+from .models import cache_root
+
+
+@dataclass(frozen=True)
+class Reference:
+    prompt_id: str
+    prompt_ids: tuple[int, ...]
+    continuation: tuple[int, ...]  # the full model's greedy continuation
+
+
+def _cache_file(fingerprint: str, task: str, prompt_ids: list[int], length: int) -> Path:
+    key = json.dumps([fingerprint, task, list(prompt_ids), length]).encode()
+    return cache_root() / "references" / f"{hashlib.sha256(key).hexdigest()}.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def reference_continuations(
+    model,
+    fingerprint: str,
+    task: str,
+    prompts: list[tuple[str, list[int]]],
+    length: int,
+    progress: bool = False,
+) -> list[Reference]:
+    """The full model's greedy continuation of each (prompt id, token ids), at most `length` tokens."""
+    references = []
+    for prompt_id, prompt_ids in tqdm(prompts, desc="reference continuations", disable=not progress, leave=False):
+        path = _cache_file(fingerprint, task, prompt_ids, length)
+        try:
+            continuation = json.loads(path.read_text())["continuation"]
+        except (OSError, ValueError, KeyError):
+            result = decode(model, prompt_ids, None, DecodeSettings(max_new_tokens=length, fallback=False))
+            continuation = result.token_ids
+            _write_atomically(path, json.dumps({"prompt_id": prompt_id, "continuation": continuation}))
+        references.append(Reference(prompt_id, tuple(prompt_ids), tuple(continuation)))
+    return references

@@ -1,0 +1,310 @@
+"""Runs a study end to end: model and task, reference continuations, costs, the Optuna
+search, re-scoring of the best candidates with the real decoder, and profile export.
+
+This is where the pieces meet the outside world (model loading, caches, the study
+storage, profile files); the pieces themselves stay pure. Nothing here prints: progress
+bars go to stderr, and results are returned to the command line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+from tqdm.auto import tqdm
+
+from . import __version__
+from .baselines import evenly_spaced, importance_ranking, least_important
+from .costs import CostModel, measure_costs, predicted_speedup
+from .decoding import DecodeSettings, DecodeStats, decode, synchronize
+from .errors import SkipsearchError
+from .models import LoadedModel, load_model, model_fingerprint
+from .profiles import DraftSettings, Profile, ProfileMetrics, ProfileModel, load_profile, save_profile
+from .references import Reference, reference_continuations
+from .scoring import ProxyScorer
+from .search import (SkipObjective, best_trials, completed_trials, enqueue_warm_starts, make_sampler,
+                     open_study, trial_skip_set)
+from .skipping import SkipSet, eligible_sublayers
+from .studies import StudyConfig, resolve_skip_budget
+from .tasks import check_prompt_fits, format_prompt, load_task, split_prompts
+
+log = logging.getLogger(__name__)
+
+CONFIDENCE_CANDIDATES = (0.0, 0.5)  # tried beside the study's own threshold on the best candidate
+
+
+@dataclass
+class StudySetup:
+    """Everything a search needs, built once per process."""
+
+    config: StudyConfig
+    loaded: LoadedModel
+    fingerprint: str
+    eligible: list[tuple[str, int]]
+    k: int
+    search_refs: list[Reference]
+    heldout_refs: list[Reference]
+    scorer: ProxyScorer
+    costs: CostModel
+    _heldout_scorer: ProxyScorer | None = None
+
+    @property
+    def heldout_scorer(self) -> ProxyScorer:
+        if self._heldout_scorer is None:
+            self._heldout_scorer = ProxyScorer(self.loaded.model, self.heldout_refs)
+        return self._heldout_scorer
+
+    @property
+    def task_name(self) -> str:
+        task = self.config.task
+        return task.source + (f"/{task.category}" if task.category else "")
+
+
+def check_output_path(path: Path, is_default: bool) -> None:
+    """Fail before any work when an explicit output folder is missing; default folders are made."""
+    if path.parent.is_dir():
+        return
+    if is_default:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    raise SkipsearchError(f"output folder {path.parent} does not exist; create it or choose another path")
+
+
+def prepare(config: StudyConfig, progress: bool = True, loaded: LoadedModel | None = None) -> StudySetup:
+    """Load (unless given) the model, the task's prompts and references, and measure costs."""
+    task_cfg = config.task
+    task = load_task(task_cfg.source, data=task_cfg.data, category=task_cfg.category, field=task_cfg.field,
+                     split=task_cfg.split, category_field=task_cfg.category_field)
+    search_prompts, heldout_prompts = split_prompts(task, task_cfg.search_prompts, task_cfg.heldout_prompts,
+                                                    config.search.seed)
+    loaded = loaded or load_model(config.model.name, dtype=config.model.dtype, device=config.model.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    fingerprint = model_fingerprint(model)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+
+    def encode(prompts):
+        encoded = []
+        for prompt in prompts:
+            ids = format_prompt(tokenizer, prompt.text, task_cfg.chat_template)
+            check_prompt_fits(ids, max_positions, task_cfg.reference_tokens, prompt.id)
+            encoded.append((prompt.id, ids))
+        return encoded
+
+    task_key = f"{task.name}:{task_cfg.category}:{task_cfg.chat_template}"
+    search_refs = reference_continuations(model, fingerprint, task_key, encode(search_prompts),
+                                          task_cfg.reference_tokens, progress)
+    heldout_refs = reference_continuations(model, fingerprint, task_key, encode(heldout_prompts),
+                                           task_cfg.reference_tokens, progress)
+    eligible = eligible_sublayers(model.config.num_hidden_layers, config.search.keep_first, config.search.keep_last)
+    k = resolve_skip_budget(config.search.skip_budget, len(eligible))
+    context = int(sum(len(r.prompt_ids) for r in search_refs) / len(search_refs))
+    costs = measure_costs(model, context_tokens=context, max_verify_tokens=config.draft.max_draft_tokens + 1)
+    return StudySetup(config, loaded, fingerprint, eligible, k, search_refs, heldout_refs,
+                      ProxyScorer(model, search_refs), costs)
+
+
+def importance(setup: StudySetup, study: optuna.Study, progress: bool) -> list[tuple[tuple[str, int], float]]:
+    """Each eligible sublayer's matchness when skipped alone; stored in the study, computed once."""
+    stored = study.user_attrs.get("importance")
+    if stored and len(stored) == len(setup.eligible):
+        return [((kind, layer), value) for kind, layer, value in stored]
+    bar = tqdm(total=len(setup.eligible), desc="sublayer importance", disable=not progress, leave=False)
+
+    def score(skip_set):
+        bar.update(1)
+        return setup.scorer.score(skip_set)
+
+    ranking = importance_ranking(score, setup.eligible)
+    bar.close()
+    study.set_user_attr("importance", [[kind, layer, value] for (kind, layer), value in ranking])
+    return ranking
+
+
+def warm_start_sets(setup: StudySetup, ranking, profile_paths: list[str]) -> list[SkipSet]:
+    k, eligible = setup.k, setup.eligible
+    sets = [least_important(ranking, k), evenly_spaced(eligible, k)]
+    if setup.config.search.objective != "matchness":
+        # a free count: also try smaller and larger sets of the least important sublayers
+        sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
+    allowed = set(eligible)
+    for path in profile_paths:
+        profile = load_profile(path)
+        kept = [s for s in profile.skip.sublayers if s in allowed]
+        if len(kept) < len(profile.skip):
+            log.warning("warm start %s: dropped sublayers outside the eligible layers", path)
+        if kept:
+            sets.append(SkipSet.from_sublayers(kept))
+    return sets
+
+
+def run_search(setup: StudySetup, study: optuna.Study, warm_starts: list[str], progress: bool) -> None:
+    """Run trials until the study holds `search.trials` finished ones (shared with other workers)."""
+    search_cfg = setup.config.search
+    ranking = importance(setup, study, progress)
+    if not study.user_attrs.get("warm_started"):
+        enqueue_warm_starts(study, warm_start_sets(setup, ranking, warm_starts), setup.eligible)
+        study.set_user_attr("warm_started", True)
+    study.set_user_attr("skip_budget", setup.k)
+    study.set_user_attr("sampler", search_cfg.sampler)
+    study.set_user_attr("costs", setup.costs.to_dict())
+    remaining = search_cfg.trials - len(completed_trials(study))
+    if remaining <= 0:
+        return
+    objective = SkipObjective(setup.scorer.score, setup.costs, setup.eligible, search_cfg.objective,
+                              setup.k if search_cfg.objective == "matchness" else None,
+                              setup.config.draft.max_draft_tokens)
+    study.optimize(objective, n_trials=remaining, show_progress_bar=progress,
+                   callbacks=[optuna.study.MaxTrialsCallback(search_cfg.trials,
+                                                             states=(optuna.trial.TrialState.COMPLETE,))])
+
+
+@dataclass
+class Measurement:
+    """A skip set decoded for real on the held-out prompts, against plain decoding."""
+
+    skip_attention: list[int]
+    skip_mlp: list[int]
+    max_draft_tokens: int
+    confidence_threshold: float
+    matchness: float  # proxy matchness on the held-out prompts
+    acceptance_rate: float
+    mean_accepted_tokens: float
+    speedup: float  # measured: tokens/s over plain decoding's
+    predicted_speedup: float  # cost model at the held-out matchness
+    tokens_per_s: float
+    plain_tokens_per_s: float
+    trial: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def skip_set(self) -> SkipSet:
+        return SkipSet(attention=tuple(self.skip_attention), mlp=tuple(self.skip_mlp))
+
+
+def _timed_decode(model, prompt_ids, skip_set, settings) -> tuple[list[int], float, DecodeStats]:
+    device = next(model.parameters()).device
+    synchronize(device)
+    start = time.perf_counter()
+    result = decode(model, prompt_ids, skip_set, settings)
+    synchronize(device)
+    return result.token_ids, time.perf_counter() - start, result.stats
+
+
+def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float,
+            trial: int | None = None) -> Measurement:
+    """Decode every held-out prompt plainly and with the skip set, interleaved; fallback off, so
+    the number is the profile's own speed."""
+    model = setup.loaded.model
+    length = setup.config.task.reference_tokens
+    plain = DecodeSettings(max_new_tokens=length, fallback=False)
+    drafted = DecodeSettings(max_new_tokens=length, max_draft_tokens=max_draft_tokens,
+                             confidence_threshold=confidence_threshold, fallback=False)
+    # one untimed run first: the first decode after loading pays one-off allocation costs
+    decode(model, list(setup.heldout_refs[0].prompt_ids), None, DecodeSettings(max_new_tokens=4, fallback=False))
+    plain_time = draft_time = 0.0
+    plain_tokens = draft_tokens = 0
+    totals = DecodeStats()
+    for reference in setup.heldout_refs:
+        ids, seconds, _ = _timed_decode(model, list(reference.prompt_ids), None, plain)
+        plain_time, plain_tokens = plain_time + seconds, plain_tokens + len(ids)
+        drafted_ids, seconds, stats = _timed_decode(model, list(reference.prompt_ids), skip_set, drafted)
+        if drafted_ids != ids:
+            raise SkipsearchError(f"self-speculative output differed from plain decoding on {reference.prompt_id}; "
+                                  "this is a bug: please report it with the model and profile")
+        draft_time, draft_tokens = draft_time + seconds, draft_tokens + len(drafted_ids)
+        totals.rounds += stats.rounds
+        totals.drafted_tokens += stats.drafted_tokens
+        totals.accepted_tokens += stats.accepted_tokens
+    matchness = setup.heldout_scorer.score(skip_set).matchness
+    tokens_per_s, plain_tokens_per_s = draft_tokens / draft_time, plain_tokens / plain_time
+    return Measurement(
+        skip_attention=list(skip_set.attention), skip_mlp=list(skip_set.mlp),
+        max_draft_tokens=max_draft_tokens, confidence_threshold=confidence_threshold,
+        matchness=matchness, acceptance_rate=totals.acceptance_rate,
+        mean_accepted_tokens=totals.mean_accepted_tokens,
+        speedup=tokens_per_s / plain_tokens_per_s,
+        predicted_speedup=predicted_speedup(setup.costs, skip_set, matchness, max_draft_tokens),
+        tokens_per_s=tokens_per_s, plain_tokens_per_s=plain_tokens_per_s, trial=trial,
+    )
+
+
+def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) -> list[Measurement]:
+    """Measure the best candidates with the real decoder; tune the confidence threshold of the best."""
+    objective = setup.config.search.objective
+    candidates = best_trials(study, objective, max(top, setup.config.search.rescore_top))
+    if not candidates:
+        raise SkipsearchError("the study has no finished trial with a non-empty skip set; run more trials")
+    threshold = setup.config.draft.confidence_threshold
+    measurements = []
+    for trial in tqdm(candidates, desc="re-scoring with the real decoder", disable=not progress, leave=False):
+        measurements.append(measure(setup, trial_skip_set(trial), trial.user_attrs["draft_tokens"], threshold,
+                                    trial.number))
+    rank = (lambda m: m.matchness) if objective == "matchness" else (lambda m: m.speedup)
+    measurements.sort(key=rank, reverse=True)
+    best = measurements[0]
+    for candidate in CONFIDENCE_CANDIDATES:
+        if candidate != threshold:
+            tuned = measure(setup, best.skip_set, best.max_draft_tokens, candidate, best.trial)
+            if tuned.speedup > best.speedup:
+                measurements[0] = best = tuned
+    study.set_user_attr("rescored", [asdict(m) for m in measurements])
+    return measurements
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
+
+
+def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Study, storage: str,
+                  command: str) -> Profile:
+    config, model = setup.config, setup.loaded.model
+    costs = setup.costs
+    return Profile(
+        model=ProfileModel(name=setup.loaded.name, architecture=model.config.model_type,
+                           num_hidden_layers=model.config.num_hidden_layers, fingerprint=setup.fingerprint),
+        task=setup.task_name,
+        skip=measurement.skip_set,
+        draft=DraftSettings(max_draft_tokens=measurement.max_draft_tokens,
+                            confidence_threshold=measurement.confidence_threshold),
+        metrics=ProfileMetrics(
+            matchness=round(measurement.matchness, 4), acceptance_rate=round(measurement.acceptance_rate, 4),
+            mean_accepted_tokens=round(measurement.mean_accepted_tokens, 3), speedup=round(measurement.speedup, 3),
+            predicted_speedup=round(measurement.predicted_speedup, 3), device=costs.device, dtype=costs.dtype,
+        ),
+        provenance={
+            "tool_version": __version__,
+            "study": study.study_name,
+            "storage": _redact(storage),
+            "trial": measurement.trial,
+            "objective": config.search.objective,
+            "sampler": config.search.sampler,
+            "seed": config.search.seed,
+            "trials": len(completed_trials(study)),
+            "heldout_prompts": len(setup.heldout_refs),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": command,
+        },
+    )
+
+
+def export_profiles(setup: StudySetup, measurements: list[Measurement], study: optuna.Study, storage: str,
+                    path: Path, top: int, command: str) -> list[Path]:
+    """The best measured candidate to `path`; with top > 1 the next ones to path-2, path-3, …"""
+    written = []
+    for rank, measurement in enumerate(measurements[:top], start=1):
+        target = path if rank == 1 else path.with_name(f"{path.name.removesuffix('.yaml')}-{rank}.yaml")
+        save_profile(build_profile(setup, measurement, study, storage, command), target)
+        written.append(target)
+    study.set_user_attr("exported_profile", str(written[0]))
+    return written
+
+
+def open_configured_study(config: StudyConfig, storage: str) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(config.search.sampler, config.search.seed, config.search.objective)
+    return open_study(config.name, storage, config.search.objective, sampler)

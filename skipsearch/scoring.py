@@ -1,0 +1,168 @@
+"""Fast proxy scores of a skip set against reference continuations.
+
+For each search prompt the full model's KV cache of the prompt and its per-layer hidden
+states over the reference continuation are computed once. A candidate then runs only its
+own layers from its first skipped sublayer upwards, over the continuation only, attending
+to the prompt's full-model KV, exactly what drafting sees in real decoding (the prompt is
+prefilled by the full model; drafting only runs on new tokens).
+
+Scores:
+- matchness: the share of positions where the skipped model's argmax equals the full
+  model's next token (SWIFT's objective; for greedy decoding it is the per-token
+  acceptance chance);
+- expected acceptance: the mean of sum_v min(p_v, q_v), the chance that speculative
+  sampling at temperature 1 accepts a drafted token.
+
+This module knows nothing about tasks, storage or search.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from .decoding import crop_cache
+from .errors import SkipsearchError
+from .references import Reference
+from .skipping import SkipSet, decoder_layers, skipping
+
+
+@dataclass(frozen=True)
+class ProxyScore:
+    matchness: float
+    expected_acceptance: float
+
+
+@dataclass
+class _PromptState:
+    cache: DynamicCache  # the full model's KV of the prompt only
+    prompt_length: int
+    hidden: list[torch.Tensor]  # hidden[i]: input of layer i over the continuation, (1, T, hidden)
+    masks: list  # per layer attention mask for the continuation
+    position_ids: torch.Tensor  # (1, T)
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    targets: torch.Tensor  # (T,) the next token after each input position
+    target_probs: torch.Tensor  # (T, vocab) the full model's next-token distribution
+
+
+class ProxyScorer:
+    """Scores skip sets on a fixed set of reference continuations, reusing the full model's work."""
+
+    def __init__(self, model, references: list[Reference]):
+        self.model = model
+        self.layers = decoder_layers(model)
+        self.device = next(model.parameters()).device
+        usable = [r for r in references if len(r.continuation) >= 2]
+        if not usable:
+            raise SkipsearchError(
+                "every reference continuation is shorter than 2 tokens; use prompts with longer answers "
+                "or raise task.reference_tokens"
+            )
+        self.positions = sum(len(r.continuation) - 1 for r in usable)
+        self.evaluations = 0
+        self.seconds = 0.0
+        self._memo: dict[SkipSet, ProxyScore] = {}
+        with torch.inference_mode():
+            self._states = [self._prepare(r) for r in usable]
+
+    def _masks(self, inputs_embeds, cache, position_ids) -> list:
+        config = self.model.config
+        kwargs = dict(config=config, inputs_embeds=inputs_embeds, attention_mask=None,
+                      past_key_values=cache, position_ids=position_ids)
+        by_type = {"full_attention": create_causal_mask(**kwargs)}
+        layer_types = getattr(config, "layer_types", None) or ["full_attention"] * len(self.layers)
+        if "sliding_attention" in layer_types:
+            by_type["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+        return [by_type[kind] for kind in layer_types]
+
+    def _prepare(self, reference: Reference) -> _PromptState:
+        model, device = self.model, self.device
+        prompt = torch.tensor([reference.prompt_ids], device=device)
+        cache = DynamicCache()
+        model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        # inputs are the continuation but its last token; each predicts the token after it
+        continuation = torch.tensor([reference.continuation], device=device)
+        inputs, targets = continuation[:, :-1], continuation[0, 1:]
+        start = prompt.shape[1]
+        position_ids = torch.arange(start, start + inputs.shape[1], device=device).unsqueeze(0)
+        embeds = model.model.embed_tokens(inputs)
+        masks = self._masks(embeds, cache, position_ids)
+        out = model(input_ids=inputs, position_ids=position_ids, past_key_values=cache, use_cache=True,
+                    output_hidden_states=True)
+        crop_cache(cache, start)
+        return _PromptState(
+            cache=cache,
+            prompt_length=start,
+            hidden=list(out.hidden_states[:-1]),
+            masks=masks,
+            position_ids=position_ids,
+            position_embeddings=model.model.rotary_emb(embeds, position_ids=position_ids),
+            targets=targets,
+            target_probs=out.logits[0].float().softmax(-1),
+        )
+
+    def _draft_logits(self, state: _PromptState, skip_set: SkipSet) -> torch.Tensor:
+        """The skipped model's logits over the continuation, starting at its first skipped layer."""
+        first = skip_set.first_layer
+        hidden = state.hidden[first]
+        try:
+            with skipping(self.model, skip_set):
+                for index in range(first, len(self.layers)):
+                    hidden = self.layers[index](
+                        hidden,
+                        attention_mask=state.masks[index],
+                        position_ids=state.position_ids,
+                        past_key_values=state.cache,
+                        use_cache=True,
+                        position_embeddings=state.position_embeddings,
+                    )
+        finally:
+            crop_cache(state.cache, state.prompt_length)
+        return self.model.lm_head(self.model.model.norm(hidden))[0]  # (T, vocab)
+
+    def score(self, skip_set: SkipSet) -> ProxyScore:
+        if skip_set in self._memo:
+            return self._memo[skip_set]
+        if not len(skip_set):
+            return ProxyScore(1.0, 1.0)
+        started = time.perf_counter()
+        matches, overlap = 0.0, 0.0
+        with torch.inference_mode():
+            for state in self._states:
+                logits = self._draft_logits(state, skip_set)
+                matches += (logits.argmax(-1) == state.targets).sum().item()
+                overlap += torch.minimum(logits.float().softmax(-1), state.target_probs).sum().item()
+        self.seconds += time.perf_counter() - started
+        self.evaluations += 1
+        result = ProxyScore(matches / self.positions, overlap / self.positions)
+        self._memo[skip_set] = result
+        return result
+
+
+def score_from_scratch(model, references: list[Reference], skip_set: SkipSet) -> ProxyScore:
+    """The same scores without reusing hidden states: a check on `ProxyScorer`, and its cost baseline."""
+    matches, overlap, positions = 0.0, 0.0, 0
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for reference in references:
+            if len(reference.continuation) < 2:
+                continue
+            cache = DynamicCache()
+            model(input_ids=torch.tensor([reference.prompt_ids], device=device), past_key_values=cache, use_cache=True)
+            start = len(reference.prompt_ids)
+            inputs = torch.tensor([reference.continuation[:-1]], device=device)
+            targets = torch.tensor(reference.continuation[1:], device=device)
+            position_ids = torch.arange(start, start + inputs.shape[1], device=device).unsqueeze(0)
+            full = model(input_ids=inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
+            crop_cache(cache, start)
+            with skipping(model, skip_set):
+                draft = model(input_ids=inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
+            q = draft.logits[0].float().softmax(-1)
+            matches += (draft.logits[0].argmax(-1) == targets).sum().item()
+            overlap += torch.minimum(q, full.logits[0].float().softmax(-1)).sum().item()
+            positions += len(targets)
+    return ProxyScore(matches / positions, overlap / positions)

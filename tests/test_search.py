@@ -1,0 +1,147 @@
+import json
+import random
+
+import optuna
+import pytest
+import torch
+
+from conftest import make_tiny_llama, make_tokenizer
+from skipsearch import runner
+from skipsearch.decoding import DecodeSettings, decode
+from skipsearch.errors import SkipsearchError
+from skipsearch.models import LoadedModel
+from skipsearch.profiles import check_profile_for_model, load_profile
+from skipsearch.references import Reference
+from skipsearch.scoring import ProxyScorer, score_from_scratch
+from skipsearch.search import open_study, params_for, skip_set_from_params
+from skipsearch.skipping import SkipSet, eligible_sublayers
+from skipsearch.studies import parse_study
+
+WORDS = ["hello", "world"]
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKIPSEARCH_CACHE", str(tmp_path / "cache"))
+
+
+def _task_file(tmp_path, n=6):
+    rng = random.Random(0)
+    path = tmp_path / "task.jsonl"
+    with open(path, "w") as out:
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS) for _ in range(3 + i))
+            out.write(json.dumps({"question_id": i, "category": "toy", "turns": [text]}) + "\n")
+    return path
+
+
+def _config(tmp_path, **search):
+    return parse_study({
+        "name": "toy",
+        "task": {"source": "specbench", "data": str(_task_file(tmp_path)), "search_prompts": 3,
+                 "heldout_prompts": 2, "reference_tokens": 10, "chat_template": False},
+        "search": {"objective": "speedup", "trials": 3, "skip_budget": 2, **search},
+        "draft": {"max_draft_tokens": 3},
+        "output": {"profile": str(tmp_path / "toy.profile.yaml")},
+    }, "test")
+
+
+def _tiny_loaded():
+    return LoadedModel(model=make_tiny_llama(), tokenizer=make_tokenizer(), name="tiny", source="memory")
+
+
+def _run(tmp_path, config, storage):
+    setup = runner.prepare(config, progress=False, loaded=_tiny_loaded())
+    study = runner.open_configured_study(config, storage)
+    runner.run_search(setup, study, [], progress=False)
+    return setup, study
+
+
+def test_a_short_study_writes_a_valid_profile(tmp_path, isolated_cache):
+    config = _config(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'toy.db'}"
+    setup, study = _run(tmp_path, config, storage)
+    assert len(runner.completed_trials(study)) == 3
+    measurements = runner.rescore(setup, study, top=2, progress=False)
+    written = runner.export_profiles(setup, measurements, study, storage, tmp_path / "toy.profile.yaml", 2, "test")
+    assert [p.name for p in written] == ["toy.profile.yaml", "toy.profile-2.yaml"]
+    profile = load_profile(written[0])
+    check_profile_for_model(profile, setup.loaded.model)
+    assert len(profile.skip) > 0
+    assert set(profile.skip.sublayers) <= set(setup.eligible)
+    assert profile.provenance["study"] == "toy" and profile.provenance["trials"] == 3
+    assert 0 <= profile.metrics.acceptance_rate <= 1
+
+
+def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
+    setup, study = _run(tmp_path, _config(tmp_path, objective="matchness", trials=2), f"sqlite:///{tmp_path / 'w.db'}")
+    trials = study.get_trials()
+    assert all(t.user_attrs.get("warm_start") for t in trials[:2])
+    ranking = [((kind, layer), value) for kind, layer, value in study.user_attrs["importance"]]
+    from skipsearch.baselines import evenly_spaced, least_important
+
+    expected = {least_important(ranking, 2), evenly_spaced(setup.eligible, 2)}
+    assert {runner.trial_skip_set(t) for t in trials[:2]} <= expected
+    assert runner.trial_skip_set(trials[0]) == least_important(ranking, 2)
+
+
+def test_resuming_adds_trials_instead_of_starting_over(tmp_path, isolated_cache):
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    _run(tmp_path, _config(tmp_path, trials=3), storage)
+    _, study = _run(tmp_path, _config(tmp_path, trials=5), storage)
+    assert len(runner.completed_trials(study)) == 5
+    assert len({t.number for t in study.trials}) == len(study.trials) == 5
+
+
+def test_references_are_cached_on_disk(tmp_path, isolated_cache):
+    config = _config(tmp_path)
+    first = runner.prepare(config, progress=False, loaded=_tiny_loaded())
+    files = list((tmp_path / "cache" / "references").glob("*.json"))
+    assert len(files) == 5
+    second = runner.prepare(config, progress=False, loaded=_tiny_loaded())
+    assert first.search_refs == second.search_refs
+
+
+def test_proxy_equals_a_from_scratch_computation(tiny_model):
+    rng = random.Random(1)
+    references = []
+    for i in range(3):
+        prompt = [rng.randrange(3, 128) for _ in range(4 + 2 * i)]
+        continuation = decode(tiny_model, prompt, None, DecodeSettings(max_new_tokens=12, fallback=False)).token_ids
+        references.append(Reference(str(i), tuple(prompt), tuple(continuation)))
+    scorer = ProxyScorer(tiny_model, references)
+    eligible = eligible_sublayers(4, keep_first=0, keep_last=0)
+    for _ in range(15):
+        skip_set = SkipSet.from_sublayers(rng.sample(eligible, rng.randint(1, 6)))
+        fast, slow = scorer.score(skip_set), score_from_scratch(tiny_model, references, skip_set)
+        assert fast.matchness == slow.matchness
+        assert fast.expected_acceptance == pytest.approx(slow.expected_acceptance, abs=1e-5)
+    assert scorer.evaluations <= 15
+
+
+def test_params_encode_and_decode_skip_sets():
+    eligible = eligible_sublayers(6)
+    skip_set = SkipSet(attention=(2,), mlp=(1, 4))
+    params = params_for(skip_set, eligible)
+    assert skip_set_from_params(params, eligible, k=None) == skip_set
+    assert skip_set_from_params(params, eligible, k=3) == skip_set
+    assert len(skip_set_from_params(params, eligible, k=5)) == 5
+
+
+def test_an_unreachable_storage_is_one_clear_error():
+    with pytest.raises(SkipsearchError, match="cannot open the study storage"):
+        open_study("x", "postgresql://nobody@127.0.0.1:1/none", "speedup", optuna.samplers.RandomSampler())
+
+
+def test_a_study_run_with_another_objective_is_refused(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    open_study("x", storage, "speedup", optuna.samplers.RandomSampler())
+    with pytest.raises(SkipsearchError, match="objective"):
+        open_study("x", storage, "matchness", optuna.samplers.RandomSampler())
+
+
+def test_explicit_output_folder_must_exist(tmp_path):
+    with pytest.raises(SkipsearchError, match="does not exist"):
+        runner.check_output_path(tmp_path / "missing" / "p.yaml", is_default=False)
+    runner.check_output_path(tmp_path / "made" / "p.yaml", is_default=True)
+    assert (tmp_path / "made").is_dir()
