@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/skipsearch demo
+	$(BIN)/skipsearch search studies/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
