@@ -1,0 +1,117 @@
+"""`skipsearch report`: one offline HTML page for one or more finished studies."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import optuna
+
+from .. import reports
+from ..errors import SkipsearchError
+from ..studies import StudyConfig, default_storage_url, load_study, output_paths
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="write an HTML report of finished studies",
+        description="Write one self-contained HTML page (works offline) with the optimisation history, "
+                    "Pareto front, per-layer skip heat maps and measured speedups of one or more studies.")
+    parser.add_argument("studies", nargs="+", metavar="STUDY.yaml", help="study configs (see studies/)")
+    parser.add_argument("-o", "--output", metavar="FILE.html",
+                        help="where to write the page (default: the first study's output.report)")
+    parser.add_argument("--storage", metavar="URL",
+                        help="Optuna storage URL for every study (default: each study's storage)")
+    parser.set_defaults(func=run)
+
+
+def open_finished_study(config: StudyConfig, storage: str) -> optuna.Study:
+    """Load an existing study without creating anything; a missing one is one clear line."""
+    missing = SkipsearchError(f"no study {config.name} in {storage}; run skipsearch search STUDY.yaml first")
+    if storage.startswith("sqlite:///") and ":memory:" not in storage:
+        if not Path(storage.removeprefix("sqlite:///")).is_file():
+            raise missing  # opening would create an empty database file
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=config.name, storage=storage)
+    except KeyError:
+        raise missing from None
+    except Exception as exc:  # SQLAlchemy, psycopg and file errors all mean the same to the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SkipsearchError(f"no study {config.name} in {storage} ({first}); "
+                              "run skipsearch search STUDY.yaml first") from None
+
+
+def _profile_path(study: optuna.Study, config: StudyConfig) -> Path:
+    exported = study.user_attrs.get("exported_profile")
+    return Path(exported) if isinstance(exported, str) else output_paths(config)[0]
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _search_command(study_path, profile_text: str | None, storage: str | None) -> str:
+    """The search command recorded in the profile, else the plain one for the study file."""
+    provenance = (reports.profile_mapping(profile_text).get("provenance") or {}) if profile_text else {}
+    if isinstance(provenance, dict) and isinstance(provenance.get("command"), str):
+        return provenance["command"]
+    return "skipsearch " + shlex.join(["search", str(study_path)] + (["--storage", storage] if storage else []))
+
+
+def build_page(studies: list[tuple[optuna.Study, StudyConfig, str | Path]], commands: list[str],
+               explicit_storage: str | None = None, search_commands: list[str] | None = None) -> str:
+    """The report page for (study, config, study file) triples.
+
+    The commands shown are each study's search command (given, else the one its profile
+    recorded, else the plain one), then `commands`."""
+    texts, compare, searches = {}, [], []
+    for i, (study, config, study_path) in enumerate(studies):
+        text = _read(_profile_path(study, config))
+        if text is not None:
+            texts[config.name] = text
+        searches.append(search_commands[i] if search_commands else _search_command(study_path, text, explicit_storage))
+        csv_path = reports.compare_csv_path(config.name)
+        if csv_path.is_file():
+            rows = reports.read_compare_csv(csv_path)
+            compare += [{"study": config.name, **row} for row in rows] if len(studies) > 1 else rows
+    data = reports.gather_report_data([s for s, _, _ in studies], texts, searches + commands,
+                                      compare, configs={c.name: c for _, c, _ in studies})
+    return reports.render_report(data, reports.build_figures(data))
+
+
+def write_study_report(study: optuna.Study, config: StudyConfig, study_path: str | Path, storage: str,
+                       path: str | Path, command: str) -> Path:
+    """Write the report of one study; for `skipsearch search` to call when it finishes.
+
+    `command` is the search command that just ran (shown as the one to reproduce), followed by
+    the `skipsearch report` command that rewrites this page later."""
+    custom = storage != default_storage_url(config, study_path)
+    again = ["report", str(study_path), "-o", str(path)] + (["--storage", storage] if custom else [])
+    page = build_page([(study, config, study_path)], ["skipsearch " + shlex.join(again)],
+                      search_commands=[command])
+    return reports.write_report(path, page)
+
+
+def run(args) -> int:
+    loaded = []
+    for study_path in args.studies:
+        config = load_study(study_path)
+        storage = args.storage or default_storage_url(config, study_path)
+        loaded.append((open_finished_study(config, storage), config, study_path))
+    if args.output:
+        target = Path(args.output)
+    else:
+        target = output_paths(loaded[0][1])[1]
+        if loaded[0][1].output.report is None:
+            target.parent.mkdir(parents=True, exist_ok=True)  # the default reports/ folder is made
+    command = "skipsearch " + shlex.join(["report", *args.studies] + (["-o", args.output] if args.output else [])
+                                         + (["--storage", args.storage] if args.storage else []))
+    if not target.parent.is_dir():
+        raise SkipsearchError(f"output folder {target.parent} does not exist; create it or choose another path")
+    page = build_page(loaded, [command], args.storage)
+    print(reports.write_report(target, page))
+    return 0

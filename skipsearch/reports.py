@@ -1,0 +1,445 @@
+"""Reports: one self-contained HTML page per search (or per set of searches) with plotly figures.
+
+The work is split the way Optuna splits its plots: `gather_report_data` turns finished
+studies into plain dataclasses (pure, tested without a browser), `report_figures.build_figures`
+draws them, `render_report` lays the figures out in one page that embeds plotly.js once and
+loads nothing from the network, and `write_report` replaces the file atomically.
+
+This module knows nothing about models, prompts or decoding: it reads what `search` and
+`runner` recorded in the study (trial user attrs, study user attrs) and the exported profile's
+text. Every string that comes from a study, a config or a profile is escaped before it
+reaches the page or a figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from .errors import SkipsearchError
+from .report_figures import build_figures
+
+__all__ = [
+    "ReportData", "StudySummary", "History", "ParetoPoint", "LayerHeat", "RescoredPoint", "TaskSummary",
+    "TransferMatrix", "gather_report_data", "build_figures", "render_report", "write_report",
+    "read_compare_csv", "compare_csv_path", "top_n", "profile_mapping",
+]
+
+KINDS = ("attention", "mlp")
+VALUE_NAMES = {"matchness": "matchness", "speedup": "predicted speedup", "pareto": "matchness"}
+
+
+@dataclass
+class StudySummary:
+    name: str
+    objective: str
+    sampler: str
+    trials: int  # finished trials
+    skip_budget: int | None
+    model: str | None = None  # from the exported profile (or the study config)
+    task: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+
+@dataclass
+class History:
+    """Finished trials in order, their objective value and the best value so far (all maximised)."""
+
+    study: str
+    sampler: str
+    value_name: str  # "matchness" or "predicted speedup"; pareto studies use matchness
+    trials: list[int]
+    values: list[float]
+    best: list[float]
+    warm_start: list[bool]
+
+
+@dataclass
+class ParetoPoint:
+    study: str
+    trial: int
+    draft_cost: float  # one draft step over one full-model step (minimised)
+    matchness: float  # maximised
+    expected_acceptance: float | None
+    skipped: int
+    is_front: bool
+    is_exported: bool  # the exported profile's skip set
+
+
+@dataclass
+class LayerHeat:
+    """Per decoder layer and sublayer kind; None where the sublayer is not eligible (or unscored)."""
+
+    study: str
+    layers: list[int]
+    top_n: int  # how many of the best trials the shares count
+    share: dict[str, list[float | None]]  # kind -> share of the top-N trials that skip it
+    importance: dict[str, list[float | None]]  # kind -> matchness when skipped alone
+
+
+@dataclass
+class RescoredPoint:
+    study: str
+    rank: int  # 0 = the exported candidate
+    trial: int | None
+    skip: str  # e.g. "attention 5,6 | mlp 7"
+    predicted_speedup: float
+    speedup: float  # measured
+    expected_acceptance: float | None  # the trial's proxy on the search prompts
+    acceptance_rate: float  # measured on held-out prompts
+    matchness: float
+    mean_accepted_tokens: float
+
+
+@dataclass
+class TaskSummary:
+    study: str
+    task: str | None
+    best_acceptance: float | None
+    best_speedup: float | None
+    best_predicted_speedup: float | None
+
+
+@dataclass
+class TransferMatrix:
+    """Rows are the tasks a profile was searched on, columns the tasks it was evaluated on."""
+
+    profile_tasks: list[str]
+    eval_tasks: list[str]
+    acceptance: list[list[float | None]]
+    speedup: list[list[float | None]]
+    matchness: list[list[float | None]]
+
+
+@dataclass
+class ReportData:
+    studies: list[StudySummary]
+    histories: list[History]
+    pareto: list[ParetoPoint]
+    heat: list[LayerHeat]
+    rescored: list[RescoredPoint]
+    tasks: list[TaskSummary]
+    transfer: TransferMatrix | None
+    compare_rows: list[dict[str, Any]]
+    profiles: dict[str, str]  # study name -> profile YAML text
+    commands: list[str]
+    notes: list[str] = field(default_factory=list)  # what the report could not show, and why
+
+
+# ---------------------------------------------------------------------------- gathering
+
+
+def top_n(n_trials: int) -> int:
+    """How many of the best trials the heat map counts: 20% of them, at least 10 (all when fewer)."""
+    return min(n_trials, max(10, math.ceil(0.2 * n_trials)))
+
+
+def _objective(study: optuna.Study) -> str:
+    objective = study.user_attrs.get("objective")
+    if objective in VALUE_NAMES:
+        return objective
+    return "pareto" if len(study.directions) == 2 else "matchness"
+
+
+def _value(trial: optuna.trial.FrozenTrial, objective: str) -> float:
+    return trial.values[1] if objective == "pareto" else trial.values[0]
+
+
+def _front_flags(costs: list[float], matches: list[float]) -> list[bool]:
+    """Non-dominated points for (minimise cost, maximise matchness); equal points are all kept."""
+    flags = [False] * len(costs)
+    best, best_cost = -math.inf, None
+    for i in sorted(range(len(costs)), key=lambda i: (costs[i], -matches[i])):
+        if matches[i] > best or (matches[i] == best and costs[i] == best_cost):
+            flags[i] = True
+            best, best_cost = matches[i], costs[i]
+    return flags
+
+
+def _ranked(trials: list, objective: str) -> list:
+    """Best first: by value, or for pareto by Pareto layer (fronts peeled off) then matchness."""
+    if objective != "pareto":
+        return sorted(trials, key=lambda t: -t.values[0])
+    remaining, ranked = list(trials), []
+    while remaining:
+        flags = _front_flags([t.values[0] for t in remaining], [t.values[1] for t in remaining])
+        front = [t for t, on in zip(remaining, flags) if on]
+        ranked += sorted(front, key=lambda t: -t.values[1])
+        remaining = [t for t, on in zip(remaining, flags) if not on]
+    return ranked
+
+
+def _skip_key(attention, mlp) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return tuple(sorted(int(x) for x in attention or ())), tuple(sorted(int(x) for x in mlp or ()))
+
+
+def _describe_skip(attention, mlp) -> str:
+    parts = [f"{kind} {','.join(str(x) for x in layers)}" for kind, layers in zip(KINDS, (attention, mlp)) if layers]
+    return " | ".join(parts) or "nothing"
+
+
+def profile_mapping(text: str | None) -> dict:
+    """The profile YAML as a mapping ({} when absent or unreadable); the report shows what it can."""
+    try:
+        data = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _num_layers(study: optuna.Study, profile: dict, trials: list) -> int:
+    costs = study.user_attrs.get("costs") or {}
+    if isinstance(costs.get("attention"), list) and costs["attention"]:
+        return len(costs["attention"])
+    model = profile.get("model") if isinstance(profile.get("model"), dict) else {}
+    if isinstance(model.get("num_hidden_layers"), int):
+        return model["num_hidden_layers"]
+    layers = [int(name.split(".", 1)[1]) for t in trials for name in t.params if name.split(".", 1)[0] in KINDS]
+    return max(layers, default=-1) + 1
+
+
+def _layer_heat(study: optuna.Study, name: str, objective: str, trials: list, num_layers: int) -> LayerHeat:
+    best = _ranked(trials, objective)[:top_n(len(trials))]
+    eligible = {(kind, int(layer)) for t in trials for kind, _, layer in (p.partition(".") for p in t.params)
+                if kind in KINDS}
+    counts = {(kind, layer): 0 for kind, layer in eligible}
+    for trial in best:
+        for kind in KINDS:
+            for layer in trial.user_attrs.get(f"skip_{kind}", ()):
+                counts[(kind, int(layer))] = counts.get((kind, int(layer)), 0) + 1
+    importance = {(str(kind), int(layer)): float(value) for kind, layer, value in study.user_attrs.get("importance") or ()}
+    layers = list(range(num_layers))
+    share = {kind: [counts[(kind, l)] / len(best) if (kind, l) in counts and best else None for l in layers]
+             for kind in KINDS}
+    imp = {kind: [importance.get((kind, l)) for l in layers] for kind in KINDS}
+    return LayerHeat(name, layers, len(best), share, imp)
+
+
+def _transfer(studies: list[optuna.Study]) -> TransferMatrix | None:
+    cells: dict[tuple[str, str], dict] = {}
+    for study in studies:
+        for row in study.user_attrs.get("transfer") or ():
+            if isinstance(row, dict) and "profile_task" in row and "eval_task" in row:
+                cells[(str(row["profile_task"]), str(row["eval_task"]))] = row
+    if not cells:
+        return None
+    rows = sorted({p for p, _ in cells})
+    cols = sorted({e for _, e in cells})
+
+    def grid(key: str) -> list[list[float | None]]:
+        return [[_float(cells.get((p, e), {}).get(key)) for e in cols] for p in rows]
+
+    return TransferMatrix(rows, cols, grid("acceptance_rate"), grid("speedup"), grid("matchness"))
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str] | None, commands: list[str],
+                       compare_rows: list[dict] | None, *, configs: dict[str, Any] | None = None) -> ReportData:
+    """Everything the report shows, from finished studies; `profile_texts` and `configs` are keyed by
+    study name (configs are `StudyConfig`s, used for the model and task when no profile exists)."""
+    profile_texts, configs = profile_texts or {}, configs or {}
+    data = ReportData([], [], [], [], [], [], _transfer(studies), [dict(r) for r in compare_rows or ()],
+                      {}, list(commands))
+    for study in studies:
+        name = study.study_name
+        objective = _objective(study)
+        sampler = str(study.user_attrs.get("sampler", "?"))
+        trials = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                        key=lambda t: t.number)
+        trials = [t for t in trials if t.values and "matchness" in t.user_attrs]
+        text = profile_texts.get(name)
+        if text is not None:
+            data.profiles[name] = text
+        profile = profile_mapping(text)
+        summary = _summary(study, name, objective, sampler, len(trials), profile, configs.get(name))
+        data.studies.append(summary)
+        if not trials:
+            data.notes.append(f"study {name} has no finished trial yet")
+            continue
+
+        values = [_value(t, objective) for t in trials]
+        best = [max(values[: i + 1]) for i in range(len(values))]
+        data.histories.append(History(name, sampler, VALUE_NAMES[objective], [t.number for t in trials], values,
+                                      best, [bool(t.user_attrs.get("warm_start")) for t in trials]))
+
+        rescored = [r for r in study.user_attrs.get("rescored") or () if isinstance(r, dict)]
+        skip = profile.get("skip") if isinstance(profile.get("skip"), dict) else None
+        if skip is not None:
+            exported = _skip_key(skip.get("attention"), skip.get("mlp"))
+        elif rescored:
+            exported = _skip_key(rescored[0].get("skip_attention"), rescored[0].get("skip_mlp"))
+        else:
+            exported = None
+        costs = [float(t.user_attrs["draft_cost"]) for t in trials]
+        matches = [float(t.user_attrs["matchness"]) for t in trials]
+        for trial, cost, match, on_front in zip(trials, costs, matches, _front_flags(costs, matches)):
+            key = _skip_key(trial.user_attrs.get("skip_attention"), trial.user_attrs.get("skip_mlp"))
+            data.pareto.append(ParetoPoint(name, trial.number, cost, match,
+                                           _float(trial.user_attrs.get("expected_acceptance")),
+                                           int(trial.user_attrs.get("skipped", sum(map(len, key)))), on_front,
+                                           key == exported))
+
+        data.heat.append(_layer_heat(study, name, objective, trials, _num_layers(study, profile, trials)))
+
+        by_number = {t.number: t for t in trials}
+        for rank, r in enumerate(rescored):
+            trial = by_number.get(r.get("trial"))
+            data.rescored.append(RescoredPoint(
+                name, rank, r.get("trial"), _describe_skip(r.get("skip_attention"), r.get("skip_mlp")),
+                _float(r.get("predicted_speedup")), _float(r.get("speedup")),
+                _float(trial.user_attrs.get("expected_acceptance")) if trial else None,
+                _float(r.get("acceptance_rate")), _float(r.get("matchness")), _float(r.get("mean_accepted_tokens"))))
+        data.tasks.append(TaskSummary(
+            name, summary.task,
+            max((_float(r.get("acceptance_rate")) for r in rescored if _float(r.get("acceptance_rate")) is not None), default=None),
+            max((_float(r.get("speedup")) for r in rescored if _float(r.get("speedup")) is not None), default=None),
+            max((_float(r.get("predicted_speedup")) for r in rescored
+                 if _float(r.get("predicted_speedup")) is not None), default=None)))
+        if not rescored:
+            data.notes.append(f"study {name} has no re-scored candidates; predicted vs measured is not shown")
+    return data
+
+
+def _summary(study, name, objective, sampler, n_trials, profile: dict, config) -> StudySummary:
+    model = profile.get("model") if isinstance(profile.get("model"), dict) else {}
+    metrics = profile.get("metrics") if isinstance(profile.get("metrics"), dict) else {}
+    costs = study.user_attrs.get("costs") or {}
+    model_name = model.get("name")
+    task = profile.get("task")
+    if config is not None:
+        model_name = model_name or config.model.name
+        task = task or config.task.source + (f"/{config.task.category}" if config.task.category else "")
+    budget = study.user_attrs.get("skip_budget")
+    return StudySummary(name, objective, sampler, n_trials, budget if isinstance(budget, int) else None,
+                        None if model_name is None else str(model_name), None if task is None else str(task),
+                        _text(costs.get("device") or metrics.get("device")), _text(costs.get("dtype") or metrics.get("dtype")))
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def compare_csv_path(study_name: str) -> Path:
+    """Where `skipsearch compare` writes its table for a study (relative to the current directory)."""
+    return Path("reports") / f"compare-{study_name}.csv"
+
+
+def read_compare_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [dict(row) for row in csv.DictReader(handle)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SkipsearchError(f"cannot read the comparison table {path}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------- rendering
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: .5em 0; font-size: 90%; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
+th { background: #f3f3f3; } pre { background: #f6f8fa; padding: .8em; overflow-x: auto; }
+.figure { margin: 1em 0; } .note { color: #8a5300; }
+"""
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns += [c for c in row if c not in columns]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def render_report(data: ReportData, figures: list) -> str:
+    """One HTML page, plotly.js inline once, no network URL; all data-derived text escaped."""
+    from plotly.offline import get_plotlyjs
+
+    names = ", ".join(s.name for s in data.studies)
+    models = sorted({s.model for s in data.studies if s.model})
+    tasks = sorted({s.task for s in data.studies if s.task})
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>skipsearch report: {html.escape(names)}</title>", f"<style>{_CSS}</style>",
+        f'<script type="text/javascript" id="plotlyjs">{get_plotlyjs()}</script>', "</head><body>",
+        f"<h1>skipsearch report: {html.escape(names)}</h1>",
+        f"<p>model: <b>{html.escape(', '.join(models) or 'unknown')}</b> &middot; "
+        f"task: <b>{html.escape(', '.join(tasks) or 'unknown')}</b></p>",
+        _table([{"study": s.name, "model": s.model, "task": s.task, "objective": s.objective, "sampler": s.sampler,
+                 "finished trials": s.trials, "skip budget": s.skip_budget, "device": s.device, "dtype": s.dtype}
+                for s in data.studies]),
+    ]
+    parts += [f'<p class="note">{html.escape(note)}</p>' for note in data.notes]
+    for i, (title, figure) in enumerate(figures):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        div = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{i}",
+                             config={"displaylogo": False, "responsive": True})
+        parts.append(f'<div class="figure">{div}</div>')
+    if data.rescored:
+        parts.append("<h2>Re-scored candidates (held-out prompts, real decoder)</h2>")
+        parts.append(_table([{"study": r.study, "rank": r.rank + 1, "trial": r.trial, "skip": r.skip,
+                              "matchness": r.matchness, "acceptance": r.acceptance_rate,
+                              "mean accepted tokens": r.mean_accepted_tokens,
+                              "predicted speedup": r.predicted_speedup, "measured speedup": r.speedup}
+                             for r in data.rescored]))
+    if data.compare_rows:
+        parts.append("<h2>Comparison of search methods</h2>")
+        parts.append(_table(data.compare_rows))
+    for name, text in data.profiles.items():
+        parts.append(f"<h2>Exported profile: {html.escape(name)}</h2><pre>{html.escape(text)}</pre>")
+    if data.commands:
+        parts.append("<h2>Commands to reproduce</h2>")
+        parts.append(f"<pre>{html.escape(chr(10).join(data.commands))}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: str | os.PathLike, text: str) -> Path:
+    """Replace `path` atomically (readers see the old page or the new one); its folder must exist."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise SkipsearchError(f"output folder {path.parent} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise SkipsearchError(f"{path} is a directory; give a file path such as {path / 'report.html'}")
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp makes the file private; a report is meant to be shared
+        os.replace(temp_name, path)
+    except OSError as exc:
+        raise SkipsearchError(f"cannot write report {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+    return path
