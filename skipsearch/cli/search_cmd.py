@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import runner
+from . import report_cmd
 from ..studies import apply_overrides, default_storage_url, load_study, output_paths, parse_skip_budget
 from ..search import OBJECTIVES, SAMPLERS
 
@@ -47,8 +48,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     config, storage = configured(args)
-    profile_path, _ = output_paths(config)
+    profile_path, report_path = output_paths(config)
     runner.check_output_path(profile_path, is_default=config.output.profile is None)
+    runner.check_output_path(report_path, is_default=config.output.report is None)
     progress = not args.no_progress
     study = runner.open_configured_study(config, storage)
     setup = runner.prepare(config, progress)
@@ -57,12 +59,14 @@ def run(args) -> int:
     measurements = runner.rescore(setup, study, args.top, progress)
     command = "skipsearch " + shlex.join(sys.argv[1:])
     written = runner.export_profiles(setup, measurements, study, storage, profile_path, args.top, command)
+    report = report_cmd.write_study_report(study, config, args.study, storage, report_path, command)
     best = measurements[0]
     print(f"study {config.name}: {len(runner.completed_trials(study))} trials in {storage}")
     print(f"best skip set: {best.skip_set.describe()} ({len(best.skip_set)} of {len(setup.eligible)} sublayers)")
     print(f"held-out: matchness {best.matchness:.3f}, acceptance {best.acceptance_rate:.3f}, "
           f"mean accepted tokens {best.mean_accepted_tokens:.2f}, speedup {best.speedup:.2f}x measured / "
           f"{best.predicted_speedup:.2f}x predicted ({setup.costs.device})")
+    print(f"report: {report}")
     for path in written:
         print(Path(path))
     return 0
