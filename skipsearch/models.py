@@ -190,7 +190,13 @@ def load_model(
     decoder_layers(model)  # refuse unsupported families before anything else uses the model
     model.to(torch_device).eval()
     model.requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise SkipsearchError(
+            f"cannot load a tokenizer for {name_or_path!r}: {str(exc).splitlines()[0]}; "
+            "save the tokenizer files next to the model"
+        ) from exc
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, source=str(source))
 
 
