@@ -14,12 +14,15 @@ the scorer for (a repeated proposal is free but still uses up a step of the sche
 - `early_exit_prefix`: LayerSkip (arXiv 2404.16710) — skip everything above an exit point.
 - `importance_ranking`: each sublayer skipped alone; a warm start and a heat map.
 
-Cost of bayes_opt's suggest() in 56 dimensions (2 CPU cores): with its defaults (10,000
-random samples, then 10 L-BFGS-B runs with finite-difference gradients, 5 GP restarts)
-~5 s after 100 points, growing with the points registered. Here the acquisition is
-maximised over `acquisition_samples` random points refined by `acquisition_starts`
-L-BFGS-B run(s), with 1 GP hyperparameter restart: ~0.8 s after 100 points. Self-SD's GP
-also sees at most `gp_points` observations (the best half and the most recent half).
+Cost of bayes_opt's suggest() in 56 dimensions after 100 points, on this project's 2-core
+CPU with other jobs running: ~7 s with its defaults (10,000 random samples, then 10
+L-BFGS-B runs with finite-difference gradients, 5 GP-fit restarts), growing with the
+points registered (~30 s after 1,000). Here the acquisition is maximised over
+`acquisition_samples` random points refined by `acquisition_starts` L-BFGS-B run(s), with
+1 GP-fit restart, and the GP sees at most `gp_points` observations (the best half and
+the most recent half): ~1.5–2 s per suggestion (100 points), ~2–4 s (300 points).
+Self-SD suggests every step, so its window is 100; SWIFT suggests every 25th step and
+keeps all points up to 300, i.e. exactly as prescribed for its usual budgets.
 
 This module knows nothing about models, references, tasks or storage: it only calls
 `score` (in practice `ProxyScorer.score`) on skip sets.
@@ -110,30 +113,25 @@ class _CappedUCB(acquisition.UpperConfidenceBound):
                                fit_gp=fit_gp, random_state=random_state)
 
 
-def _names(n: int) -> list[str]:
-    return [f"s{i:03d}" for i in range(n)]
-
-
-def _optimizer(n: int, kappa: float, seed: int, samples: int, starts: int) -> BayesianOptimization:
+def _bo_suggest(points: list[np.ndarray], targets: list[float], seed: int, kappa: float, gp_points: int,
+                samples: int, starts: int) -> np.ndarray:
+    """A UCB suggestion from a GP fitted on at most `gp_points` observations: the best half, then the latest."""
+    best = sorted(range(len(points)), key=lambda i: -targets[i])[: gp_points // 2]
+    recent = range(max(0, len(points) - (gp_points - len(best))), len(points))
+    names = [f"s{i:03d}" for i in range(len(points[0]))]
     optimizer = BayesianOptimization(
         f=None,
-        pbounds={name: (0.0, 1.0) for name in _names(n)},
+        pbounds={name: (0.0, 1.0) for name in names},
         acquisition_function=_CappedUCB(kappa, samples, starts),
-        random_state=seed,
+        random_state=seed % 2**32,
         allow_duplicate_points=True,
         verbose=0,
     )
     optimizer.set_gp_params(n_restarts_optimizer=1)
-    return optimizer
-
-
-def _register(optimizer: BayesianOptimization, point: np.ndarray, target: float) -> None:
-    optimizer.register(params=dict(zip(_names(len(point)), map(float, point))), target=target)
-
-
-def _suggest(optimizer: BayesianOptimization, n: int) -> np.ndarray:
+    for i in sorted(set(best) | set(recent)):
+        optimizer.register(params=dict(zip(names, map(float, points[i]))), target=targets[i])
     suggestion = optimizer.suggest()
-    return np.array([suggestion[name] for name in _names(n)], dtype=float)
+    return np.array([suggestion[name] for name in names], dtype=float)
 
 
 def _top_k(values: np.ndarray, eligible: Sequence[Sublayer], k: int) -> SkipSet:
@@ -148,30 +146,37 @@ def _encode(skip_set: SkipSet, eligible: Sequence[Sublayer]) -> np.ndarray:
 
 
 def _step_cap(budget: int, eligible: Sequence[Sublayer], k: int) -> tuple[int, int]:
-    """(evaluations to aim for, steps allowed): repeats cost steps, so the loop needs its own bound."""
-    return min(budget, math.comb(len(eligible), k)), 10 * budget
+    """(evaluations to aim for, steps allowed).
+
+    Repeated proposals cost a step but no evaluation, so the loop also ends after 3 x budget
+    steps, or once every k-subset is scored: a search stuck on repeats still returns.
+    """
+    return min(budget, math.comb(len(eligible), k)), 3 * budget
 
 
 # --- the methods -------------------------------------------------------------------------------------
 
 
 def swift_search(score: Score, eligible: Sequence[Sublayer], k: int, budget: int, seed: int,
-                 bo_every: int = 25, kappa: float = 2.5, stop_at: float | None = 0.95,
+                 bo_every: int = 25, kappa: float = 2.5, stop_at: float | None = 0.95, gp_points: int = 300,
                  acquisition_samples: int = 10_000, acquisition_starts: int = 1) -> MethodResult:
     """SWIFT's schedule: evenly spaced start, random k-subsets, every `bo_every`-th step a UCB suggestion.
 
-    The GP is registered with every scored set, encoded 1.0 for skipped sublayers and 0.0
-    otherwise; a suggestion is decoded as its top-k values. Stops after `budget` distinct
-    evaluations, or once matchness reaches `stop_at` (SWIFT uses 0.93–0.95; None never stops).
+    The GP is fitted on the scored sets, encoded 1.0 for skipped sublayers and 0.0 otherwise
+    (all of them up to `gp_points`; beyond that the best half and the most recent half); a
+    suggestion is decoded as its top-k values. Stops after `budget` distinct evaluations,
+    or once matchness reaches `stop_at` (SWIFT uses 0.93–0.95; None never stops early).
     """
     _check(eligible, k, budget)
     track, rng = _Tracker(score, "swift", k), random.Random(seed)
-    optimizer = _optimizer(len(eligible), kappa, seed, acquisition_samples, acquisition_starts)
     target, max_steps = _step_cap(budget, eligible, k)
+    points: list[np.ndarray] = []
+    targets: list[float] = []
 
     def evaluate(skip_set: SkipSet) -> None:
         if skip_set not in track.memo:
-            _register(optimizer, _encode(skip_set, eligible), track(skip_set).matchness)
+            targets.append(track(skip_set).matchness)
+            points.append(_encode(skip_set, eligible))
 
     evaluate(evenly_spaced(eligible, k))
     step = 0
@@ -180,7 +185,9 @@ def swift_search(score: Score, eligible: Sequence[Sublayer], k: int, budget: int
             break
         step += 1
         if step % bo_every == 0:
-            candidate = _top_k(_suggest(optimizer, len(eligible)), eligible, k)
+            point = _bo_suggest(points, targets, seed * 1_000_003 + step, kappa, gp_points,
+                                acquisition_samples, acquisition_starts)
+            candidate = _top_k(point, eligible, k)
             log.debug("swift step %d: bayes_opt suggests %s", step, candidate.describe())
         else:
             candidate = SkipSet.from_sublayers(rng.sample(list(eligible), k))
@@ -197,29 +204,23 @@ def selfsd_search(score: Score, eligible: Sequence[Sublayer], k: int, budget: in
     k the equivalent rule is to skip the k highest values. The first `initial_points` points
     are uniform random (the initial design). Each later suggestion comes from a GP fitted on
     at most `gp_points` observations — the best half and the most recent half — so the cost
-    per step stays bounded however long the search runs. Self-SD's objective was measured
-    tokens/s; here, as for every method in this module, it is proxy matchness.
+    per step stays bounded however long the search runs. A suggestion that decodes to a set
+    already scored is registered with its known matchness at no cost. Self-SD's objective
+    was measured tokens/s; here, as for every method in this module, it is proxy matchness.
     """
     _check(eligible, k, budget)
-    n = len(eligible)
     track, rng = _Tracker(score, "selfsd", k), np.random.default_rng(seed)
     target, max_steps = _step_cap(budget, eligible, k)
     points: list[np.ndarray] = []
     targets: list[float] = []
-    step = 0
-    while track.evaluations < target and step < max_steps:
+    for step in range(max_steps):
+        if track.evaluations >= target:
+            break
         if step < initial_points:
-            point = rng.random(n)
+            point = rng.random(len(eligible))
         else:
-            best = sorted(range(len(points)), key=lambda i: -targets[i])[: gp_points // 2]
-            recent = range(max(0, len(points) - (gp_points - len(best))), len(points))
-            window = sorted(set(best) | set(recent))
-            optimizer = _optimizer(n, kappa, (seed * 1_000_003 + step) % 2**32,
-                                   acquisition_samples, acquisition_starts)
-            for i in window:
-                _register(optimizer, points[i], targets[i])
-            point = _suggest(optimizer, n)
-        step += 1
+            point = _bo_suggest(points, targets, seed * 1_000_003 + step, kappa, gp_points,
+                                acquisition_samples, acquisition_starts)
         points.append(point)
         targets.append(track(_top_k(point, eligible, k)).matchness)
     return track.result()
@@ -237,23 +238,22 @@ def greedy_forward_selection(score: Score, eligible: Sequence[Sublayer], k: int,
     _check(eligible, k, budget)
     track = _Tracker(score, "greedy", k)
     chosen: list[Sublayer] = []
-    ranking = list(eligible)  # remaining sublayers, best first by the last complete round
+    previous = list(eligible)  # the remaining sublayers, best first by the last complete round
     while len(chosen) < k:
-        rest = k - len(chosen)
-        needed = sum(len(ranking) - i for i in range(rest))
-        round_scores: dict[Sublayer, float] = {}
-        for candidate in ranking:
+        remaining = [s for s in eligible if s not in chosen]
+        needed = sum(len(remaining) - i for i in range(k - len(chosen)))
+        scores: dict[Sublayer, float] = {}
+        for candidate in remaining:
             if budget is not None and budget - track.evaluations <= 1 and needed > 1:
-                ordered = sorted(round_scores, key=lambda s: -round_scores[s])  # stable: ties keep order
-                fill = ordered + [s for s in ranking if s not in round_scores]
+                fill = sorted(scores, key=lambda s: -scores[s]) + [s for s in previous if s not in scores]
                 log.debug("greedy: budget exhausted after %d of %d rounds", len(chosen), k)
-                track(SkipSet.from_sublayers(chosen + fill[:rest]))
+                track(SkipSet.from_sublayers(chosen + fill[: k - len(chosen)]))
                 return track.result()
-            round_scores[candidate] = track(SkipSet.from_sublayers(chosen + [candidate])).matchness
+            scores[candidate] = track(SkipSet.from_sublayers(chosen + [candidate])).matchness
             needed -= 1
-        ranking = sorted(ranking, key=lambda s: -round_scores[s])
-        chosen.append(ranking.pop(0))
-    return track.result()  # the best k-set scored is `chosen`: the last round's winner
+        previous = sorted(remaining, key=lambda s: -scores[s])  # stable: ties keep the order of eligible
+        chosen.append(previous.pop(0))
+    return track.result()  # the best k-set scored is `chosen`: the last round's first-best
 
 
 def evenly_spaced(eligible: Sequence[Sublayer], k: int) -> SkipSet:
