@@ -124,6 +124,11 @@ class ProxyScorer:
             crop_cache(state.cache, state.prompt_length)
         return self.model.lm_head(self.model.model.norm(hidden))[0]  # (T, vocab)
 
+    def forget(self) -> None:
+        """Drop remembered scores and counters, so that methods compared on one scorer pay alike."""
+        self._memo.clear()
+        self.evaluations, self.seconds = 0, 0.0
+
     def score(self, skip_set: SkipSet) -> ProxyScore:
         if skip_set in self._memo:
             return self._memo[skip_set]

@@ -1,0 +1,67 @@
+"""`skipsearch compare`: the default search against the anchor papers' methods, same budget."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .. import runner
+from ..baselines import BASELINES
+from ..compare import CompareRow, compare_methods
+from ..reports import compare_csv_path
+from .search_cmd import add_study_overrides, configured
+
+METHODS = ["skipsearch", *BASELINES]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("compare", help="compare the default search with SWIFT, Self-SD and others",
+                                   description="Every method gets the same proxy, skip count, evaluation budget "
+                                               "and seed; the matchness objective at a fixed skip count is used.")
+    add_study_overrides(parser)
+    parser.add_argument("--budget", type=int, default=200, metavar="N", help="proxy evaluations per method (default 200)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, metavar="NAME",
+                        help=f"methods to run (default all: {' '.join(METHODS)})")
+    parser.set_defaults(func=run)
+
+
+def _table(rows: list[CompareRow]) -> str:
+    fields = [f.name for f in dataclasses.fields(CompareRow)]
+    cells = [fields] + [[str(getattr(row, f)) for f in fields] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(fields))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in cells)
+
+
+def _write_csv(rows: list[CompareRow], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in dataclasses.fields(CompareRow)])
+    writer.writeheader()
+    writer.writerows(dataclasses.asdict(row) for row in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(handle, "w", newline="") as out:
+        out.write(buffer.getvalue())
+    os.replace(temporary, path)
+
+
+def run(args) -> int:
+    config, _ = configured(args)
+    setup = runner.prepare(config, progress=True)
+    bar = tqdm(total=len(args.methods), desc="methods", leave=False)
+    rows = compare_methods(setup, args.budget, config.search.seed, config.search.sampler, args.methods,
+                           on_method=lambda name: bar.update(1))
+    bar.close()
+    print(f"k = {setup.k} of {len(setup.eligible)} sublayers, budget {args.budget} evaluations, "
+          f"seed {config.search.seed}, {len(setup.search_refs)} search / {len(setup.heldout_refs)} held-out prompts, "
+          f"{setup.costs.device}")
+    print(_table(rows))
+    path = compare_csv_path(config.name)
+    _write_csv(rows, path)
+    print(path)
+    return 0

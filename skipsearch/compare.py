@@ -1,0 +1,83 @@
+"""The default search against the anchor papers' search methods, on one proxy, one skip
+count, one evaluation budget and one seed.
+
+Each method starts with an empty score memo, so evaluations and wall time are its own.
+The default search spends its budget on the importance ranking (one evaluation per
+eligible sublayer) and warm starts first, then Optuna trials (objective matchness at the
+fixed count, as the baselines use); a budget below the eligible count is spent on the
+ranking alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import optuna
+
+from .baselines import BASELINES, MethodResult
+from .costs import best_draft_length
+from .runner import StudySetup, importance, measure, warm_start_sets
+from .search import SkipObjective, best_trials, enqueue_warm_starts, make_sampler, open_study, trial_skip_set
+
+
+@dataclass
+class CompareRow:
+    method: str
+    evaluations: int
+    wall_time_s: float
+    search_matchness: float
+    heldout_matchness: float
+    heldout_acceptance: float
+    predicted_speedup: float
+    measured_speedup: float
+    skip: str
+
+
+def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> MethodResult:
+    """skipsearch's own search at fixed k within `budget` proxy evaluations."""
+    scorer = setup.scorer
+    started = time.perf_counter()
+    study = open_study("compare", optuna.storages.InMemoryStorage(), "matchness", make_sampler(sampler, seed, "matchness"))
+    ranking = importance(setup, study, progress=False)
+    enqueue_warm_starts(study, warm_start_sets(setup, ranking, []), setup.eligible)
+    objective = SkipObjective(scorer.score, setup.costs, setup.eligible, "matchness", setup.k,
+                              setup.config.draft.max_draft_tokens)
+    history = []
+    for _ in range(3 * budget):  # repeats cost no evaluation; stop on the budget, or give up
+        if scorer.evaluations >= budget:
+            break
+        study.optimize(objective, n_trials=1)
+        history.append(max(t.value for t in study.trials if t.value is not None))
+    best = best_trials(study, "matchness", 1)[0]
+    skip_set = trial_skip_set(best)
+    return MethodResult("skipsearch", skip_set, scorer.score(skip_set), scorer.evaluations,
+                        time.perf_counter() - started, history)
+
+
+def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "tpe",
+                    methods: list[str] | None = None, on_method=None) -> list[CompareRow]:
+    """Run every method from a clean memo, then re-score each best set on held-out prompts."""
+    names = methods or ["skipsearch", *BASELINES]
+    results = []
+    for name in names:
+        setup.scorer.forget()
+        if name == "skipsearch":
+            result = default_search(setup, budget, seed, sampler)
+        else:
+            result = BASELINES[name](setup.scorer.score, setup.eligible, setup.k, budget, seed)
+        if on_method is not None:
+            on_method(name)
+        results.append(result)
+    rows = []
+    threshold = setup.config.draft.confidence_threshold
+    for result in results:
+        heldout = setup.heldout_scorer.score(result.best)
+        gamma, _ = best_draft_length(setup.costs, result.best, heldout.matchness,
+                                     setup.config.draft.max_draft_tokens)
+        measured = measure(setup, result.best, gamma, threshold)
+        rows.append(CompareRow(result.method, result.evaluations, round(result.seconds, 2),
+                               round(result.best_score.matchness, 4), round(heldout.matchness, 4),
+                               round(measured.acceptance_rate, 4), round(measured.predicted_speedup, 3),
+                               round(measured.speedup, 3), result.best.describe()))
+    return rows

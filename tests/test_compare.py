@@ -1,0 +1,24 @@
+from skipsearch import runner
+from skipsearch.cli import main
+from skipsearch.compare import compare_methods
+
+from test_search import _config, _tiny_loaded, isolated_cache  # noqa: F401  (fixture)
+
+
+def test_every_method_runs_on_the_same_budget(tmp_path, isolated_cache):
+    setup = runner.prepare(_config(tmp_path), progress=False, loaded=_tiny_loaded())
+    rows = compare_methods(setup, budget=6, seed=0)
+    assert [row.method for row in rows] == ["skipsearch", "swift", "selfsd", "greedy", "evenly-spaced", "early-exit"]
+    for row in rows:
+        assert 1 <= row.evaluations <= 6, row
+        assert 0 <= row.heldout_matchness <= 1 and 0 <= row.heldout_acceptance <= 1
+        assert row.measured_speedup > 0
+    # every method scored from a clean memo: the ranking alone costs the default search 4
+    assert rows[0].evaluations >= 4
+
+
+def test_compare_rejects_a_bad_study_in_one_line(tmp_path, capsys):
+    study = tmp_path / "s.yaml"
+    study.write_text("search: {trials: 0}\n")
+    assert main(["compare", str(study)]) == 2
+    assert capsys.readouterr().err.count("\n") >= 1
