@@ -18,6 +18,7 @@ import optuna
 from .baselines import BASELINES, MethodResult
 from .costs import best_draft_length
 from .runner import StudySetup, importance, measure, warm_start_sets
+from .scoring import full_forward_seconds
 from .search import SkipObjective, best_trials, enqueue_warm_starts, make_sampler, open_study, trial_skip_set
 
 
@@ -55,17 +56,30 @@ def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> M
                         time.perf_counter() - started, history)
 
 
+@dataclass
+class Comparison:
+    rows: list[CompareRow]
+    proxy_seconds: float  # mean proxy evaluation over all methods
+    full_forward_seconds: float  # a plain full forward over the same prompts + continuations
+
+    @property
+    def proxy_cost_ratio(self) -> float:
+        return self.proxy_seconds / self.full_forward_seconds
+
+
 def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "tpe",
-                    methods: list[str] | None = None, on_method=None) -> list[CompareRow]:
+                    methods: list[str] | None = None, on_method=None) -> Comparison:
     """Run every method from a clean memo, then re-score each best set on held-out prompts."""
     names = methods or ["skipsearch", *BASELINES]
     results = []
+    proxy_seconds, evaluations = 0.0, 0
     for name in names:
         setup.scorer.forget()
         if name == "skipsearch":
             result = default_search(setup, budget, seed, sampler)
         else:
             result = BASELINES[name](setup.scorer.score, setup.eligible, setup.k, budget, seed)
+        proxy_seconds, evaluations = proxy_seconds + setup.scorer.seconds, evaluations + setup.scorer.evaluations
         if on_method is not None:
             on_method(name)
         results.append(result)
@@ -80,4 +94,4 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
                                round(result.best_score.matchness, 4), round(heldout.matchness, 4),
                                round(measured.acceptance_rate, 4), round(measured.predicted_speedup, 3),
                                round(measured.speedup, 3), result.best.describe()))
-    return rows
+    return Comparison(rows, proxy_seconds / max(evaluations, 1), full_forward_seconds(setup.loaded.model, setup.search_refs))

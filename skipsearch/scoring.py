@@ -25,7 +25,7 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from .decoding import crop_cache
+from .decoding import crop_cache, synchronize
 from .errors import SkipsearchError
 from .references import Reference
 from .skipping import SkipSet, decoder_layers, skipping
@@ -146,6 +146,25 @@ class ProxyScorer:
         result = ProxyScore(matches / self.positions, overlap / self.positions)
         self._memo[skip_set] = result
         return result
+
+
+def full_forward_seconds(model, references: list[Reference], repeats: int = 3) -> float:
+    """Median time of one plain full-model forward over every prompt + continuation: the cost a
+    proxy evaluation is compared with."""
+    device = next(model.parameters()).device
+    # logits only where the proxy needs them, so the comparison does not flatter the proxy
+    inputs = [(torch.tensor([r.prompt_ids + r.continuation[:-1]], device=device), len(r.continuation) - 1)
+              for r in references if len(r.continuation) >= 2]
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            synchronize(device)
+            started = time.perf_counter()
+            for ids, scored in inputs:
+                model(input_ids=ids, logits_to_keep=scored)
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
 
 
 def score_from_scratch(model, references: list[Reference], skip_set: SkipSet) -> ProxyScore:

@@ -54,13 +54,17 @@ def run(args) -> int:
     config, _ = configured(args)
     setup = runner.prepare(config, progress=True)
     bar = tqdm(total=len(args.methods), desc="methods", leave=False)
-    rows = compare_methods(setup, args.budget, config.search.seed, config.search.sampler, args.methods,
-                           on_method=lambda name: bar.update(1))
+    comparison = compare_methods(setup, args.budget, config.search.seed, config.search.sampler, args.methods,
+                                 on_method=lambda name: bar.update(1))
     bar.close()
+    rows = comparison.rows
     print(f"k = {setup.k} of {len(setup.eligible)} sublayers, budget {args.budget} evaluations, "
           f"seed {config.search.seed}, {len(setup.search_refs)} search / {len(setup.heldout_refs)} held-out prompts, "
           f"{setup.costs.device}")
     print(_table(rows))
+    print(f"proxy cost: {comparison.proxy_seconds * 1000:.1f} ms per candidate on average, "
+          f"{comparison.proxy_cost_ratio:.2f}x a full forward over the same tokens "
+          f"({comparison.full_forward_seconds * 1000:.1f} ms)")
     path = compare_csv_path(config.name)
     _write_csv(rows, path)
     print(path)
