@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--budget", type=int, default=200, metavar="N", help="proxy evaluations per method (default 200)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, metavar="NAME",
                         help=f"methods to run (default all: {' '.join(METHODS)})")
+    parser.add_argument("--csv", metavar="FILE", help="where to write the table (default reports/compare-<study>.csv)")
     parser.set_defaults(func=run)
 
 
@@ -43,7 +44,6 @@ def _write_csv(rows: list[CompareRow], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=[f.name for f in dataclasses.fields(CompareRow)])
     writer.writeheader()
     writer.writerows(dataclasses.asdict(row) for row in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(handle, "w", newline="") as out:
         out.write(buffer.getvalue())
@@ -52,6 +52,8 @@ def _write_csv(rows: list[CompareRow], path: Path) -> None:
 
 def run(args) -> int:
     config, _ = configured(args)
+    path = Path(args.csv) if args.csv else compare_csv_path(config.name)
+    runner.check_output_path(path, is_default=args.csv is None)
     setup = runner.prepare(config, progress=True)
     bar = tqdm(total=len(args.methods), desc="methods", leave=False)
     comparison = compare_methods(setup, args.budget, config.search.seed, config.search.sampler, args.methods,
@@ -65,7 +67,6 @@ def run(args) -> int:
     print(f"proxy cost: {comparison.proxy_seconds * 1000:.1f} ms per candidate on average, "
           f"{comparison.proxy_cost_ratio:.2f}x a full forward over the same tokens "
           f"({comparison.full_forward_seconds * 1000:.1f} ms)")
-    path = compare_csv_path(config.name)
     _write_csv(rows, path)
     print(path)
     return 0
