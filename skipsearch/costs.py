@@ -175,6 +175,10 @@ def measure_costs(
                 samples[name].append(timed(skip_set, new_tokens))
 
     median = {name: statistics.median(times) for name, times in samples.items()}
+    unsteady = [name for name, times in samples.items() if max(times) > 2 * min(times)]
+    if unsteady:
+        log.warning("measure_costs: timings varied more than 2x between repeats (%s); the machine is busy or "
+                    "its clock changes, and the cost model is unreliable", ", ".join(unsteady))
     full = median["verify 1"]
     # Noise can make a difference negative on a small model; a block never costs less than nothing.
     attention = max(0.0, (full - median["no attention"]) / num_layers)
@@ -259,12 +263,12 @@ def best_draft_length(costs: CostModel, skip_set: SkipSet, acceptance: float, ma
 def predicted_speedup_from_stats(costs: CostModel, skip_set: SkipSet, stats: DecodeStats) -> float:
     """The speedup the cost model predicts for a real run with these counts, to set beside the measured one.
 
-    Uses what the run measured rather than the independence assumption: its rounds, their
-    mean draft length (drafted_tokens / rounds) and the tokens they committed (accepted
-    drafts + one per round), plus its plain full-model steps (probe, fallback, rounds with
-    no confident draft), each costing a plain step. The prefill, which plain decoding pays
-    too, is left out, as are draft passes that ended a round for low confidence (the stats
-    do not count them), so the prediction is a little optimistic when drafts stop early.
+    Uses what the run measured rather than the independence assumption: every draft pass
+    (including those whose token was not confident enough to propose), its rounds with
+    their mean draft length (drafted_tokens / rounds) and the tokens they committed
+    (accepted drafts + one per round), plus its plain full-model steps (probe, fallback,
+    rounds with no confident draft), each costing a plain step. The prefill, which plain
+    decoding pays too, is left out.
     """
     round_tokens = stats.accepted_tokens + stats.rounds
     plain_tokens = stats.plain_steps
@@ -273,8 +277,8 @@ def predicted_speedup_from_stats(costs: CostModel, skip_set: SkipSet, stats: Dec
     rounds_cost = 0.0
     if stats.rounds:
         mean_drafted = stats.drafted_tokens / stats.rounds
-        per_round = mean_drafted * draft_step_cost(costs, skip_set) + verify_cost(costs, mean_drafted + 1)
-        rounds_cost = stats.rounds * per_round
-    speculative = rounds_cost + plain_tokens * costs.plain_step
+        rounds_cost = stats.rounds * verify_cost(costs, mean_drafted + 1)
+    drafting_cost = stats.draft_steps * draft_step_cost(costs, skip_set)
+    speculative = rounds_cost + drafting_cost + plain_tokens * costs.plain_step
     plain = (round_tokens + plain_tokens) * costs.plain_step
     return plain / speculative

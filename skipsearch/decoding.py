@@ -72,6 +72,7 @@ class DecodeStats:
     new_tokens: int = 0
     rounds: int = 0  # full-model verify passes that followed a draft
     drafted_tokens: int = 0
+    draft_steps: int = 0  # forward passes of the skipped model, including ones whose token was not confident
     accepted_tokens: int = 0
     plain_steps: int = 0  # full-model steps without a draft (probe, fallback, no confident draft)
     prefill_time_s: float = 0.0
@@ -170,14 +171,17 @@ class _Forward:
 
 
 def _draft(forward: _Forward, skip_set: SkipSet, model, pending: int, start: int, budget: int,
-           settings: DecodeSettings, generator, stop_ids: set[int]) -> tuple[list[int], list[torch.Tensor]]:
-    """Draft up to `budget` tokens after `pending`; returns the tokens and, when sampling, their q."""
+           settings: DecodeSettings, generator, stop_ids: set[int]) -> tuple[list[int], list[torch.Tensor], int]:
+    """Draft up to `budget` tokens after `pending`; returns the tokens, when sampling their q,
+    and the number of forward passes it took."""
     tokens: list[int] = []
     draft_probs: list[torch.Tensor] = []
     token = pending
+    steps = 0
     with skipping(model, skip_set):
         for step in range(budget):
             logits = forward([token], start + step)[-1]
+            steps += 1
             if settings.greedy:
                 if settings.confidence_threshold > 0:
                     probs = logits.softmax(-1)
@@ -196,7 +200,7 @@ def _draft(forward: _Forward, skip_set: SkipSet, model, pending: int, start: int
             tokens.append(token)
             if token in stop_ids:
                 break
-    return tokens, draft_probs
+    return tokens, draft_probs, steps
 
 
 def _verify(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Tensor],
@@ -301,8 +305,9 @@ def decode(
                 continue
 
             round_start = time.perf_counter()
-            drafts, draft_probs = _draft(forward, skip_set, model, pending, length, budget,
-                                         settings, generator, stop_ids)
+            drafts, draft_probs, steps = _draft(forward, skip_set, model, pending, length, budget,
+                                                settings, generator, stop_ids)
+            stats.draft_steps += steps
             crop_cache(cache, length)
             synchronize(device)
             verify_start = time.perf_counter()

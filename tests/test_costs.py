@@ -132,13 +132,17 @@ def test_prediction_from_stats():
     # no rounds: plain decoding all the way
     assert predicted_speedup_from_stats(costs, skip, DecodeStats(plain_steps=10)) == pytest.approx(1.0)
     # 4 rounds of 3 drafts, 2 accepted each: 12 tokens for 4 x (3 drafts + verify of 4)
-    stats = DecodeStats(rounds=4, drafted_tokens=12, accepted_tokens=8)
+    stats = DecodeStats(rounds=4, drafted_tokens=12, draft_steps=12, accepted_tokens=8)
     per_round = 3 * draft_step_cost(costs, skip) + costs.verify[3]
     expected = 12 * costs.verify[0] / (4 * per_round)
     assert predicted_speedup_from_stats(costs, skip, stats) == pytest.approx(expected)
     # plain steps add plain cost to both sides
     stats.plain_steps = 2
     expected = 14 * costs.verify[0] / (4 * per_round + 2 * costs.verify[0])
+    assert predicted_speedup_from_stats(costs, skip, stats) == pytest.approx(expected)
+    # a draft pass whose token was not confident enough costs a draft step and proposes nothing
+    stats.draft_steps = 13
+    expected = 14 * costs.verify[0] / (4 * per_round + draft_step_cost(costs, skip) + 2 * costs.verify[0])
     assert predicted_speedup_from_stats(costs, skip, stats) == pytest.approx(expected)
 
 

@@ -75,6 +75,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
                         help="float32 (default) keeps outputs comparable; bfloat16 and float16 change them")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: torch's choice); recorded in the report's device")
     parser.add_argument("--seed", type=int, default=0, help="seed for choosing prompts and the cost model's ids (default 0)")
     parser.set_defaults(func=run)
 
@@ -108,6 +110,8 @@ def _check_args(args) -> None:
         raise SkipsearchError(f"--prompts must be >= 1, got {args.prompts}")
     if args.max_new_tokens < 1:
         raise SkipsearchError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.threads is not None and args.threads < 1:
+        raise SkipsearchError(f"--threads must be >= 1, got {args.threads}")
     if args.cost_repeats < 0:
         raise SkipsearchError(f"--cost-repeats must be >= 0 (0 leaves predictions out), got {args.cost_repeats}")
 
@@ -138,7 +142,8 @@ def _command_line(args) -> str:
     for flag, value in (("--skip-attention", args.skip_attention), ("--skip-mlp", args.skip_mlp),
                         ("--max-draft-tokens", args.max_draft_tokens),
                         ("--confidence-threshold", args.confidence_threshold), ("--data", args.data),
-                        ("--category", args.category), ("--early-exit-layers", args.early_exit_layers)):
+                        ("--category", args.category), ("--early-exit-layers", args.early_exit_layers),
+                        ("--threads", args.threads)):
         if value not in (None, ""):
             parts += [flag, str(value)]
     parts += ["--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
@@ -204,6 +209,8 @@ def run(args) -> int:
     task, chosen = _choose_prompts(args)  # before loading the model: data errors show at once
 
     torch.manual_seed(args.seed)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     model = loaded.model
     num_layers = len(decoder_layers(model))
