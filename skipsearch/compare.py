@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import optuna
 
 from .baselines import BASELINES, MethodResult
-from .costs import best_draft_length
+from .costs import best_draft_settings
 from .runner import StudySetup, importance, measure, warm_start_sets
 from .scoring import full_forward_seconds
 from .search import SkipObjective, best_trials, enqueue_warm_starts, make_sampler, open_study, trial_skip_set
@@ -43,7 +43,7 @@ def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> M
     ranking = importance(setup, study, progress=False)
     enqueue_warm_starts(study, warm_start_sets(setup, ranking, []), setup.eligible)
     objective = SkipObjective(scorer.score, setup.costs, setup.eligible, "matchness", setup.k,
-                              setup.config.draft.max_draft_tokens)
+                              setup.config.draft.max_draft_tokens, setup.thresholds)
     history = []
     for _ in range(3 * budget):  # repeats cost no evaluation; stop on the budget, or give up
         if scorer.evaluations >= budget:
@@ -84,11 +84,11 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
             on_method(name)
         results.append(result)
     rows = []
-    threshold = setup.config.draft.confidence_threshold
     for result in results:
         heldout = setup.heldout_scorer.score(result.best)
-        gamma, _ = best_draft_length(setup.costs, result.best, heldout.matchness,
-                                     setup.config.draft.max_draft_tokens)
+        # draft settings chosen as the search chooses them: on the search prompts
+        gamma, threshold, _, _ = best_draft_settings(setup.costs, result.best, setup.scorer.score(result.best).trace,
+                                                     setup.config.draft.max_draft_tokens, setup.thresholds)
         measured = measure(setup, result.best, gamma, threshold)
         rows.append(CompareRow(result.method, result.evaluations, round(result.seconds, 2),
                                round(result.best_score.matchness, 4), round(heldout.matchness, 4),

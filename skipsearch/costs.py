@@ -282,3 +282,54 @@ def predicted_speedup_from_stats(costs: CostModel, skip_set: SkipSet, stats: Dec
     speculative = rounds_cost + drafting_cost + plain_tokens * costs.plain_step
     plain = (round_tokens + plain_tokens) * costs.plain_step
     return plain / speculative
+
+
+def simulate_drafting(trace, gamma: int, threshold: float) -> DecodeStats:
+    """Replay the decoder's drafting over the proxy's per-position outcomes.
+
+    `trace` holds, per prompt, (draft top-1 probability, draft argmax is right) for each
+    continuation position. A round starts at the pending token, drafts while the draft is
+    confident (at most `gamma` passes), and commits the leading right drafts plus one token
+    of the full model's. Drafts after a wrong one are still drafted, as in the decoder; their
+    confidence is taken from the true prefix, which the proxy saw.
+    """
+    stats = DecodeStats()
+    for positions in trace:
+        start = 0
+        while start < len(positions):
+            drafted = accepted = steps = 0
+            wrong = False
+            for confidence, right in positions[start:start + gamma]:
+                steps += 1
+                if confidence < threshold:
+                    break
+                drafted += 1
+                wrong = wrong or not right
+                accepted += not wrong
+            stats.draft_steps += steps
+            if drafted:
+                stats.rounds += 1
+                stats.drafted_tokens += drafted
+                stats.accepted_tokens += accepted
+            else:
+                stats.plain_steps += 1
+            start += accepted + 1
+    return stats
+
+
+THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
+
+
+def best_draft_settings(costs: CostModel, skip_set: SkipSet, trace, max_gamma: int,
+                        thresholds=THRESHOLDS) -> tuple[int, float, float, DecodeStats]:
+    """The draft length and confidence threshold with the highest predicted speedup on this
+    trace: (gamma, threshold, predicted speedup, simulated stats)."""
+    best = None
+    for threshold in thresholds:
+        for gamma in range(1, max_gamma + 1):
+            stats = simulate_drafting(trace, gamma, threshold)
+            speedup = predicted_speedup_from_stats(costs, skip_set, stats)
+            if best is None or speedup > best[2]:
+                best = (gamma, threshold, speedup, stats)
+    return best
+

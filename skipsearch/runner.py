@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .baselines import evenly_spaced, importance_ranking, least_important
-from .costs import CostModel, measure_costs, predicted_speedup
+from .costs import THRESHOLDS, CostModel, measure_costs, predicted_speedup_from_stats, simulate_drafting
 from .decoding import DecodeSettings, DecodeStats, decode, synchronize
 from .errors import SkipsearchError
 from .models import LoadedModel, load_model, model_fingerprint
@@ -34,9 +34,6 @@ from .studies import StudyConfig, resolve_skip_budget
 from .tasks import check_prompt_fits, format_prompt, load_task, split_prompts
 
 log = logging.getLogger(__name__)
-
-CONFIDENCE_CANDIDATES = (0.0, 0.5)  # tried beside the study's own threshold on the best candidate
-
 
 @dataclass
 class StudySetup:
@@ -58,6 +55,11 @@ class StudySetup:
         if self._heldout_scorer is None:
             self._heldout_scorer = ProxyScorer(self.loaded.model, self.heldout_refs)
         return self._heldout_scorer
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """Confidence thresholds the search tries: a fixed grid and the study's own."""
+        return tuple(sorted(set(THRESHOLDS) | {self.config.draft.confidence_threshold}))
 
     @property
     def task_name(self) -> str:
@@ -157,7 +159,7 @@ def run_search(setup: StudySetup, study: optuna.Study, warm_starts: list[str], p
         return
     objective = SkipObjective(setup.scorer.score, setup.costs, setup.eligible, search_cfg.objective,
                               setup.k if search_cfg.objective == "matchness" else None,
-                              setup.config.draft.max_draft_tokens)
+                              setup.config.draft.max_draft_tokens, setup.thresholds)
     study.optimize(objective, n_trials=remaining, show_progress_bar=progress,
                    callbacks=[optuna.study.MaxTrialsCallback(search_cfg.trials,
                                                              states=(optuna.trial.TrialState.COMPLETE,))])
@@ -175,7 +177,7 @@ class Measurement:
     acceptance_rate: float
     mean_accepted_tokens: float
     speedup: float  # measured: tokens/s over plain decoding's
-    predicted_speedup: float  # cost model at the held-out matchness
+    predicted_speedup: float  # cost model over drafting replayed on the held-out proxy outcomes
     tokens_per_s: float
     plain_tokens_per_s: float
     trial: int | None = None
@@ -220,38 +222,32 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
         totals.rounds += stats.rounds
         totals.drafted_tokens += stats.drafted_tokens
         totals.accepted_tokens += stats.accepted_tokens
-    matchness = setup.heldout_scorer.score(skip_set).matchness
+    heldout = setup.heldout_scorer.score(skip_set)
+    replayed = simulate_drafting(heldout.trace, max_draft_tokens, confidence_threshold)
     tokens_per_s, plain_tokens_per_s = draft_tokens / draft_time, plain_tokens / plain_time
     return Measurement(
         skip_attention=list(skip_set.attention), skip_mlp=list(skip_set.mlp),
         max_draft_tokens=max_draft_tokens, confidence_threshold=confidence_threshold,
-        matchness=matchness, acceptance_rate=totals.acceptance_rate,
+        matchness=heldout.matchness, acceptance_rate=totals.acceptance_rate,
         mean_accepted_tokens=totals.mean_accepted_tokens,
         speedup=tokens_per_s / plain_tokens_per_s,
-        predicted_speedup=predicted_speedup(setup.costs, skip_set, matchness, max_draft_tokens),
+        predicted_speedup=predicted_speedup_from_stats(setup.costs, skip_set, replayed),
         tokens_per_s=tokens_per_s, plain_tokens_per_s=plain_tokens_per_s, trial=trial,
     )
 
 
 def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) -> list[Measurement]:
-    """Measure the best candidates with the real decoder; tune the confidence threshold of the best."""
+    """Measure the best candidates with the real decoder, each with its searched draft settings."""
     objective = setup.config.search.objective
     candidates = best_trials(study, objective, max(top, setup.config.search.rescore_top))
     if not candidates:
         raise SkipsearchError("the study has no finished trial with a non-empty skip set; run more trials")
-    threshold = setup.config.draft.confidence_threshold
     measurements = []
     for trial in tqdm(candidates, desc="re-scoring with the real decoder", disable=not progress, leave=False):
-        measurements.append(measure(setup, trial_skip_set(trial), trial.user_attrs["draft_tokens"], threshold,
-                                    trial.number))
+        measurements.append(measure(setup, trial_skip_set(trial), trial.user_attrs["draft_tokens"],
+                                    trial.user_attrs["confidence_threshold"], trial.number))
     rank = (lambda m: m.matchness) if objective == "matchness" else (lambda m: m.speedup)
     measurements.sort(key=rank, reverse=True)
-    best = measurements[0]
-    for candidate in CONFIDENCE_CANDIDATES:
-        if candidate != threshold:
-            tuned = measure(setup, best.skip_set, best.max_draft_tokens, candidate, best.trial)
-            if tuned.speedup > best.speedup:
-                measurements[0] = best = tuned
     study.set_user_attr("rescored", [asdict(m) for m in measurements])
     return measurements
 

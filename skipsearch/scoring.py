@@ -19,7 +19,7 @@ This module knows nothing about tasks, storage or search.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
@@ -35,6 +35,9 @@ from .skipping import SkipSet, decoder_layers, skipping
 class ProxyScore:
     matchness: float
     expected_acceptance: float
+    # per prompt, per continuation position: (the draft's top-1 probability, whether its
+    # argmax is the full model's next token); replayed by `costs.simulate_drafting`
+    trace: tuple[tuple[tuple[float, bool], ...], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass
@@ -135,15 +138,18 @@ class ProxyScorer:
         if not len(skip_set):
             return ProxyScore(1.0, 1.0)
         started = time.perf_counter()
-        matches, overlap = 0.0, 0.0
+        matches, overlap, trace = 0, 0.0, []
         with torch.inference_mode():
             for state in self._states:
-                logits = self._draft_logits(state, skip_set)
-                matches += (logits.argmax(-1) == state.targets).sum().item()
-                overlap += torch.minimum(logits.float().softmax(-1), state.target_probs).sum().item()
+                probs = self._draft_logits(state, skip_set).float().softmax(-1)
+                confidence, best = probs.max(-1)
+                hits = best == state.targets
+                matches += int(hits.sum())
+                overlap += torch.minimum(probs, state.target_probs).sum().item()
+                trace.append(tuple(zip(confidence.tolist(), hits.tolist())))
         self.seconds += time.perf_counter() - started
         self.evaluations += 1
-        result = ProxyScore(matches / self.positions, overlap / self.positions)
+        result = ProxyScore(matches / self.positions, overlap / self.positions, tuple(trace))
         self._memo[skip_set] = result
         return result
 

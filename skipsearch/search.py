@@ -7,7 +7,8 @@ warm starts: a known skip set is enqueued as 1.0 for its sublayers and 0.0 elsew
 
 Objectives:
 - matchness: proxy matchness at exactly k skipped sublayers (SWIFT's setting);
-- speedup: the cost model's predicted speedup at the best draft length (the default);
+- speedup: the cost model's predicted speedup, replaying drafting over the proxy's
+  per-position outcomes at the best draft length and confidence threshold (the default);
 - pareto: draft cost relative to the full model (minimised) against matchness (maximised).
 
 This module holds the objective, samplers and study handling; loading models and tasks,
@@ -22,7 +23,7 @@ from typing import Callable, Sequence
 
 import optuna
 
-from .costs import CostModel, best_draft_length, draft_step_cost
+from .costs import THRESHOLDS, CostModel, best_draft_settings, draft_step_cost
 from .errors import SkipsearchError
 from .scoring import ProxyScore
 from .skipping import SkipSet
@@ -82,8 +83,10 @@ class Evaluation:
     skip_set: SkipSet
     score: ProxyScore
     draft_cost: float  # one draft step over one full-model step
-    draft_tokens: int  # the draft length that maximises the predicted speedup
+    draft_tokens: int  # the draft length and confidence threshold that maximise the predicted speedup
+    confidence_threshold: float
     predicted_speedup: float
+    predicted_acceptance: float  # share of drafts accepted when drafting replays with those settings
 
     def objective_values(self, objective: str) -> float | tuple[float, float]:
         if objective == "matchness":
@@ -101,15 +104,19 @@ class Evaluation:
             "expected_acceptance": self.score.expected_acceptance,
             "draft_cost": self.draft_cost,
             "draft_tokens": self.draft_tokens,
+            "confidence_threshold": self.confidence_threshold,
             "predicted_speedup": self.predicted_speedup,
+            "predicted_acceptance": self.predicted_acceptance,
         }
 
 
 def evaluate(score: Callable[[SkipSet], ProxyScore], costs: CostModel, skip_set: SkipSet,
-             max_draft_tokens: int) -> Evaluation:
+             max_draft_tokens: int, thresholds: Sequence[float] = THRESHOLDS) -> Evaluation:
     result = score(skip_set)
-    gamma, speedup = best_draft_length(costs, skip_set, result.matchness, max_draft_tokens)
-    return Evaluation(skip_set, result, draft_step_cost(costs, skip_set) / costs.plain_step, gamma, speedup)
+    gamma, threshold, speedup, stats = best_draft_settings(costs, skip_set, result.trace, max_draft_tokens,
+                                                           thresholds)
+    return Evaluation(skip_set, result, draft_step_cost(costs, skip_set) / costs.plain_step, gamma, threshold,
+                      speedup, stats.acceptance_rate)
 
 
 @dataclass
@@ -122,11 +129,12 @@ class SkipObjective:
     objective: str
     k: int | None
     max_draft_tokens: int
+    thresholds: Sequence[float] = THRESHOLDS
 
     def __call__(self, trial: optuna.Trial):
         params = {param_name(s): trial.suggest_float(param_name(s), 0.0, 1.0) for s in self.eligible}
         evaluation = evaluate(self.score, self.costs, skip_set_from_params(params, self.eligible, self.k),
-                              self.max_draft_tokens)
+                              self.max_draft_tokens, self.thresholds)
         for key, value in evaluation.user_attrs().items():
             trial.set_user_attr(key, value)
         return evaluation.objective_values(self.objective)

@@ -151,3 +151,29 @@ def test_cost_model_from_dict_names_bad_keys():
     data["atention"] = data.pop("attention")
     with pytest.raises(SkipsearchError, match="unknown keys \\['atention'\\] / missing keys \\['attention'\\]"):
         CostModel.from_dict(data)
+
+
+def test_simulated_drafting_follows_the_decoder_loop():
+    from skipsearch.costs import simulate_drafting
+
+    right = [(0.99, True)] * 10
+    stats = simulate_drafting([tuple(right)], gamma=4, threshold=0.5)
+    # rounds start at positions 0 and 5, each drafting 4 right tokens and committing 5
+    assert (stats.rounds, stats.drafted_tokens, stats.accepted_tokens, stats.draft_steps) == (2, 8, 8, 8)
+    unsure_first = [(0.1, True)] + right[1:]
+    stats = simulate_drafting([tuple(unsure_first)], gamma=4, threshold=0.5)
+    assert stats.plain_steps == 1 and stats.draft_steps == 1 + 8
+    wrong_second = [(0.99, True), (0.99, False)] + right[2:]
+    stats = simulate_drafting([tuple(wrong_second)], gamma=4, threshold=0.0)
+    assert stats.accepted_tokens >= 1 and stats.drafted_tokens > stats.accepted_tokens
+
+
+def test_best_draft_settings_prefers_long_drafts_when_drafts_are_right():
+    from skipsearch.costs import best_draft_settings
+
+    costs = made_up_costs()
+    skip = SkipSet(attention=(0, 1, 2, 3), mlp=(0, 1, 2))
+    gamma, threshold, speedup, _ = best_draft_settings(costs, skip, [tuple([(0.99, True)] * 40)], max_gamma=3)
+    assert gamma > 1 and speedup > 1
+    gamma, threshold, speedup, _ = best_draft_settings(costs, skip, [tuple([(0.2, False)] * 40)], max_gamma=3)
+    assert threshold > 0.2  # never drafting beats drafting tokens that are always wrong
