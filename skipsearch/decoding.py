@@ -47,7 +47,7 @@ class DecodeSettings:
     # plain steps timed at the start of a call: the speed drafting has to beat
     probe_steps: int = 2
     # rounds measured before the fallback may trigger
-    fallback_min_rounds: int = 3
+    fallback_min_rounds: int = 2
 
     def __post_init__(self) -> None:
         checks = [
