@@ -7,8 +7,11 @@ from pathlib import Path
 
 import optuna
 
-from .. import reports
+from .. import reports, runner
 from ..errors import SkipsearchError
+from ..models import load_model
+from ..profiles import Profile, load_profile
+from ..transfer import TransferTask, measure_transfer
 from ..studies import StudyConfig, default_storage_url, load_study, output_paths
 
 
@@ -22,6 +25,10 @@ def register(subparsers) -> None:
                         help="where to write the page (default: the first study's output.report)")
     parser.add_argument("--storage", metavar="URL",
                         help="Optuna storage URL for every study (default: each study's storage)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="first decode every study's exported profile on every study's held-out prompts "
+                             "(loads the model; the matrix is kept in the studies for later reports)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
 
@@ -96,6 +103,26 @@ def write_study_report(study: optuna.Study, config: StudyConfig, study_path: str
     return reports.write_report(path, page)
 
 
+def exported_profile(study: optuna.Study, config: StudyConfig) -> Profile:
+    path = _profile_path(study, config)
+    if not path.is_file():
+        raise SkipsearchError(f"study {config.name} has no exported profile at {path}; "
+                              f"run skipsearch search for it first")
+    return load_profile(path)
+
+
+def measure_transfer_matrix(loaded: list[tuple[optuna.Study, StudyConfig, str]], progress: bool) -> None:
+    """Prepare every study on one loaded model and store the transfer matrix in the studies."""
+    if len(loaded) < 2:
+        raise SkipsearchError("--transfer needs at least two studies (tasks); give more STUDY.yaml files")
+    profiles = [exported_profile(study, config) for study, config, _ in loaded]
+    first = loaded[0][1].model
+    model = load_model(first.name, dtype=first.dtype, device=first.device)
+    tasks = [TransferTask(runner.prepare(config, progress, loaded=model), study, profile)
+             for (study, config, _), profile in zip(loaded, profiles)]
+    measure_transfer(tasks, progress)
+
+
 def run(args) -> int:
     loaded = []
     for study_path in args.studies:
@@ -109,9 +136,12 @@ def run(args) -> int:
         if loaded[0][1].output.report is None:
             target.parent.mkdir(parents=True, exist_ok=True)  # the default reports/ folder is made
     command = "skipsearch " + shlex.join(["report", *args.studies] + (["-o", args.output] if args.output else [])
-                                         + (["--storage", args.storage] if args.storage else []))
+                                         + (["--storage", args.storage] if args.storage else [])
+                                         + (["--transfer"] if args.transfer else []))
     if not target.parent.is_dir():
         raise SkipsearchError(f"output folder {target.parent} does not exist; create it or choose another path")
+    if args.transfer:
+        measure_transfer_matrix(loaded, progress=not args.no_progress)
     page = build_page(loaded, [command], args.storage)
     print(reports.write_report(target, page))
     return 0

@@ -1,0 +1,48 @@
+from dataclasses import replace
+
+import optuna
+import pytest
+
+from skipsearch import reports, runner
+from skipsearch.errors import SkipsearchError
+from skipsearch.transfer import TransferTask, check_same_model, measure_transfer
+from test_search import _config, _tiny_loaded, isolated_cache  # noqa: F401 (fixture)
+
+
+def _task(tmp_path, name, loaded):
+    folder = tmp_path / name
+    folder.mkdir()
+    config = replace(_config(folder), name=name)
+    setup = runner.prepare(config, progress=False, loaded=loaded)
+    study = runner.open_configured_study(config, optuna.storages.InMemoryStorage())
+    runner.run_search(setup, study, [], progress=False)
+    measurement = runner.rescore(setup, study, top=1, progress=False)[0]
+    return TransferTask(setup, study, runner.build_profile(setup, measurement, study, "memory", "test"))
+
+
+def test_every_profile_is_measured_on_every_task_and_kept_in_the_studies(tmp_path, isolated_cache):
+    loaded = _tiny_loaded()
+    tasks = [_task(tmp_path, "a", loaded), _task(tmp_path, "b", loaded)]
+    # a second task label for the same toy prompts
+    config = tasks[1].setup.config
+    tasks[1].setup.config = replace(config, task=replace(config.task, category="other"))
+    rows = measure_transfer(tasks, progress=False)
+    assert len(rows) == 4
+    assert {(r["profile_study"], r["eval_task"]) for r in rows} == {
+        (s, t.setup.task_name) for s in ("a", "b") for t in tasks}
+    for row in rows:
+        assert 0 <= row["acceptance_rate"] <= 1 and row["speedup"] > 0
+    for task in tasks:
+        assert len(task.study.user_attrs["transfer"]) == 2
+    matrix = reports.gather_report_data([t.study for t in tasks], {}, [], []).transfer
+    assert matrix is not None
+    assert len(matrix.profile_tasks) == 2 and len(matrix.eval_tasks) == 2
+
+
+def test_profiles_of_another_model_do_not_transfer(tmp_path, isolated_cache):
+    loaded = _tiny_loaded()
+    tasks = [_task(tmp_path, "a", loaded), _task(tmp_path, "b", loaded)]
+    profile = tasks[1].profile
+    tasks[1].profile = replace(profile, model=replace(profile.model, fingerprint="sha256:" + "0" * 64))
+    with pytest.raises(SkipsearchError, match="one model"):
+        check_same_model(tasks)
