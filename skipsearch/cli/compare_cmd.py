@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import optuna
 from tqdm.auto import tqdm
 
 from .. import runner
@@ -55,6 +56,7 @@ def run(args) -> int:
     path = Path(args.csv) if args.csv else compare_csv_path(config.name)
     runner.check_output_path(path, is_default=args.csv is None)
     setup = runner.prepare(config, progress=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per in-memory study otherwise
     bar = tqdm(total=len(args.methods), desc="methods", leave=False)
     comparison = compare_methods(setup, args.budget, config.search.seed, config.search.sampler, args.methods,
                                  on_method=lambda name: bar.update(1))
