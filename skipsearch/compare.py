@@ -41,7 +41,7 @@ def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> M
     started = time.perf_counter()
     study = open_study("compare", optuna.storages.InMemoryStorage(), "matchness", make_sampler(sampler, seed, "matchness"))
     ranking = importance(setup, study, progress=False)
-    enqueue_warm_starts(study, warm_start_sets(setup, ranking, []), setup.eligible)
+    enqueue_warm_starts(study, warm_start_sets(setup, ranking), setup.eligible)
     objective = SkipObjective(scorer.score, setup.costs, setup.eligible, "matchness", setup.k,
                               setup.config.draft.max_draft_tokens, setup.thresholds)
     history = []

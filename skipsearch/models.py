@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import SkipsearchError
-from .skipping import decoder_layers
+from .skipping import SUPPORTED_ARCHITECTURES, decoder_layers
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,16 @@ def load_model(
             f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]} "
             "(no network? use an embedded name, a local folder or a .gguf file)"
         ) from exc
+    except (ValueError, KeyError) as exc:  # a config.json that transformers does not know
+        raise SkipsearchError(
+            f"cannot load model {name_or_path!r}: {str(exc).strip().splitlines()[0]}; "
+            f"skipsearch supports {', '.join(SUPPORTED_ARCHITECTURES)}"
+        ) from exc
+    if getattr(config, "model_type", None) not in SUPPORTED_ARCHITECTURES:  # refuse before loading weights
+        raise SkipsearchError(
+            f"model {name_or_path!r} has the unsupported architecture {getattr(config, 'model_type', None)!r}; "
+            f"skipsearch supports {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
     from transformers.utils import logging as hf_logging
 
     # The per-tensor "Loading weights" bar of an already converted model only adds noise;

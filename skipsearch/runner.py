@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,12 +23,14 @@ from .costs import THRESHOLDS, CostModel, measure_costs, predicted_speedup_from_
 from .decoding import DecodeSettings, DecodeStats, decode, synchronize
 from .errors import SkipsearchError
 from .models import LoadedModel, load_model, model_fingerprint
-from .profiles import DraftSettings, Profile, ProfileMetrics, ProfileModel, load_profile, save_profile
+from .profiles import (DraftSettings, Profile, ProfileMetrics, ProfileModel, check_profile_for_model, load_profile,
+                       save_profile)
 from .references import Reference, reference_continuations
 from .scoring import ProxyScorer
 from .search import (SkipObjective, best_trials, completed_trials, enqueue_warm_starts, make_sampler,
-                     open_study, trial_skip_set)
+                     open_study, run_trials, trial_counts, trial_skip_set)
 from .skipping import SkipSet, eligible_sublayers
+from .storages import redact
 from .studies import StudyConfig, resolve_skip_budget
 from .tasks import check_prompt_fits, format_prompt, load_task, split_prompts
 
@@ -47,8 +48,23 @@ class StudySetup:
     search_refs: list[Reference]
     heldout_refs: list[Reference]
     scorer: ProxyScorer
-    costs: CostModel
+    warm_profiles: list[tuple[str, Profile]] = field(default_factory=list)  # (path, profile), checked against the model
+    _costs: CostModel | None = None
     _heldout_scorer: ProxyScorer | None = None
+
+    @property
+    def costs(self) -> CostModel:
+        """Measured on first use, unless the study already holds the costs all its workers share."""
+        if self._costs is None:
+            context = int(sum(len(r.prompt_ids) for r in self.search_refs) / len(self.search_refs))
+            self._costs = measure_costs(self.loaded.model, context_tokens=context,
+                                        max_verify_tokens=self.config.draft.max_draft_tokens + 1)
+        return self._costs
+
+    def fits(self, costs: CostModel) -> bool:
+        """Whether stored costs serve this model and draft length."""
+        return (costs.num_layers == self.loaded.model.config.num_hidden_layers
+                and len(costs.verify) >= self.config.draft.max_draft_tokens + 1)
 
     @property
     def heldout_scorer(self) -> ProxyScorer:
@@ -77,8 +93,13 @@ def check_output_path(path: Path, is_default: bool) -> None:
     raise SkipsearchError(f"output folder {path.parent} does not exist; create it or choose another path")
 
 
-def prepare(config: StudyConfig, progress: bool = True, loaded: LoadedModel | None = None) -> StudySetup:
-    """Load (unless given) the model, the task's prompts and references, and measure costs."""
+def prepare(config: StudyConfig, progress: bool = True, loaded: LoadedModel | None = None,
+            warm_starts: tuple[str, ...] | list[str] = ()) -> StudySetup:
+    """Load the task's prompts, the model (unless given), the warm-start profiles and the references.
+
+    Cheap checks come first, so bad input fails before the slow steps: the task, then the
+    model, then whether each warm-start profile was made for this model. Costs are measured
+    on first use of `setup.costs`."""
     task_cfg = config.task
     task = load_task(task_cfg.source, data=task_cfg.data, category=task_cfg.category, field=task_cfg.field,
                      split=task_cfg.split, category_field=task_cfg.category_field)
@@ -87,6 +108,12 @@ def prepare(config: StudyConfig, progress: bool = True, loaded: LoadedModel | No
     loaded = loaded or load_model(config.model.name, dtype=config.model.dtype, device=config.model.device)
     model, tokenizer = loaded.model, loaded.tokenizer
     fingerprint = model_fingerprint(model)
+    warm_profiles = [(path, load_profile(path)) for path in warm_starts]
+    for path, profile in warm_profiles:
+        try:
+            check_profile_for_model(profile, model, fingerprint)
+        except SkipsearchError as exc:
+            raise SkipsearchError(f"warm start {path}: {exc}") from None
     max_positions = getattr(model.config, "max_position_embeddings", None)
 
     def encode(prompts):
@@ -104,10 +131,8 @@ def prepare(config: StudyConfig, progress: bool = True, loaded: LoadedModel | No
                                            task_cfg.reference_tokens, progress)
     eligible = eligible_sublayers(model.config.num_hidden_layers, config.search.keep_first, config.search.keep_last)
     k = resolve_skip_budget(config.search.skip_budget, len(eligible))
-    context = int(sum(len(r.prompt_ids) for r in search_refs) / len(search_refs))
-    costs = measure_costs(model, context_tokens=context, max_verify_tokens=config.draft.max_draft_tokens + 1)
     return StudySetup(config, loaded, fingerprint, eligible, k, search_refs, heldout_refs,
-                      ProxyScorer(model, search_refs), costs)
+                      ProxyScorer(model, search_refs), warm_profiles)
 
 
 def importance(setup: StudySetup, study: optuna.Study, progress: bool) -> list[tuple[tuple[str, int], float]]:
@@ -127,15 +152,14 @@ def importance(setup: StudySetup, study: optuna.Study, progress: bool) -> list[t
     return ranking
 
 
-def warm_start_sets(setup: StudySetup, ranking, profile_paths: list[str]) -> list[SkipSet]:
+def warm_start_sets(setup: StudySetup, ranking) -> list[SkipSet]:
     k, eligible = setup.k, setup.eligible
     sets = [least_important(ranking, k), evenly_spaced(eligible, k)]
     if setup.config.search.objective != "matchness":
         # a free count: also try smaller and larger sets of the least important sublayers
         sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
     allowed = set(eligible)
-    for path in profile_paths:
-        profile = load_profile(path)
+    for path, profile in setup.warm_profiles:
         kept = [s for s in profile.skip.sublayers if s in allowed]
         if len(kept) < len(profile.skip):
             log.warning("warm start %s: dropped sublayers outside the eligible layers", path)
@@ -144,25 +168,41 @@ def warm_start_sets(setup: StudySetup, ranking, profile_paths: list[str]) -> lis
     return sets
 
 
-def run_search(setup: StudySetup, study: optuna.Study, warm_starts: list[str], progress: bool) -> None:
-    """Run trials until the study holds `search.trials` finished ones (shared with other workers)."""
+def prepare_study(setup: StudySetup, study: optuna.Study, progress: bool) -> None:
+    """The study's one-off work, done by the first worker and reused by the others: the sublayer
+    ranking and the warm starts it yields, and the costs every worker's objective uses (so trial
+    values from different workers compare)."""
     search_cfg = setup.config.search
-    ranking = importance(setup, study, progress)
     if not study.user_attrs.get("warm_started"):
-        enqueue_warm_starts(study, warm_start_sets(setup, ranking, warm_starts), setup.eligible)
+        enqueue_warm_starts(study, warm_start_sets(setup, importance(setup, study, progress)), setup.eligible)
         study.set_user_attr("warm_started", True)
+    stored = study.user_attrs.get("costs")
+    if stored and setup.fits(CostModel.from_dict(stored)):
+        setup._costs = CostModel.from_dict(stored)
+    else:
+        study.set_user_attr("costs", setup.costs.to_dict())
     study.set_user_attr("skip_budget", setup.k)
     study.set_user_attr("sampler", search_cfg.sampler)
-    study.set_user_attr("costs", setup.costs.to_dict())
-    remaining = search_cfg.trials - len(completed_trials(study))
-    if remaining <= 0:
-        return
+
+
+def run_search(setup: StudySetup, study: optuna.Study, progress: bool) -> None:
+    """Run trials until the study holds `search.trials` complete ones (shared with other workers)."""
+    search_cfg = setup.config.search
     objective = SkipObjective(setup.scorer.score, setup.costs, setup.eligible, search_cfg.objective,
                               setup.k if search_cfg.objective == "matchness" else None,
                               setup.config.draft.max_draft_tokens, setup.thresholds)
-    study.optimize(objective, n_trials=remaining, show_progress_bar=progress,
-                   callbacks=[optuna.study.MaxTrialsCallback(search_cfg.trials,
-                                                             states=(optuna.trial.TrialState.COMPLETE,))])
+    complete, _ = trial_counts(study)
+    bar = tqdm(total=search_cfg.trials, initial=min(complete, search_cfg.trials), desc="trials (all workers)",
+               disable=not progress)
+
+    def show(study: optuna.Study, _trial) -> None:
+        bar.n = min(trial_counts(study)[0], search_cfg.trials)
+        bar.refresh()
+
+    try:
+        run_trials(study, objective, search_cfg.trials, search_cfg.heartbeat_interval, callbacks=[show])
+    finally:
+        bar.close()
 
 
 @dataclass
@@ -252,10 +292,6 @@ def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) ->
     return measurements
 
 
-def _redact(url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
-
-
 def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Study, storage: str,
                   command: str) -> Profile:
     config, model = setup.config, setup.loaded.model
@@ -275,7 +311,7 @@ def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Stu
         provenance={
             "tool_version": __version__,
             "study": study.study_name,
-            "storage": _redact(storage),
+            "storage": redact(storage),
             "trial": measurement.trial,
             "objective": config.search.objective,
             "sampler": config.search.sampler,
@@ -300,7 +336,13 @@ def export_profiles(setup: StudySetup, measurements: list[Measurement], study: o
     return written
 
 
-def open_configured_study(config: StudyConfig, storage: str) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = make_sampler(config.search.sampler, config.search.seed, config.search.objective)
-    return open_study(config.name, storage, config.search.objective, sampler)
+def open_configured_study(config: StudyConfig, storage: str | optuna.storages.BaseStorage,
+                          seeded: bool = True) -> optuna.Study:
+    """The study with heartbeats; `seeded=False` gives the sampler a fresh random seed, so that
+    extra workers propose other candidates than the first one (same history, same seed, same
+    proposals otherwise)."""
+    # Optuna warns with a traceback for every failed trial, an interrupted one included; errors
+    # that matter reach the command line as exceptions.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    sampler = make_sampler(config.search.sampler, config.search.seed if seeded else None, config.search.objective)
+    return open_study(config.name, storage, config.search.objective, sampler, config.search.heartbeat_interval)

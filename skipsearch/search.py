@@ -11,22 +11,35 @@ Objectives:
   per-position outcomes at the best draft length and confidence threshold (the default);
 - pareto: draft cost relative to the full model (minimised) against matchness (maximised).
 
+Several workers (processes, machines) can share one study: `run_trials` keeps each of them
+taking trials until the study holds its target of complete ones, and no more.
+
 This module holds the objective, samplers and study handling; loading models and tasks,
 re-scoring with the real decoder and writing files happen in `runner`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import optuna
+from optuna.trial import TrialState
 
 from .costs import THRESHOLDS, CostModel, best_draft_settings, draft_step_cost
 from .errors import SkipsearchError
 from .scoring import ProxyScore
 from .skipping import SkipSet
+from .storages import GRACE_BEATS, open_storage, redact
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +67,8 @@ def params_for(skip_set: SkipSet, eligible: Sequence[tuple[str, int]]) -> dict[s
     return {param_name(s): 1.0 if s in skipped else 0.0 for s in eligible}
 
 
-def make_sampler(name: str, seed: int, objective: str) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int | None, objective: str) -> optuna.samplers.BaseSampler:
+    """The named sampler; seed None draws a random one."""
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if name == "gp":
@@ -141,17 +155,21 @@ class SkipObjective:
 
 
 def open_study(name: str, storage: str | optuna.storages.BaseStorage, objective: str,
-               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """Create the study or load it to resume; a storage that cannot be opened is one clear line."""
+               sampler: optuna.samplers.BaseSampler, heartbeat_interval: int | None = None) -> optuna.Study:
+    """Create the study or load it to resume; a storage that cannot be opened is one clear line.
+
+    A URL is opened with heartbeats every `heartbeat_interval` seconds (see `storages`)."""
+    shown = redact(storage) if isinstance(storage, str) else type(storage).__name__
+    backend = open_storage(storage, heartbeat_interval) if isinstance(storage, str) else storage
     try:
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+        study = optuna.create_study(study_name=name, storage=backend, load_if_exists=True,
                                     directions=directions(objective), sampler=sampler)
     except SkipsearchError:
         raise
     except Exception as exc:  # SQLAlchemy, psycopg and file errors all mean the same to the user
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SkipsearchError(
-            f"cannot open the study storage {storage!r}: {first_line}; check the URL, the server and its credentials"
+            f"cannot open the study storage {shown}: {first_line}; check the URL, the server and its credentials"
         ) from exc
     existing = study.user_attrs.get("objective")
     if existing is not None and existing != objective:
@@ -202,3 +220,142 @@ def best_trials(study: optuna.Study, objective: str, n: int) -> list[optuna.tria
 
 def trial_skip_set(trial: optuna.trial.FrozenTrial) -> SkipSet:
     return SkipSet(attention=tuple(trial.user_attrs["skip_attention"]), mlp=tuple(trial.user_attrs["skip_mlp"]))
+
+
+# ---------------------------------------------------------------------------- workers sharing a study
+
+WORKER_ATTR = "worker"  # trial user attribute: host:pid of the process that runs the trial
+COUNTED = (TrialState.COMPLETE, TrialState.RUNNING)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def trial_counts(study: optuna.Study) -> tuple[int, int]:
+    """(complete, running) trials of the study, whichever worker runs them."""
+    trials = study.get_trials(deepcopy=False, states=COUNTED)
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    return complete, len(trials) - complete
+
+
+def surplus_reason(trials: Sequence[optuna.trial.FrozenTrial], number: int, target: int) -> str | None:
+    """Why running trial `number` is not needed, or None when it is.
+
+    Workers start a trial only while complete + running trials are below the target, but two
+    may look at the same moment and both start; the trials with the highest numbers then give
+    way, so every worker comes to the same decision. Likewise warm starts that workers starting
+    together both enqueued run once: the copy with the higher number gives way."""
+    me = next(t for t in trials if t.number == number)
+    fixed = me.system_attrs.get("fixed_params")
+    if fixed is not None and any(
+        t.number < number and t.state in (*COUNTED, TrialState.WAITING) and t.system_attrs.get("fixed_params") == fixed
+        for t in trials
+    ):
+        return f"trial {number} repeats an earlier enqueued trial"
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    running = sorted(t.number for t in trials if t.state == TrialState.RUNNING)
+    excess = complete + len(running) - target
+    if excess > 0 and number in running[-excess:]:
+        return f"the study already holds {target} complete or running trials"
+    return None
+
+
+def fail_orphans(study: optuna.Study, grace_seconds: float) -> None:
+    """Fail running trials that never reached the objective and are older than the grace period.
+
+    Optuna's heartbeat only watches trials that beat at least once; a worker stopped between
+    Optuna creating its trial and the first beat (or a study run before heartbeats existed)
+    leaves a RUNNING trial that nothing else would ever end, and workers would wait for it."""
+    cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_seconds)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if WORKER_ATTR in trial.user_attrs or trial.datetime_start is None or trial.datetime_start > cutoff:
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # another worker ended it first
+
+
+class _Interrupts:
+    """Ctrl-C as the trial loop needs it: at once while the objective runs or the worker waits
+    (Optuna records an interrupted trial as failed), but held back while Optuna writes a trial's
+    state, where it could leave a RUNNING trial that no worker ends. Only the main thread gets
+    signals; elsewhere nothing changes."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._at_once = False
+
+    def _handle(self, signum, frame) -> None:
+        if self._at_once:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if self.pending:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def at_once(self) -> Iterator[None]:
+        if self.pending:
+            raise KeyboardInterrupt
+        self._at_once = True
+        try:
+            yield
+        finally:
+            self._at_once = False
+
+
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], object], target: int,
+               heartbeat_interval: int, callbacks: Sequence[Callable] = ()) -> None:
+    """Take trials until the study holds `target` complete ones, shared with any other workers.
+
+    A trial starts only while complete + running trials are below the target: MaxTrialsCallback
+    counting both stops `optimize`, and `surplus_reason` settles workers that looked at once.
+    When the running trials would make up the rest, the worker waits; either they complete, or
+    their worker died, Optuna's heartbeat fails them and enqueues copies, and a worker runs those.
+    Ctrl-C raises KeyboardInterrupt once this worker's trial is recorded as failed."""
+    grace = GRACE_BEATS * heartbeat_interval
+    interrupts = _Interrupts()
+
+    def guarded(trial: optuna.Trial):
+        trial.set_user_attr(WORKER_ATTR, worker_name())
+        reason = surplus_reason(study.get_trials(deepcopy=False), trial.number, target)
+        if reason is not None:
+            raise optuna.TrialPruned(reason)
+        with interrupts.at_once():
+            return objective(trial)
+
+    def stop_if_interrupted(study: optuna.Study, _trial) -> None:
+        if interrupts.pending:
+            study.stop()
+
+    full = optuna.study.MaxTrialsCallback(target, states=COUNTED)
+    with interrupts.installed():
+        while not interrupts.pending:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            fail_orphans(study, grace)
+            complete, running = trial_counts(study)
+            if complete >= target:
+                return
+            if complete + running >= target:
+                with interrupts.at_once():
+                    time.sleep(heartbeat_interval)
+                continue
+            try:
+                study.optimize(guarded, callbacks=[full, stop_if_interrupted, *callbacks])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                log.warning("another worker took this worker's trial for abandoned (no heartbeat for %d s) and "
+                            "runs it again; raise search.heartbeat_interval if the machines are this busy", grace)

@@ -32,6 +32,7 @@ TASK_SOURCES = ("humaneval", "specbench", "datasets")
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
 MAX_SEED = 2**32 - 1  # numpy-seeded samplers refuse larger seeds
+JOURNAL_SUFFIX = ".log"  # a storage that is a file path ending so is an Optuna journal file
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ def _text(expected: str = "a non-empty string") -> _Rule:
 
 def _optional_text(expected: str = "a non-empty string or null", must_contain: str = "") -> _Rule:
     return _Rule(expected, lambda v: v is None or (isinstance(v, str) and v.strip() != "" and must_contain in v))
+
+
+def _is_storage(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() != ""
+                             and ("://" in value or value.endswith(JOURNAL_SUFFIX)))
 
 
 def _is_skip_budget(value: Any) -> bool:
@@ -151,6 +157,9 @@ class SearchConfig:
     # profile files whose skip sets are evaluated first
     rescore_top: int = _f(3, _int(1))
     # best candidates re-scored by the real self-speculative decoder on held-out prompts
+    heartbeat_interval: int = _f(10, _int(1))
+    # seconds between heartbeats of a running trial; a trial silent for 3 intervals (its worker
+    # was killed or lost) is failed and run again by another worker
 
 
 @dataclass(frozen=True)
@@ -178,8 +187,10 @@ class StudyConfig:
     task: TaskConfig = _section(TaskConfig)
     search: SearchConfig = _section(SearchConfig)
     draft: DraftConfig = _section(DraftConfig)
-    storage: str | None = _f(None, _optional_text("an Optuna storage URL (sqlite:///FILE, postgresql://…) or null", "://"))
-    # null = a SQLite file next to the study file: <study dir>/<name>.db
+    storage: str | None = _f(None, _Rule("a storage: sqlite:///FILE.db, postgresql://USER:PASSWORD@HOST:PORT/DB, "
+                                         f"a journal file ending in {JOURNAL_SUFFIX}, or null", _is_storage))
+    # null = a SQLite file next to the study file: <study dir>/<name>.db; a journal file path is
+    # relative to the current directory
     output: OutputConfig = _section(OutputConfig)
 
 
@@ -245,7 +256,8 @@ def _check_task(task: TaskConfig, errors: list[str]) -> None:
 
 
 def parse_study(data: Any, source: str) -> StudyConfig:
-    """A validated StudyConfig from parsed YAML, or one SkipsearchError listing every problem.
+    """A validated StudyConfig from parsed YAML, or one SkipsearchError listing every problem
+    (one line when there is one).
 
     `source` names the file in messages; its stem is the study name when `name` is absent.
     """
@@ -257,9 +269,10 @@ def parse_study(data: Any, source: str) -> StudyConfig:
     cfg = _parse_section(StudyConfig, data, "", errors)
     if cfg is not None:
         _check_task(cfg.task, errors)
+    if len(errors) == 1:
+        raise SkipsearchError(f"{source}: {errors[0]}")
     if errors:
-        noun = "problem" if len(errors) == 1 else "problems"
-        lines = [f"{len(errors)} {noun} in {source}:"] + [f"{source}: {error}" for error in errors]
+        lines = [f"{len(errors)} problems in {source}:"] + [f"{source}: {error}" for error in errors]
         raise SkipsearchError("\n".join(lines))
     return cfg
 

@@ -53,7 +53,8 @@ def _tiny_loaded():
 def _run(tmp_path, config, storage):
     setup = runner.prepare(config, progress=False, loaded=_tiny_loaded())
     study = runner.open_configured_study(config, storage)
-    runner.run_search(setup, study, [], progress=False)
+    runner.prepare_study(setup, study, progress=False)
+    runner.run_search(setup, study, progress=False)
     return setup, study
 
 
@@ -129,7 +130,7 @@ def test_params_encode_and_decode_skip_sets():
 
 
 def test_an_unreachable_storage_is_one_clear_error():
-    with pytest.raises(SkipsearchError, match="cannot open the study storage"):
+    with pytest.raises(SkipsearchError, match="cannot reach the study storage"):
         open_study("x", "postgresql://nobody@127.0.0.1:1/none", "speedup", optuna.samplers.RandomSampler())
 
 

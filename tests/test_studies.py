@@ -94,7 +94,7 @@ def test_a_broken_config_reports_every_problem_at_once(tmp_path):
         "search.skip_budget: expected a fraction in (0, 1) of the eligible sublayers or an integer count >= 1, got 1.5",
         "search.seed: expected an integer in [0, 4294967295], got True",
         "draft.confidence_threshold: expected a number in [0, 1], got 1.2",
-        "storage: expected an Optuna storage URL",
+        "storage: expected a storage: sqlite:///FILE.db",
         "colour: unknown key",
     ):
         assert expected in body
@@ -202,5 +202,6 @@ def test_study_config_fields_are_the_yaml_keys():
     keys = study_to_dict(parse_study({"name": "x"}, "x.yaml"))
     assert list(keys) == [f.name for f in __import__("dataclasses").fields(StudyConfig)]
     assert list(keys["search"]) == [
-        "objective", "sampler", "trials", "skip_budget", "seed", "keep_first", "keep_last", "warm_start", "rescore_top"
+        "objective", "sampler", "trials", "skip_budget", "seed", "keep_first", "keep_last", "warm_start", "rescore_top",
+        "heartbeat_interval",
     ]

@@ -15,7 +15,8 @@ def _task(tmp_path, name, loaded):
     config = replace(_config(folder), name=name)
     setup = runner.prepare(config, progress=False, loaded=loaded)
     study = runner.open_configured_study(config, optuna.storages.InMemoryStorage())
-    runner.run_search(setup, study, [], progress=False)
+    runner.prepare_study(setup, study, progress=False)
+    runner.run_search(setup, study, progress=False)
     measurement = runner.rescore(setup, study, top=1, progress=False)[0]
     return TransferTask(setup, study, runner.build_profile(setup, measurement, study, "memory", "test"))
 

@@ -17,8 +17,15 @@ from . import bench_cmd, compare_cmd, generate_cmd, models_cmd, profile_cmd, rep
 COMMAND_MODULES = [models_cmd, generate_cmd, search_cmd, compare_cmd, profile_cmd, tasks_cmd, validate_cmd, bench_cmd, report_cmd]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line, like every other bad input (argparse adds the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"skipsearch: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="skipsearch",
         description="Search which sublayers to skip for lossless self-speculative decoding.",
     )
@@ -32,13 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
     try:
+        args = parser.parse_args(argv)  # argument types such as --skip-budget raise SkipsearchError
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(message)s",
+            stream=sys.stderr,
+        )
         return args.func(args) or 0
     except SkipsearchError as exc:
         print(f"skipsearch: error: {exc}", file=sys.stderr)

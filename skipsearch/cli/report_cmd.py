@@ -11,6 +11,7 @@ from .. import reports, runner
 from ..errors import SkipsearchError
 from ..models import load_model
 from ..profiles import Profile, load_profile
+from ..storages import open_storage, redact, storage_file
 from ..transfer import TransferTask, measure_transfer
 from ..studies import StudyConfig, default_storage_url, load_study, output_paths
 
@@ -24,7 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", metavar="FILE.html",
                         help="where to write the page (default: the first study's output.report)")
     parser.add_argument("--storage", metavar="URL",
-                        help="Optuna storage URL for every study (default: each study's storage)")
+                        help="where every study lives: sqlite:///FILE.db, postgresql://… or FILE.log "
+                             "(default: each study's storage)")
     parser.add_argument("--transfer", action="store_true",
                         help="first decode every study's exported profile on every study's held-out prompts "
                              "(loads the model; the matrix is kept in the studies for later reports)")
@@ -33,19 +35,20 @@ def register(subparsers) -> None:
 
 
 def open_finished_study(config: StudyConfig, storage: str) -> optuna.Study:
-    """Load an existing study without creating anything; a missing one is one clear line."""
-    missing = SkipsearchError(f"no study {config.name} in {storage}; run skipsearch search STUDY.yaml first")
-    if storage.startswith("sqlite:///") and ":memory:" not in storage:
-        if not Path(storage.removeprefix("sqlite:///")).is_file():
-            raise missing  # opening would create an empty database file
+    """Load an existing study from any storage without creating anything; a missing one is one clear line."""
+    missing = SkipsearchError(f"no study {config.name} in {redact(storage)}; run skipsearch search STUDY.yaml first")
+    path = storage_file(storage)
+    if path is not None and not path.is_file():
+        raise missing  # opening would create an empty database or journal file
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend = open_storage(storage)
     try:
-        return optuna.load_study(study_name=config.name, storage=storage)
+        return optuna.load_study(study_name=config.name, storage=backend)
     except KeyError:
         raise missing from None
     except Exception as exc:  # SQLAlchemy, psycopg and file errors all mean the same to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SkipsearchError(f"no study {config.name} in {storage} ({first}); "
+        raise SkipsearchError(f"no study {config.name} in {redact(storage)} ({first}); "
                               "run skipsearch search STUDY.yaml first") from None
 
 
@@ -66,7 +69,7 @@ def _search_command(study_path, profile_text: str | None, storage: str | None) -
     provenance = (reports.profile_mapping(profile_text).get("provenance") or {}) if profile_text else {}
     if isinstance(provenance, dict) and isinstance(provenance.get("command"), str):
         return provenance["command"]
-    return "skipsearch " + shlex.join(["search", str(study_path)] + (["--storage", storage] if storage else []))
+    return "skipsearch " + shlex.join(["search", str(study_path)] + (["--storage", redact(storage)] if storage else []))
 
 
 def build_page(studies: list[tuple[optuna.Study, StudyConfig, str | Path]], commands: list[str],
@@ -97,7 +100,7 @@ def write_study_report(study: optuna.Study, config: StudyConfig, study_path: str
     `command` is the search command that just ran (shown as the one to reproduce), followed by
     the `skipsearch report` command that rewrites this page later."""
     custom = storage != default_storage_url(config, study_path)
-    again = ["report", str(study_path), "-o", str(path)] + (["--storage", storage] if custom else [])
+    again = ["report", str(study_path), "-o", str(path)] + (["--storage", redact(storage)] if custom else [])
     page = build_page([(study, config, study_path)], ["skipsearch " + shlex.join(again)],
                       search_commands=[command])
     return reports.write_report(path, page)
@@ -136,7 +139,7 @@ def run(args) -> int:
         if loaded[0][1].output.report is None:
             target.parent.mkdir(parents=True, exist_ok=True)  # the default reports/ folder is made
     command = "skipsearch " + shlex.join(["report", *args.studies] + (["-o", args.output] if args.output else [])
-                                         + (["--storage", args.storage] if args.storage else [])
+                                         + (["--storage", redact(args.storage)] if args.storage else [])
                                          + (["--transfer"] if args.transfer else []))
     if not target.parent.is_dir():
         raise SkipsearchError(f"output folder {target.parent} does not exist; create it or choose another path")

@@ -1,15 +1,35 @@
-"""`skipsearch search`: run (or resume) a study, re-score its best candidates, export profiles."""
+"""`skipsearch search`: run (or resume) a study, re-score its best candidates, export profiles.
+
+Any number of `search` processes, on one machine or many, may share one study through its
+storage; each takes trials until the study holds `--trials` complete ones. `--workers N`
+prepares the study, runs its trials in N processes of their own (`--trials-only`), and
+re-scores and exports once they are done. Bad input fails before anything is loaded or written.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
 
 from .. import runner
 from . import report_cmd
-from ..studies import apply_overrides, default_storage_url, load_study, output_paths, parse_skip_budget
-from ..search import OBJECTIVES, SAMPLERS
+from ..errors import SkipsearchError
+from ..search import OBJECTIVES, SAMPLERS, trial_counts
+from ..storages import check_storage, redact
+from ..studies import StudyConfig, apply_overrides, default_storage_url, load_study, output_paths, parse_skip_budget
+
+log = logging.getLogger(__name__)
+
+STOP_SECONDS = 120  # how long an interrupted worker may take to end its trial before it is killed
 
 
 def add_study_overrides(parser) -> None:
@@ -19,7 +39,10 @@ def add_study_overrides(parser) -> None:
     parser.add_argument("--objective", choices=OBJECTIVES)
     parser.add_argument("--skip-budget", type=parse_skip_budget, metavar="K",
                         help="sublayers to skip: a fraction of the eligible ones (0.2) or a count (11)")
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: a SQLite file next to the study)")
+    parser.add_argument("--storage", metavar="URL",
+                        help="where the study lives: sqlite:///FILE.db (default: a SQLite file next to the study), "
+                             "postgresql://USER:PASSWORD@HOST:PORT/DB (many machines) or FILE.log (an Optuna "
+                             "journal file on a shared file system)")
     parser.add_argument("--seed", type=int, metavar="S")
     parser.add_argument("--data", metavar="FILE", help="task data file (specbench, datasets)")
     parser.add_argument("--category", metavar="NAME", help="task category to keep")
@@ -42,26 +65,112 @@ def register(subparsers) -> None:
     parser.add_argument("--top", type=int, default=1, metavar="N", help="export the N best profiles (default 1)")
     parser.add_argument("--warm-start", nargs="+", default=[], metavar="FILE",
                         help="profiles whose skip sets are tried first")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run the trials in N processes on this machine, sharing the study (default 1: in "
+                             "this process)")
+    parser.add_argument("--trials-only", action="store_true",
+                        help="only run trials, then exit quietly (also on Ctrl-C): for extra workers while "
+                             "another process re-scores and exports")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
 
+def _outputs(config: StudyConfig) -> list[tuple[Path, bool]]:
+    """(path, is_default) of the profile and the report."""
+    profile, report = output_paths(config)
+    return [(profile, config.output.profile is None), (report, config.output.report is None)]
+
+
+def _worker_command(args, storage: str) -> list[str]:
+    """This search as an extra worker: the same study, overrides and storage, trials only."""
+    command = [sys.executable, "-m", "skipsearch"] + (["-v"] if args.verbose else [])
+    command += ["search", args.study, "--storage", storage, "--trials-only", "--no-progress"]
+    for flag, value in [("--trials", args.trials), ("--sampler", args.sampler), ("--objective", args.objective),
+                        ("--skip-budget", args.skip_budget), ("--seed", args.seed), ("--data", args.data),
+                        ("--category", args.category)]:
+        if value is not None:
+            command += [flag, str(value)]
+    return command
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """Pass Ctrl-C on to the workers still running and wait for them to end their trials."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _run_workers(args, storage: str, study, trials: int, progress: bool) -> None:
+    """Run the trials in `args.workers` processes of their own, sharing the CPU threads, and wait.
+
+    They run in their own sessions, so Ctrl-C reaches only this process, which passes it on
+    once; each ends its trial cleanly, as a worker started by hand would."""
+    share = max(1, torch.get_num_threads() // args.workers)
+    env = {"OMP_NUM_THREADS": str(share), **os.environ}
+    processes = [subprocess.Popen(_worker_command(args, storage), env=env, stdin=subprocess.DEVNULL,
+                                  start_new_session=True) for _ in range(args.workers)]
+    bar = tqdm(total=trials, desc=f"trials ({args.workers} workers)", disable=not progress)
+    try:
+        while any(process.poll() is None for process in processes):
+            bar.n = min(trial_counts(study)[0], trials)
+            bar.refresh()
+            time.sleep(1)
+    except BaseException:
+        _stop(processes)
+        raise
+    finally:
+        bar.close()
+    for process in processes:
+        if process.returncode != 0:
+            log.warning("worker %d exited with code %d; its error is printed above", process.pid, process.returncode)
+    complete, _ = trial_counts(study)
+    if complete < trials:
+        raise SkipsearchError(f"the workers stopped with {complete} of {trials} trials done; fix the error they "
+                              "printed and run the same command to resume")
+
+
 def run(args) -> int:
+    if args.workers < 1:
+        raise SkipsearchError(f"--workers: expected an integer >= 1, got {args.workers}")
     config, storage = configured(args)
-    profile_path, report_path = output_paths(config)
-    runner.check_output_path(profile_path, is_default=config.output.profile is None)
-    runner.check_output_path(report_path, is_default=config.output.report is None)
+    outputs = [] if args.trials_only else _outputs(config)
+    for path, is_default in outputs:
+        if not is_default:
+            runner.check_output_path(path, is_default=False)
+    check_storage(storage)
     progress = not args.no_progress
-    study = runner.open_configured_study(config, storage)
-    setup = runner.prepare(config, progress)
     warm = list(config.search.warm_start) + list(args.warm_start)
-    runner.run_search(setup, study, warm, progress)
+    setup = runner.prepare(config, progress, warm_starts=warm)
+    study = runner.open_configured_study(config, storage, seeded=not args.trials_only)
+    try:
+        runner.prepare_study(setup, study, progress)
+        if args.workers == 1:
+            runner.run_search(setup, study, progress)
+        else:
+            _run_workers(args, storage, study, config.search.trials, progress)
+    except KeyboardInterrupt:
+        if not args.trials_only:
+            complete, _ = trial_counts(study)
+            print(f"interrupted: {min(complete, config.search.trials)} of {config.search.trials} trials done in "
+                  f"{redact(storage)}; run the same command to resume", file=sys.stderr)
+        return 130
+    if args.trials_only:
+        return 0
+    for path, is_default in outputs:
+        runner.check_output_path(path, is_default)  # makes the default reports/ folder
+    (profile_path, _), (report_path, _) = outputs
     measurements = runner.rescore(setup, study, args.top, progress)
-    command = "skipsearch " + shlex.join(sys.argv[1:])
+    command = redact("skipsearch " + shlex.join(sys.argv[1:]))
     written = runner.export_profiles(setup, measurements, study, storage, profile_path, args.top, command)
     report = report_cmd.write_study_report(study, config, args.study, storage, report_path, command)
     best = measurements[0]
-    print(f"study {config.name}: {len(runner.completed_trials(study))} trials in {storage}")
+    print(f"study {config.name}: {len(runner.completed_trials(study))} trials in {redact(storage)}")
     print(f"best skip set: {best.skip_set.describe()} ({len(best.skip_set)} of {len(setup.eligible)} sublayers)")
     print(f"held-out: matchness {best.matchness:.3f}, acceptance {best.acceptance_rate:.3f}, "
           f"mean accepted tokens {best.mean_accepted_tokens:.2f}, speedup {best.speedup:.2f}x measured / "
