@@ -278,17 +278,18 @@ def fail_orphans(study: optuna.Study, grace_seconds: float) -> None:
 
 
 class _Interrupts:
-    """Ctrl-C as the trial loop needs it: at once while the objective runs or the worker waits
-    (Optuna records an interrupted trial as failed), but held back while Optuna writes a trial's
-    state, where it could leave a RUNNING trial that no worker ends. Only the main thread gets
-    signals; elsewhere nothing changes."""
+    """Ctrl-C as the trial loop needs it: the trial in flight is finished and recorded, then the
+    worker stops with KeyboardInterrupt. A second Ctrl-C, or one while the worker only waits,
+    stops it at once. (Interrupted inside Optuna's storage writes, a process can leave its
+    database session stuck and its trial RUNNING.) Only the main thread gets signals; elsewhere
+    nothing changes."""
 
     def __init__(self) -> None:
         self.pending = False
-        self._at_once = False
+        self._waiting = False
 
     def _handle(self, signum, frame) -> None:
-        if self._at_once:
+        if self.pending or self._waiting:
             raise KeyboardInterrupt
         self.pending = True
 
@@ -306,14 +307,14 @@ class _Interrupts:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def at_once(self) -> Iterator[None]:
+    def waiting(self) -> Iterator[None]:
         if self.pending:
             raise KeyboardInterrupt
-        self._at_once = True
+        self._waiting = True
         try:
             yield
         finally:
-            self._at_once = False
+            self._waiting = False
 
 
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], object], target: int,
@@ -324,17 +325,18 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], object],
     counting both stops `optimize`, and `surplus_reason` settles workers that looked at once.
     When the running trials would make up the rest, the worker waits; either they complete, or
     their worker died, Optuna's heartbeat fails them and enqueues copies, and a worker runs those.
-    Ctrl-C raises KeyboardInterrupt once this worker's trial is recorded as failed."""
+    Ctrl-C raises KeyboardInterrupt once this worker's trial is recorded."""
     grace = GRACE_BEATS * heartbeat_interval
     interrupts = _Interrupts()
 
     def guarded(trial: optuna.Trial):
         trial.set_user_attr(WORKER_ATTR, worker_name())
+        if interrupts.pending:
+            raise KeyboardInterrupt  # Optuna records the trial as failed
         reason = surplus_reason(study.get_trials(deepcopy=False), trial.number, target)
         if reason is not None:
             raise optuna.TrialPruned(reason)
-        with interrupts.at_once():
-            return objective(trial)
+        return objective(trial)
 
     def stop_if_interrupted(study: optuna.Study, _trial) -> None:
         if interrupts.pending:
@@ -351,7 +353,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], object],
             if complete >= target:
                 return
             if complete + running >= target:
-                with interrupts.at_once():
+                with interrupts.waiting():
                     time.sleep(heartbeat_interval)
                 continue
             try:

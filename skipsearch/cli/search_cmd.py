@@ -29,7 +29,7 @@ from ..studies import StudyConfig, apply_overrides, default_storage_url, load_st
 
 log = logging.getLogger(__name__)
 
-STOP_SECONDS = 120  # how long an interrupted worker may take to end its trial before it is killed
+STOP_SECONDS = 300  # how long interrupted workers may take to finish their trials before they are killed
 
 
 def add_study_overrides(parser) -> None:
@@ -93,17 +93,28 @@ def _worker_command(args, storage: str) -> list[str]:
     return command
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
-    """Pass Ctrl-C on to the workers still running and wait for them to end their trials."""
+def _interrupt(processes: list[subprocess.Popen]) -> None:
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """Pass Ctrl-C on to the workers, which finish their trials and stop, and wait for them;
+    a second Ctrl-C is passed on too and stops them at once."""
+    _interrupt(processes)
+    deadline = time.monotonic() + STOP_SECONDS
     for process in processes:
-        try:
-            process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        while True:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                break
+            except KeyboardInterrupt:
+                _interrupt(processes)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                break
 
 
 def _run_workers(args, storage: str, study, trials: int, progress: bool) -> None:
@@ -127,12 +138,21 @@ def _run_workers(args, storage: str, study, trials: int, progress: bool) -> None
     finally:
         bar.close()
     for process in processes:
-        if process.returncode != 0:
+        if process.returncode < 0:
+            log.warning("worker %d was stopped by %s", process.pid, signal.Signals(-process.returncode).name)
+        elif process.returncode != 0:
             log.warning("worker %d exited with code %d; its error is printed above", process.pid, process.returncode)
     complete, _ = trial_counts(study)
     if complete < trials:
         raise SkipsearchError(f"the workers stopped with {complete} of {trials} trials done; fix the error they "
                               "printed and run the same command to resume")
+
+
+def _interrupted(study, trials: int, storage: str) -> str:
+    if study is None:
+        return "interrupted while loading, before any trial; run the same command to start again"
+    done = min(trial_counts(study)[0], trials)
+    return f"interrupted: {done} of {trials} trials done in {redact(storage)}; run the same command to resume"
 
 
 def run(args) -> int:
@@ -146,9 +166,10 @@ def run(args) -> int:
     check_storage(storage)
     progress = not args.no_progress
     warm = list(config.search.warm_start) + list(args.warm_start)
-    setup = runner.prepare(config, progress, warm_starts=warm)
-    study = runner.open_configured_study(config, storage, seeded=not args.trials_only)
+    study = None
     try:
+        setup = runner.prepare(config, progress, warm_starts=warm)
+        study = runner.open_configured_study(config, storage, seeded=not args.trials_only)
         runner.prepare_study(setup, study, progress)
         if args.workers == 1:
             runner.run_search(setup, study, progress)
@@ -156,9 +177,7 @@ def run(args) -> int:
             _run_workers(args, storage, study, config.search.trials, progress)
     except KeyboardInterrupt:
         if not args.trials_only:
-            complete, _ = trial_counts(study)
-            print(f"interrupted: {min(complete, config.search.trials)} of {config.search.trials} trials done in "
-                  f"{redact(storage)}; run the same command to resume", file=sys.stderr)
+            print(_interrupted(study, config.search.trials, storage), file=sys.stderr)
         return 130
     if args.trials_only:
         return 0
