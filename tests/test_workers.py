@@ -1,0 +1,352 @@
+"""Many workers on one study: exact trial counts under races, killed workers' trials retried,
+Ctrl-C and resume, --workers; on SQLite, a real PostgreSQL server and a journal file."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from conftest import make_tiny_llama, make_tokenizer
+from skipsearch.cli import main
+from skipsearch.search import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
+from skipsearch.storages import open_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 240  # seconds a whole worker run may take on a loaded 2-core machine
+
+
+# ---------------------------------------------------------------------------- the trial loop, in process
+
+
+def _study(storage, name="s"):
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                               sampler=optuna.samplers.RandomSampler())
+
+
+def _trials(states_and_fixed):
+    """Frozen trials numbered in order, from (state, fixed_params or None)."""
+    study = _study(optuna.storages.InMemoryStorage())
+    for state, fixed in states_and_fixed:
+        value = 1.0 if state == TrialState.COMPLETE else None
+        study.add_trial(create_trial(state=state, value=value,
+                                     system_attrs={"fixed_params": fixed} if fixed else {}))
+    return study.get_trials()
+
+
+def test_the_highest_numbered_running_trials_give_way():
+    C, R = TrialState.COMPLETE, TrialState.RUNNING
+    trials = _trials([(C, None), (C, None), (R, None), (R, None), (R, None)])
+    assert surplus_reason(trials, 2, target=4) is None
+    assert surplus_reason(trials, 3, target=4) is None
+    assert "already holds 4" in surplus_reason(trials, 4, target=4)
+    assert surplus_reason(trials, 3, target=3) is not None and surplus_reason(trials, 2, target=3) is None
+    assert surplus_reason(trials, 4, target=10) is None
+
+
+def test_an_enqueued_trial_repeated_by_a_second_worker_runs_once():
+    C, R, W, F = TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL
+    fixed = {"attention.1": 1.0}
+    trials = _trials([(C, fixed), (R, fixed), (R, {"attention.1": 0.0})])
+    assert "repeats an earlier enqueued trial" in surplus_reason(trials, 1, target=10)
+    assert surplus_reason(trials, 2, target=10) is None
+    # a retried copy of a failed trial is no repeat
+    assert surplus_reason(_trials([(F, fixed), (W, None), (R, fixed)]), 2, target=10) is None
+
+
+def test_threads_sharing_one_study_finish_exactly_the_target(tmp_path):
+    """Five workers (threads with storages of their own) race for the last trials of a SQLite study."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    target = 23
+    errors = []
+
+    def objective(trial):
+        time.sleep(random.uniform(0.0, 0.03))
+        return trial.suggest_float("x", 0, 1)
+
+    def worker():
+        try:
+            run_trials(_study(open_storage(url, heartbeat_interval=1)), objective, target, heartbeat_interval=1)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=TIMEOUT)
+    assert not errors
+    trials = _study(open_storage(url)).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == target
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({t.number for t in trials}) == len(trials)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_that_never_reached_the_objective_is_failed_after_the_grace_period(tmp_path):
+    study = _study(open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1))
+    orphan = study.ask()
+    live = study.ask()
+    live.set_user_attr(WORKER_ATTR, "host:1")
+    fail_orphans(study, grace_seconds=60)
+    assert study.trials[orphan.number].state == TrialState.RUNNING
+    fail_orphans(study, grace_seconds=0)
+    assert study.trials[orphan.number].state == TrialState.FAIL
+    assert study.trials[live.number].state == TrialState.RUNNING  # the heartbeat watches that one
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_worker_waits_for_a_dead_workers_trial_and_runs_its_retry(tmp_path):
+    """A trial left RUNNING by a killed worker holds the last slot until its heartbeat goes stale."""
+    url = str(tmp_path / "j.log")
+    dead = _study(open_storage(url, heartbeat_interval=1))
+    for value in (0.1, 0.2):
+        dead.add_trial(create_trial(state=TrialState.COMPLETE, value=value, params={"x": value},
+                                    distributions={"x": optuna.distributions.FloatDistribution(0, 1)}))
+    stuck = dead.ask()
+    stuck.suggest_float("x", 0, 1)
+    stuck.set_user_attr(WORKER_ATTR, "elsewhere:1")
+    dead._storage.record_heartbeat(stuck._trial_id)  # its worker beat once, then died
+    start = time.monotonic()
+    run_trials(_study(open_storage(url, heartbeat_interval=1)), lambda t: t.suggest_float("x", 0, 1), 3, 1)
+    assert time.monotonic() - start >= 3  # the grace period: three missed beats
+    trials = _study(open_storage(url)).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL,
+                                         TrialState.COMPLETE]
+    assert trials[3].system_attrs["failed_trial"] == stuck.number
+    assert trials[3].params == trials[2].params
+
+
+# ---------------------------------------------------------------------------- worker processes
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny random Llama as a model folder, so that worker processes can load it."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama().save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _write_study(folder: Path, model_dir: Path, trials: int) -> Path:
+    rng = random.Random(0)
+    data = folder / "task.jsonl"
+    with open(data, "w") as out:
+        for i in range(8):
+            text = " ".join(rng.choice(["hello", "world"]) for _ in range(3 + i))
+            out.write(json.dumps({"question_id": i, "category": "toy", "turns": [text]}) + "\n")
+    study = folder / "toy.yaml"
+    study.write_text(
+        f"model: {{name: {model_dir}}}\n"
+        f"task: {{source: specbench, data: {data}, search_prompts: 3, heldout_prompts: 2, reference_tokens: 10, "
+        "chat_template: false}\n"
+        f"search: {{trials: {trials}, skip_budget: 2, heartbeat_interval: 1}}\n"
+        "draft: {max_draft_tokens: 3}\n"
+        f"output: {{profile: {folder / 'toy.profile.yaml'}, report: {folder / 'toy.html'}}}\n"
+    )
+    return study
+
+
+def _env(folder: Path) -> dict:
+    return {**os.environ, "SKIPSEARCH_CACHE": str(folder / "cache"), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT)}
+
+
+def _search(study: Path, *flags: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "skipsearch", "search", str(study), "--no-progress", *flags],
+                            cwd=study.parent, env=_env(study.parent), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _load(url: str) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name="toy", storage=open_storage(url))
+
+
+def _trials_when_ready(url: str, processes, condition):
+    """Poll the storage until `condition(trials)` holds; fail if every worker has exited."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if all(p.poll() is not None for p in processes):
+            outputs = [p.communicate()[1][-2000:] for p in processes]
+            pytest.fail(f"the workers exited before the test could act: {outputs}")
+        try:
+            trials = _load(url).get_trials()
+        except Exception:  # the first worker has not created the study yet
+            trials = []
+        if condition(trials):
+            return trials
+        time.sleep(0.05)
+    pytest.fail("timed out waiting for the workers")
+
+
+def _pid(trial) -> int | None:
+    worker = trial.user_attrs.get(WORKER_ATTR)
+    return int(worker.rsplit(":", 1)[1]) if trial.state == TrialState.RUNNING and worker else None
+
+
+def _kill_mid_trial(url: str, processes, is_worker, journal: Path | None = None) -> int:
+    """SIGKILL a worker process (`is_worker(pid)`) while it runs a trial; returns the trial's number.
+
+    The worker is frozen (SIGSTOP) first and the trial read again, so the kill surely lands
+    while the trial is RUNNING in the storage, and not while it holds the journal's lock."""
+    while True:
+        trials = _trials_when_ready(url, processes, lambda ts: any(is_worker(_pid(t)) for t in ts))
+        trial = next(t for t in trials if is_worker(_pid(t)))
+        pid = _pid(trial)
+        os.kill(pid, signal.SIGSTOP)
+        again = _load(url).get_trials()[trial.number]
+        if again.state == TrialState.RUNNING and not (journal and Path(f"{journal}.lock").exists()):
+            os.kill(pid, signal.SIGKILL)
+            return trial.number
+        os.kill(pid, signal.SIGCONT)
+
+
+def _check_study(url: str, trials: int, killed: int | None = None) -> list:
+    study = _load(url).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in study) == trials
+    assert not [t.number for t in study if t.state == TrialState.RUNNING]
+    assert len({t.number for t in study}) == len(study)
+    assert len({t.user_attrs[WORKER_ATTR] for t in study}) >= 2  # the trials were shared
+    if killed is not None:
+        assert study[killed].state == TrialState.FAIL
+        retries = [t for t in study if t.system_attrs.get("failed_trial") == killed]
+        assert [t.state for t in retries] == [TrialState.COMPLETE]
+    return study
+
+
+def _postgres_bin() -> Path | None:
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
+            return Path(folder)
+    found = shutil.which("pg_ctl")
+    return Path(found).parent if found and (Path(found).parent / "initdb").is_file() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throw-away PostgreSQL server on a free loopback port, stopped after the session."""
+    binaries = _postgres_bin()
+    if binaries is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does it)")
+    as_postgres = []
+    folder = Path(tempfile.mkdtemp(prefix="skipsearch-pg-"))
+    if os.getuid() == 0:  # the server refuses to run as root
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    data = folder / "data"
+
+    def run(*command):
+        return subprocess.run([*as_postgres, *command], capture_output=True, text=True, timeout=120)
+
+    steps = [
+        [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        [str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-o",
+         f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"],
+        [str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "skipsearch"],
+    ]
+    for step in steps:
+        result = run(*step)
+        if result.returncode != 0:
+            run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+            shutil.rmtree(folder, ignore_errors=True)
+            pytest.skip(f"could not start PostgreSQL ({Path(step[0]).name}): {(result.stderr or result.stdout)[-300:]}")
+    yield f"postgresql://postgres@127.0.0.1:{port}/skipsearch"
+    run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_three_workers_on_three_machines_share_a_postgresql_study_and_a_killed_trial_is_retried(
+        tmp_path, model_dir, postgres_url):
+    """Three `--trials-only` processes started at once, as on three machines: they race to create
+    the tables and the study and to enqueue the warm starts."""
+    study = _write_study(tmp_path, model_dir, trials=24)
+    workers = [_search(study, "--storage", postgres_url, "--trials-only") for _ in range(3)]
+    try:
+        killed = _kill_mid_trial(postgres_url, workers, lambda pid: pid in {w.pid for w in workers})
+        for worker in workers:
+            _, err = worker.communicate(timeout=TIMEOUT)
+            assert worker.returncode in (0, -signal.SIGKILL), err
+            assert "Traceback" not in err
+    finally:
+        for worker in workers:
+            worker.kill()
+    trials = _check_study(postgres_url, 24, killed)
+    warm = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("warm_start")]
+    assert len(warm) == len({json.dumps(p, sort_keys=True) for p in warm})  # each warm start evaluated once
+
+
+def test_workers_flag_shares_a_journal_file_and_a_killed_workers_trial_is_retried(tmp_path, model_dir):
+    """`--workers 3` prepares the study once, runs three worker processes, then exports."""
+    study = _write_study(tmp_path, model_dir, trials=24)
+    journal = tmp_path / "toy.log"
+    search = _search(study, "--storage", str(journal), "--workers", "3")
+    try:
+        killed = _kill_mid_trial(str(journal), [search], lambda pid: pid not in (None, search.pid), journal)
+        out, err = search.communicate(timeout=TIMEOUT)
+    finally:
+        search.kill()
+    assert search.returncode == 0, err
+    assert "Traceback" not in err and err.count("was stopped by SIGKILL") == 1
+    assert f"study toy: 24 trials in {journal}" in out
+    trials = _check_study(str(journal), 24, killed)
+    assert sum(bool(t.user_attrs.get("warm_start")) for t in trials if t.number < 4) == 4  # enqueued once, first
+    assert (tmp_path / "toy.profile.yaml").is_file() and (tmp_path / "toy.html").is_file()
+    assert main(["report", str(study), "--storage", str(journal), "-o", str(tmp_path / "again.html")]) == 0
+
+
+def test_ctrl_c_stops_the_workers_cleanly_and_the_same_command_completes_the_study(tmp_path, model_dir):
+    """On the default storage, a SQLite file that several worker processes write at once."""
+    study = _write_study(tmp_path, model_dir, trials=30)
+    url = f"sqlite:///{tmp_path / 'toy.db'}"
+    first = _search(study, "--workers", "2")
+    try:
+        _trials_when_ready(url, [first], lambda ts: sum(t.state == TrialState.COMPLETE for t in ts) >= 3)
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=TIMEOUT)
+    finally:
+        first.kill()
+    assert first.returncode == 130, err
+    line = err.strip().splitlines()[-1]  # a busy machine may add a warning about noisy cost timings above
+    assert line.startswith("interrupted: ") and err.count("interrupted") == 1 and "Traceback" not in err
+    assert line.endswith(f"of 30 trials done in {url}; run the same command to resume")
+    done = int(line.split()[1])
+    trials = _load(url).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == done < 30
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert not (tmp_path / "toy.profile.yaml").exists()
+
+    second = _search(study, "--workers", "2")
+    out, err = second.communicate(timeout=TIMEOUT)
+    assert second.returncode == 0, err
+    assert f"study toy: 30 trials in {url}" in out
+    _check_study(url, 30)
+    assert (tmp_path / "toy.profile.yaml").is_file() and (tmp_path / "toy.html").is_file()
