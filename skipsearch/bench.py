@@ -248,18 +248,6 @@ def _timed(method: _Method, prompt_ids: list[int], max_new_tokens: int, device: 
     return token_ids, stats, time.perf_counter() - start
 
 
-_SUMMED_STATS = ("new_tokens", "rounds", "drafted_tokens", "accepted_tokens", "plain_steps", "prefill_time_s",
-                 "draft_time_s", "verify_time_s", "plain_time_s", "total_time_s")
-
-
-def _sum_stats(all_stats: list[DecodeStats]) -> DecodeStats:
-    """Counters and times added up over prompts (`fell_back` and `fallback_at_token` are per prompt)."""
-    total = DecodeStats()
-    for stats in all_stats:
-        for name in _SUMMED_STATS:
-            setattr(total, name, getattr(total, name) + getattr(stats, name))
-    return total
-
 
 def _summarise(method: str, runs: list[PromptRun], baseline_tokens_per_s: float | None,
                costs: CostModel | None, skip_set: SkipSet) -> MethodRow:
@@ -276,7 +264,7 @@ def _summarise(method: str, runs: list[PromptRun], baseline_tokens_per_s: float 
     if method != BASELINE:
         row.identical = all(r.identical for r in runs)
     if runs and runs[0].stats is not None:
-        stats = _sum_stats([r.stats for r in runs])
+        stats = DecodeStats.total([r.stats for r in runs])
         row.acceptance_rate = stats.acceptance_rate if stats.drafted_tokens else None
         row.mean_accepted_tokens = stats.mean_accepted_tokens if stats.rounds else None
         row.fell_back = sum(bool(r.stats.fell_back) for r in runs)

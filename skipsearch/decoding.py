@@ -20,7 +20,7 @@ This module knows nothing about tokenizers, tasks or profiles: it takes and retu
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -82,6 +82,18 @@ class DecodeStats:
     total_time_s: float = 0.0
     fell_back: bool = False
     fallback_at_token: int | None = None
+
+    @classmethod
+    def total(cls, runs: "list[DecodeStats]") -> "DecodeStats":
+        """Counters and times added up over several calls; `fell_back` says whether any call fell back
+        (`fallback_at_token` is per call and left unset)."""
+        total = cls()
+        for stats in runs:
+            for f in fields(cls):
+                if f.type in ("int", "float"):
+                    setattr(total, f.name, getattr(total, f.name) + getattr(stats, f.name))
+            total.fell_back = total.fell_back or stats.fell_back
+        return total
 
     @property
     def acceptance_rate(self) -> float:

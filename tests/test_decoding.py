@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 from conftest import make_tiny_llama
 from skipsearch import decoding
-from skipsearch.decoding import DecodeSettings, crop_cache, decode, warp
+from skipsearch.decoding import DecodeSettings, DecodeStats, crop_cache, decode, warp
 from skipsearch.errors import SkipsearchError
 from skipsearch.skipping import SkipSet, eligible_sublayers, skipping
 
@@ -217,3 +217,14 @@ def test_crop_cache_only_shortens(tiny_model):
         tiny_model(torch.tensor([[1, 2, 3, 4]]), past_key_values=cache, use_cache=True)
     crop_cache(cache, 2)
     assert [layer.get_seq_length() for layer in cache.layers] == [2, 2, 0, 2]
+
+
+def test_totals_add_up_every_counter_over_calls():
+    runs = [DecodeStats(new_tokens=5, rounds=2, drafted_tokens=4, draft_steps=5, accepted_tokens=3, plain_steps=1,
+                        draft_time_s=0.5),
+            DecodeStats(new_tokens=7, rounds=3, drafted_tokens=6, draft_steps=7, accepted_tokens=2, fell_back=True,
+                        fallback_at_token=4)]
+    total = DecodeStats.total(runs)
+    assert (total.new_tokens, total.rounds, total.drafted_tokens, total.draft_steps, total.accepted_tokens,
+            total.plain_steps) == (12, 5, 10, 12, 5, 1)
+    assert total.draft_time_s == 0.5 and total.fell_back and total.fallback_at_token is None
