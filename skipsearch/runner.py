@@ -250,7 +250,7 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
     decode(model, list(setup.heldout_refs[0].prompt_ids), None, DecodeSettings(max_new_tokens=4, fallback=False))
     plain_time = draft_time = 0.0
     plain_tokens = draft_tokens = 0
-    totals = DecodeStats()
+    runs = []
     for reference in setup.heldout_refs:
         ids, seconds, _ = _timed_decode(model, list(reference.prompt_ids), None, plain)
         plain_time, plain_tokens = plain_time + seconds, plain_tokens + len(ids)
@@ -259,9 +259,8 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
             raise SkipsearchError(f"self-speculative output differed from plain decoding on {reference.prompt_id}; "
                                   "this is a bug: please report it with the model and profile")
         draft_time, draft_tokens = draft_time + seconds, draft_tokens + len(drafted_ids)
-        totals.rounds += stats.rounds
-        totals.drafted_tokens += stats.drafted_tokens
-        totals.accepted_tokens += stats.accepted_tokens
+        runs.append(stats)
+    totals = DecodeStats.total(runs)
     heldout = setup.heldout_scorer.score(skip_set)
     replayed = simulate_drafting(heldout.trace, max_draft_tokens, confidence_threshold)
     tokens_per_s, plain_tokens_per_s = draft_tokens / draft_time, plain_tokens / plain_time
@@ -273,6 +272,8 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
         speedup=tokens_per_s / plain_tokens_per_s,
         predicted_speedup=predicted_speedup_from_stats(setup.costs, skip_set, replayed),
         tokens_per_s=tokens_per_s, plain_tokens_per_s=plain_tokens_per_s, trial=trial,
+        # the cost model over the run's own counts: tells cost-model error from replay error
+        extra={"predicted_from_run": predicted_speedup_from_stats(setup.costs, skip_set, totals)},
     )
 
 
