@@ -17,6 +17,7 @@ import optuna
 
 from .baselines import BASELINES, MethodResult
 from .costs import best_draft_settings
+from .neighbours import LocalSearch
 from .runner import StudySetup, importance, measure, warm_start_sets
 from .scoring import full_forward_seconds
 from .search import SkipObjective, best_trials, enqueue_warm_starts, make_sampler, open_study, trial_skip_set
@@ -44,11 +45,12 @@ def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> M
     enqueue_warm_starts(study, warm_start_sets(setup, ranking), setup.eligible)
     objective = SkipObjective(scorer.score, setup.costs, setup.eligible, "matchness", setup.k,
                               setup.config.draft.max_draft_tokens, setup.thresholds)
+    local = LocalSearch(setup.eligible, dict(ranking), "matchness", fixed_count=True)
     history = []
     for _ in range(3 * budget):  # repeats cost no evaluation; stop on the budget, or give up
         if scorer.evaluations >= budget:
             break
-        study.optimize(objective, n_trials=1)
+        study.optimize(objective, n_trials=1, callbacks=[local])
         history.append(max(t.value for t in study.trials if t.value is not None))
     best = best_trials(study, "matchness", 1)[0]
     skip_set = trial_skip_set(best)

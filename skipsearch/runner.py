@@ -23,6 +23,7 @@ from .costs import THRESHOLDS, CostModel, measure_costs, predicted_speedup_from_
 from .decoding import DecodeSettings, DecodeStats, decode, synchronize
 from .errors import SkipsearchError
 from .models import LoadedModel, load_model, model_fingerprint
+from .neighbours import LocalSearch
 from .profiles import (DraftSettings, Profile, ProfileMetrics, ProfileModel, check_profile_for_model, load_profile,
                        save_profile)
 from .references import Reference, reference_continuations
@@ -199,8 +200,10 @@ def run_search(setup: StudySetup, study: optuna.Study, progress: bool) -> None:
         bar.n = min(trial_counts(study)[0], search_cfg.trials)
         bar.refresh()
 
+    local = LocalSearch(setup.eligible, dict(importance(setup, study, progress)), search_cfg.objective,
+                        fixed_count=search_cfg.objective == "matchness", target=search_cfg.trials)
     try:
-        run_trials(study, objective, search_cfg.trials, search_cfg.heartbeat_interval, callbacks=[show])
+        run_trials(study, objective, search_cfg.trials, search_cfg.heartbeat_interval, callbacks=[local, show])
     finally:
         bar.close()
 

@@ -181,8 +181,10 @@ def open_study(name: str, storage: str | optuna.storages.BaseStorage, objective:
     return study
 
 
-def enqueue_warm_starts(study: optuna.Study, skip_sets: Sequence[SkipSet], eligible: Sequence[tuple[str, int]]) -> int:
-    """Enqueue skip sets the study has not seen yet; returns how many were enqueued."""
+def enqueue_warm_starts(study: optuna.Study, skip_sets: Sequence[SkipSet], eligible: Sequence[tuple[str, int]],
+                        user_attrs: dict | None = None) -> int:
+    """Enqueue skip sets the study has not seen yet, tagged with `user_attrs` (default: a warm
+    start); returns how many were enqueued."""
     seen = {(tuple(t.user_attrs.get("skip_attention", ())), tuple(t.user_attrs.get("skip_mlp", ())))
             for t in study.get_trials(deepcopy=False)}
     enqueued = 0
@@ -190,7 +192,8 @@ def enqueue_warm_starts(study: optuna.Study, skip_sets: Sequence[SkipSet], eligi
         key = (skip_set.attention, skip_set.mlp)
         if key in seen:
             continue
-        study.enqueue_trial(params_for(skip_set, eligible), user_attrs={"warm_start": True}, skip_if_exists=True)
+        study.enqueue_trial(params_for(skip_set, eligible), user_attrs=user_attrs or {"warm_start": True},
+                            skip_if_exists=True)
         seen.add(key)
         enqueued += 1
     return enqueued
