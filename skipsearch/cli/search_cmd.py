@@ -121,7 +121,7 @@ def _run_workers(args, storage: str, study, trials: int, progress: bool) -> None
     """Run the trials in `args.workers` processes of their own, sharing the CPU threads, and wait.
 
     They run in their own sessions, so Ctrl-C reaches only this process, which passes it on
-    once; each ends its trial cleanly, as a worker started by hand would."""
+    (`_stop`); each ends its trial cleanly, as a worker started by hand would."""
     share = max(1, torch.get_num_threads() // args.workers)
     env = {"OMP_NUM_THREADS": str(share), **os.environ}
     processes = [subprocess.Popen(_worker_command(args, storage), env=env, stdin=subprocess.DEVNULL,
