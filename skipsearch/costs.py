@@ -201,11 +201,19 @@ def measure_costs(
 
 
 def draft_step_cost(costs: CostModel, skip_set: SkipSet) -> float:
-    """One draft step (one token) of the model with `skip_set` left out: fixed + the blocks that run."""
+    """One draft step (one token) of the model with `skip_set` left out: the plain step's share
+    that the fixed part and the blocks that still run take.
+
+    The parts are measured as differences between whole passes, so on a busy machine they need
+    not add up to the plain step; taking their shares keeps a draft step consistent with the
+    plain and verify costs it is weighed against (and never dearer than a plain step)."""
     skip_set.check_against(costs.num_layers)
     attention = sum(c for i, c in enumerate(costs.attention) if i not in skip_set.attention)
     mlp = sum(c for i, c in enumerate(costs.mlp) if i not in skip_set.mlp)
-    return costs.fixed + attention + mlp
+    whole = costs.fixed + sum(costs.attention) + sum(costs.mlp)
+    if whole <= 0:
+        return costs.plain_step
+    return costs.plain_step * (costs.fixed + attention + mlp) / whole
 
 
 def verify_cost(costs: CostModel, tokens: float) -> float:

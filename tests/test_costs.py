@@ -177,3 +177,10 @@ def test_best_draft_settings_prefers_long_drafts_when_drafts_are_right():
     assert gamma > 1 and speedup > 1
     gamma, threshold, speedup, _ = best_draft_settings(costs, skip, [tuple([(0.2, False)] * 40)], max_gamma=3)
     assert threshold > 0.2  # never drafting beats drafting tokens that are always wrong
+
+
+def test_a_draft_step_is_the_plain_steps_share_of_the_parts_that_run():
+    # parts that add up to half the plain step, as timings on a busy machine can
+    costs = CostModel(attention=[1.0] * 2, mlp=[2.0] * 2, fixed=4.0, verify=[20.0, 21.0], device="cpu", dtype="float32")
+    assert draft_step_cost(costs, SkipSet()) == pytest.approx(20.0)
+    assert draft_step_cost(costs, SkipSet(attention=(0,), mlp=(1,))) == pytest.approx(20.0 * 7 / 10)
