@@ -280,11 +280,12 @@ def fail_orphans(study: optuna.Study, grace_seconds: float) -> None:
             pass  # another worker ended it first
 
 
-class _Interrupts:
+class Interrupts:
     """Ctrl-C as the trial loop needs it: the trial in flight is finished and recorded, then the
     worker stops with KeyboardInterrupt. A second Ctrl-C, or one while the worker only waits,
     stops it at once. (Interrupted inside Optuna's storage writes, a process can leave its
-    database session stuck and its trial RUNNING.) Only the main thread gets signals; elsewhere
+    database session stuck and its trial RUNNING.) The `--workers` process uses it the same way
+    while it starts and watches its workers. Only the main thread gets signals; elsewhere
     nothing changes."""
 
     def __init__(self) -> None:
@@ -330,7 +331,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], object],
     their worker died, Optuna's heartbeat fails them and enqueues copies, and a worker runs those.
     Ctrl-C raises KeyboardInterrupt once this worker's trial is recorded."""
     grace = GRACE_BEATS * heartbeat_interval
-    interrupts = _Interrupts()
+    interrupts = Interrupts()
 
     def guarded(trial: optuna.Trial):
         trial.set_user_attr(WORKER_ATTR, worker_name())

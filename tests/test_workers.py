@@ -3,14 +3,18 @@ Ctrl-C and resume, --workers; on SQLite, a real PostgreSQL server and a journal 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import json
+import operator
 import os
 import pwd
 import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -323,30 +327,119 @@ def test_workers_flag_shares_a_journal_file_and_a_killed_workers_trial_is_retrie
     assert main(["report", str(study), "--storage", str(journal), "-o", str(tmp_path / "again.html")]) == 0
 
 
-def test_ctrl_c_stops_the_workers_cleanly_and_the_same_command_completes_the_study(tmp_path, model_dir):
-    """On the default storage, a SQLite file that several worker processes write at once."""
-    study = _write_study(tmp_path, model_dir, trials=30)
-    url = f"sqlite:///{tmp_path / 'toy.db'}"
-    first = _search(study, "--workers", "2")
+def _workers_of(parent: int | None, study: Path) -> list[int]:
+    """The `--trials-only` processes of `study` whose parent is `parent` (any: None; Linux /proc)."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            ppid = int(Path(stat).read_text().rsplit(")", 1)[1].split()[1])
+            command = Path(stat).with_name("cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent in (None, ppid) and b"--trials-only" in command and str(study).encode() in command:
+            found.append(int(Path(stat).parent.name))
+    return found
+
+
+def _proc_state(pid: int) -> str:
     try:
-        _trials_when_ready(url, [first], lambda ts: sum(t.state == TrialState.COMPLETE for t in ts) >= 3)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def _signal_and_wait(pids: list[int], sig: int, states: str) -> None:
+    """Send `sig` to each process and wait until /proc shows it in one of `states` (or gone)."""
+    for pid in pids:
+        os.kill(pid, sig)
+    deadline = time.monotonic() + 30
+    while any(_proc_state(pid) not in (*states, "Z", "gone") for pid in pids):
+        if time.monotonic() > deadline:
+            pytest.fail(f"processes {pids} did not reach state {states} after {signal.Signals(sig).name}")
+        time.sleep(0.01)
+
+
+def _sqlite_counts(db: Path) -> tuple[int, int] | None:
+    """(complete, running) trials, read from the SQLite file; None while it is locked or not made yet."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.2)) as connection:
+            states = [state for (state,) in connection.execute("SELECT state FROM trials")]
+    except sqlite3.OperationalError:
+        return None
+    return states.count("COMPLETE"), states.count("RUNNING")
+
+
+def _pending_signals(pid: int) -> int:
+    """The process's pending signals (process- and thread-directed) as a bit mask."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return functools.reduce(operator.or_, (int(line.split()[1], 16) for line in lines
+                                           if line.startswith(("ShdPnd:", "SigPnd:"))), 0)
+
+
+def _freeze_workers_mid_study(parent: subprocess.Popen, study: Path, db: Path, workers: int):
+    """Stop (SIGSTOP) the parent's workers at a moment when the study holds >= 2 complete trials;
+    returns (pids, complete, running) as read while they are stopped. The workers run between
+    looks and are stopped while the test reads, so the count is exact however slowly the test
+    (or SQLite, starved by busy writers) answers: the study cannot finish unseen."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if parent.poll() is not None:
+            pytest.fail(f"the search exited before the test could act: {parent.communicate()[1][-2000:]}")
+        pids = _workers_of(parent.pid, study)
+        if len(pids) == workers:
+            _signal_and_wait(pids, signal.SIGSTOP, "Tt")
+            counts = _sqlite_counts(db)  # None if a worker stopped holding the write lock: look again
+            if counts is not None and counts[0] >= 2:
+                return pids, *counts
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(0.1)
+    pytest.fail("timed out waiting for the workers")
+
+
+def test_ctrl_c_stops_the_workers_cleanly_and_the_same_command_completes_the_study(tmp_path, model_dir):
+    """On the default storage, a SQLite file that several worker processes write at once.
+
+    Ctrl-C lands while the workers are stopped mid-study: on the tiny model the trials take
+    seconds in all, and a test that only polls the study can find it finished before its Ctrl-C
+    lands. The workers are let go once the `--workers` process has passed it on; each may then
+    finish only the trial it had in flight, so a few trials are enough."""
+    study = _write_study(tmp_path, model_dir, trials=16)
+    db = tmp_path / "toy.db"
+    url = f"sqlite:///{db}"
+    first = _search(study, "--workers", "2")
+    pids = []
+    try:
+        pids, complete, running = _freeze_workers_mid_study(first, study, db, workers=2)
+        assert complete + running < 16, "the study was all but done before the test could stop its workers"
         first.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while not all(_pending_signals(pid) & (1 << (signal.SIGINT - 1)) for pid in pids):
+            if time.monotonic() > deadline:
+                pytest.fail("the --workers process did not pass Ctrl-C on to its workers")
+            time.sleep(0.01)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
         _, err = first.communicate(timeout=TIMEOUT)
     finally:
         first.kill()
+        for pid in _workers_of(None, study):  # left behind by a failure above
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
     assert first.returncode == 130, err
     line = err.strip().splitlines()[-1]  # a busy machine may add a warning about noisy cost timings above
-    assert line.startswith("interrupted: ") and err.count("interrupted") == 1 and "Traceback" not in err
-    assert line.endswith(f"of 30 trials done in {url}; run the same command to resume")
+    assert line.startswith("interrupted: ") and err.count("interrupted") == 1 and "Traceback" not in err, err
+    assert line.endswith(f"of 16 trials done in {url}; run the same command to resume")
     done = int(line.split()[1])
     trials = _load(url).get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == done < 30
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == done
+    assert complete <= done <= complete + running < 16  # only the trials in flight were finished
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert not (tmp_path / "toy.profile.yaml").exists()
 
     second = _search(study, "--workers", "2")
     out, err = second.communicate(timeout=TIMEOUT)
     assert second.returncode == 0, err
-    assert f"study toy: 30 trials in {url}" in out
-    _check_study(url, 30)
+    assert f"study toy: 16 trials in {url}" in out
+    _check_study(url, 16)
     assert (tmp_path / "toy.profile.yaml").is_file() and (tmp_path / "toy.html").is_file()

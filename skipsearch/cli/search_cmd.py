@@ -8,6 +8,7 @@ re-scores and exports once they are done. Bad input fails before anything is loa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 from .. import runner
 from . import report_cmd
 from ..errors import SkipsearchError
-from ..search import OBJECTIVES, SAMPLERS, trial_counts
+from ..search import OBJECTIVES, SAMPLERS, Interrupts, trial_counts
 from ..storages import check_storage, redact
 from ..studies import StudyConfig, apply_overrides, default_storage_url, load_study, output_paths, parse_skip_budget
 
@@ -117,21 +119,54 @@ def _stop(processes: list[subprocess.Popen]) -> None:
                 break
 
 
+@contextlib.contextmanager
+def _interrupts_held_back() -> Iterator[None]:
+    """SIGINT blocked in this thread, so processes started meanwhile start with it blocked too
+    (the signal mask survives exec); a worker lets it in (`_let_interrupts_in`) once it can
+    stop cleanly. A Ctrl-C passed on while a worker still imports its libraries then waits for
+    it, instead of being a KeyboardInterrupt traceback from the middle of an import."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _let_interrupts_in() -> None:
+    """Unblock SIGINT that `_interrupts_held_back` blocked; one held back arrives now."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _run_workers(args, storage: str, study, trials: int, progress: bool) -> None:
     """Run the trials in `args.workers` processes of their own, sharing the CPU threads, and wait.
 
     They run in their own sessions, so Ctrl-C reaches only this process, which passes it on
-    (`_stop`); each ends its trial cleanly, as a worker started by hand would."""
+    (`_stop`); each ends its trial cleanly, as a worker started by hand would. From before the
+    first worker starts, Ctrl-C is only noted (`Interrupts`) and acted on between steps: one
+    that lands while workers start cannot leave a started worker running on unseen, nor break
+    off a read of the study. A worker that has not reached its trial loop yet stops as it gets there."""
     share = max(1, torch.get_num_threads() // args.workers)
     env = {"OMP_NUM_THREADS": str(share), **os.environ}
-    processes = [subprocess.Popen(_worker_command(args, storage), env=env, stdin=subprocess.DEVNULL,
-                                  start_new_session=True) for _ in range(args.workers)]
+    interrupts = Interrupts()
+    processes: list[subprocess.Popen] = []
     bar = tqdm(total=trials, desc=f"trials ({args.workers} workers)", disable=not progress)
     try:
-        while any(process.poll() is None for process in processes):
-            bar.n = min(trial_counts(study)[0], trials)
-            bar.refresh()
-            time.sleep(1)
+        with interrupts.installed():  # raises KeyboardInterrupt on leaving if Ctrl-C came
+            with _interrupts_held_back():
+                for _ in range(args.workers):
+                    if interrupts.pending:
+                        break
+                    processes.append(subprocess.Popen(_worker_command(args, storage), env=env,
+                                                      stdin=subprocess.DEVNULL, start_new_session=True))
+            while not interrupts.pending and any(process.poll() is None for process in processes):
+                bar.n = min(trial_counts(study)[0], trials)
+                bar.refresh()
+                with interrupts.waiting():
+                    time.sleep(1)
     except BaseException:
         _stop(processes)
         raise
@@ -168,6 +203,8 @@ def run(args) -> int:
     warm = list(config.search.warm_start) + list(args.warm_start)
     study = None
     try:
+        if args.trials_only:
+            _let_interrupts_in()  # started by --workers: a Ctrl-C passed on during startup arrives here
         setup = runner.prepare(config, progress, warm_starts=warm)
         study = runner.open_configured_study(config, storage, seeded=not args.trials_only)
         runner.prepare_study(setup, study, progress)
