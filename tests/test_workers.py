@@ -28,6 +28,7 @@ from optuna.trial import TrialState, create_trial
 
 from conftest import make_tiny_llama, make_tokenizer
 from skipsearch.cli import main
+from skipsearch.profiles import load_profile
 from skipsearch.search import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
 from skipsearch.storages import open_storage
 
@@ -324,6 +325,8 @@ def test_workers_flag_shares_a_journal_file_and_a_killed_workers_trial_is_retrie
     trials = _check_study(str(journal), 24, killed)
     assert sum(bool(t.user_attrs.get("warm_start")) for t in trials if t.number < 4) == 4  # enqueued once, first
     assert (tmp_path / "toy.profile.yaml").is_file() and (tmp_path / "toy.html").is_file()
+    slower = load_profile(tmp_path / "toy.profile.yaml").metrics.speedup < 1
+    assert ("note: no skip set beat plain decoding" in out) == slower  # says so when it did not pay off
     assert main(["report", str(study), "--storage", str(journal), "-o", str(tmp_path / "again.html")]) == 0
 
 

@@ -231,6 +231,9 @@ def run(args) -> int:
     print(f"held-out: matchness {best.matchness:.3f}, acceptance {best.acceptance_rate:.3f}, "
           f"mean accepted tokens {best.mean_accepted_tokens:.2f}, speedup {best.speedup:.2f}x measured / "
           f"{best.predicted_speedup:.2f}x predicted ({setup.costs.device})")
+    if best.speedup < 1:
+        print(f"note: no skip set beat plain decoding on this {setup.costs.device}; at run time the decoder's "
+              "fallback switches to plain decoding, so this profile costs little where it does not help")
     print(f"report: {report}")
     for path in written:
         print(Path(path))
