@@ -62,6 +62,13 @@ class StudySetup:
                                         max_verify_tokens=self.config.draft.max_draft_tokens + 1)
         return self._costs
 
+    def remeasure_costs(self) -> CostModel:
+        """Time the costs again, here and now. The study's stored costs were timed by whichever
+        worker came first, perhaps on another machine or under other load; a prediction set
+        beside a measurement taken now needs costs timed now, on the machine that measures."""
+        self._costs = None
+        return self.costs
+
     def fits(self, costs: CostModel) -> bool:
         """Whether stored costs serve this model and draft length."""
         return (costs.num_layers == self.loaded.model.config.num_hidden_layers
@@ -281,11 +288,13 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
 
 
 def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) -> list[Measurement]:
-    """Measure the best candidates with the real decoder, each with its searched draft settings."""
+    """Measure the best candidates with the real decoder, each with its searched draft settings,
+    beside predictions from costs timed on this machine just before."""
     objective = setup.config.search.objective
     candidates = best_trials(study, objective, max(top, setup.config.search.rescore_top))
     if not candidates:
         raise SkipsearchError("the study has no finished trial with a non-empty skip set; run more trials")
+    study.set_user_attr("rescore_costs", setup.remeasure_costs().to_dict())
     measurements = []
     for trial in tqdm(candidates, desc="re-scoring with the real decoder", disable=not progress, leave=False):
         measurements.append(measure(setup, trial_skip_set(trial), trial.user_attrs["draft_tokens"],

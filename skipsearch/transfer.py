@@ -49,6 +49,7 @@ def measure_transfer(tasks: list[TransferTask], progress: bool = True) -> list[d
     bar = tqdm(total=len(tasks) ** 2, desc="transfer matrix", disable=not progress, leave=False)
     for target in tasks:
         target_rows = []
+        target.setup.remeasure_costs()  # predictions beside measurements taken now, on this machine
         for source in tasks:
             draft = source.profile.draft
             measured = measure(target.setup, source.profile.skip, draft.max_draft_tokens, draft.confidence_threshold)

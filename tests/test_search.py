@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import random
 
@@ -7,6 +8,7 @@ import torch
 
 from conftest import make_tiny_llama, make_tokenizer
 from skipsearch import runner
+from skipsearch.costs import CostModel
 from skipsearch.decoding import DecodeSettings, decode
 from skipsearch.errors import SkipsearchError
 from skipsearch.models import LoadedModel
@@ -72,6 +74,19 @@ def test_a_short_study_writes_a_valid_profile(tmp_path, isolated_cache):
     assert set(profile.skip.sublayers) <= set(setup.eligible)
     assert profile.provenance["study"] == "toy" and profile.provenance["trials"] == 3
     assert 0 <= profile.metrics.acceptance_rate <= 1
+
+
+def test_rescoring_predicts_from_costs_timed_on_the_rescoring_machine(tmp_path, isolated_cache):
+    setup, study = _run(tmp_path, _config(tmp_path), f"sqlite:///{tmp_path / 'r.db'}")
+    shared = setup.costs
+    # as if the costs the study's workers share had been timed where verify passes are 1000x dearer
+    slow_verify = [shared.verify[0]] + [v * 1000 for v in shared.verify[1:]]
+    setup._costs = dataclasses.replace(shared, verify=slow_verify, device="elsewhere")
+    measurement = runner.rescore(setup, study, top=1, progress=False)[0]
+    fresh = CostModel.from_dict(study.user_attrs["rescore_costs"])
+    assert fresh.device != "elsewhere" and setup.costs == fresh
+    assert measurement.predicted_speedup > 0.05  # with those costs it would be below 0.01
+    assert CostModel.from_dict(study.user_attrs["costs"]) == shared  # the workers' shared costs stay as they were
 
 
 def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
