@@ -60,7 +60,7 @@ class ProfileMetrics:
     matchness: float | None = None  # in [0, 1]
     acceptance_rate: float | None = None  # in [0, 1]
     mean_accepted_tokens: float | None = None
-    speedup: float | None = None  # wall-clock, against plain decoding on the same device
+    speedup: float | None = None  # wall-clock decoding after the prefill, against plain decoding on the same device
     predicted_speedup: float | None = None
     device: str | None = None
     dtype: str | None = None

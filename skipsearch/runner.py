@@ -226,7 +226,7 @@ class Measurement:
     matchness: float  # proxy matchness on the held-out prompts
     acceptance_rate: float
     mean_accepted_tokens: float
-    speedup: float  # measured: tokens/s over plain decoding's
+    speedup: float  # measured: tokens/s over plain decoding's, both after the prompt's prefill
     predicted_speedup: float  # cost model over drafting replayed on the held-out proxy outcomes
     tokens_per_s: float
     plain_tokens_per_s: float
@@ -239,18 +239,22 @@ class Measurement:
 
 
 def _timed_decode(model, prompt_ids, skip_set, settings) -> tuple[list[int], float, DecodeStats]:
+    """The generated ids, the seconds spent after the prefill (which made the first one), the stats.
+
+    Plain and self-speculative decoding pay the same prefill; leaving it out makes the speedup
+    the decoding phase's own, independent of prompt length, as the cost model predicts it."""
     device = next(model.parameters()).device
     synchronize(device)
     start = time.perf_counter()
     result = decode(model, prompt_ids, skip_set, settings)
     synchronize(device)
-    return result.token_ids, time.perf_counter() - start, result.stats
+    return result.token_ids, time.perf_counter() - start - result.stats.prefill_time_s, result.stats
 
 
 def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float,
             trial: int | None = None) -> Measurement:
-    """Decode every held-out prompt plainly and with the skip set, interleaved; fallback off, so
-    the number is the profile's own speed."""
+    """Decode every held-out prompt plainly and with the skip set, interleaved, timed after the
+    prefill; fallback off, so the number is the profile's own speed."""
     model = setup.loaded.model
     length = setup.config.task.reference_tokens
     plain = DecodeSettings(max_new_tokens=length, fallback=False)
@@ -263,13 +267,16 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
     runs = []
     for reference in setup.heldout_refs:
         ids, seconds, _ = _timed_decode(model, list(reference.prompt_ids), None, plain)
-        plain_time, plain_tokens = plain_time + seconds, plain_tokens + len(ids)
+        plain_time, plain_tokens = plain_time + seconds, plain_tokens + len(ids) - 1
         drafted_ids, seconds, stats = _timed_decode(model, list(reference.prompt_ids), skip_set, drafted)
         if drafted_ids != ids:
             raise SkipsearchError(f"self-speculative output differed from plain decoding on {reference.prompt_id}; "
                                   "this is a bug: please report it with the model and profile")
-        draft_time, draft_tokens = draft_time + seconds, draft_tokens + len(drafted_ids)
+        draft_time, draft_tokens = draft_time + seconds, draft_tokens + len(drafted_ids) - 1
         runs.append(stats)
+    if plain_tokens == 0:
+        raise SkipsearchError("the model ended every held-out answer at its first token, so there is no decoding "
+                              "to time; use prompts it answers at more length")
     totals = DecodeStats.total(runs)
     heldout = setup.heldout_scorer.score(skip_set)
     replayed = simulate_drafting(heldout.trace, max_draft_tokens, confidence_threshold)
