@@ -62,11 +62,11 @@ def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> M
 class Comparison:
     rows: list[CompareRow]
     proxy_seconds: float  # mean proxy evaluation over all methods
-    full_forward_seconds: float  # a plain full forward over the same prompts + continuations
+    full_forward_seconds: float  # a plain full forward over the same prompts + continuations, timed alongside
 
     @property
     def proxy_cost_ratio(self) -> float:
-        return self.proxy_seconds / self.full_forward_seconds
+        return self.proxy_seconds / self.full_forward_seconds if self.full_forward_seconds else 0.0
 
 
 def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "tpe",
@@ -74,7 +74,7 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
     """Run every method from a clean memo, then re-score each best set on held-out prompts."""
     names = methods or ["skipsearch", *BASELINES]
     results = []
-    proxy_seconds, evaluations = 0.0, 0
+    proxy_seconds, full_seconds, evaluations = 0.0, 0.0, 0
     for name in names:
         setup.scorer.forget()
         if name == "skipsearch":
@@ -82,6 +82,10 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
         else:
             result = BASELINES[name](setup.scorer.score, setup.eligible, setup.k, budget, seed)
         proxy_seconds, evaluations = proxy_seconds + setup.scorer.seconds, evaluations + setup.scorer.evaluations
+        # a full forward timed after each method, weighted by its evaluations: the machine's load
+        # drifts over a long comparison, and both sides of the ratio should see the same drift
+        full_seconds += setup.scorer.evaluations * full_forward_seconds(setup.loaded.model, setup.search_refs,
+                                                                        repeats=1)
         if on_method is not None:
             on_method(name)
         results.append(result)
@@ -96,4 +100,4 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
                                round(result.best_score.matchness, 4), round(heldout.matchness, 4),
                                round(measured.acceptance_rate, 4), round(measured.predicted_speedup, 3),
                                round(measured.speedup, 3), result.best.describe()))
-    return Comparison(rows, proxy_seconds / max(evaluations, 1), full_forward_seconds(setup.loaded.model, setup.search_refs))
+    return Comparison(rows, proxy_seconds / max(evaluations, 1), full_seconds / max(evaluations, 1))
