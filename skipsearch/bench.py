@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from .costs import CostModel, measure_costs, predicted_speedup_from_stats
-from .decoding import DecodeSettings, DecodeStats, decode, synchronize
+from .decoding import DecodeSettings, DecodeStats, FallbackMemory, decode, synchronize
 from .errors import SkipsearchError
 from .skipping import SkipSet, decoder_layers
 
@@ -163,6 +163,7 @@ class _Method:
     name: str
     # (prompt ids, max new tokens) -> (generated ids, decode stats or None); untimed
     generate: Callable[[list[int], int], tuple[list[int], DecodeStats | None]]
+    memory: FallbackMemory | None = None  # the fallback's verdict carried across prompts, as a runtime would
 
 
 def early_exit_name(layer: int) -> str:
@@ -198,7 +199,8 @@ def _hf_generate(model, **extra) -> Callable[[list[int], int], tuple[list[int], 
     return run
 
 
-def _skipsearch_decode(model, skip_set: SkipSet, settings: BenchSettings, fallback: bool):
+def _skipsearch_decode(model, skip_set: SkipSet, settings: BenchSettings, fallback: bool,
+                       memory: FallbackMemory | None = None):
     def run(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], DecodeStats]:
         decode_settings = DecodeSettings(
             max_new_tokens=max_new_tokens,
@@ -206,7 +208,7 @@ def _skipsearch_decode(model, skip_set: SkipSet, settings: BenchSettings, fallba
             confidence_threshold=settings.confidence_threshold,
             fallback=fallback,
         )
-        result = decode(model, prompt_ids, skip_set, decode_settings)
+        result = decode(model, prompt_ids, skip_set, decode_settings, memory=memory)
         return result.token_ids, result.stats
 
     return run
@@ -226,8 +228,10 @@ def _methods(model, settings: BenchSettings) -> list[_Method]:
     ]
     if settings.skip_set is not None and len(settings.skip_set):
         settings.skip_set.check_against(num_layers)
+        memory = FallbackMemory()
         methods += [
-            _Method(PROFILE, _skipsearch_decode(model, settings.skip_set, settings, fallback=True)),
+            _Method(PROFILE, _skipsearch_decode(model, settings.skip_set, settings, fallback=True, memory=memory),
+                    memory),
             _Method(PROFILE_NO_FALLBACK, _skipsearch_decode(model, settings.skip_set, settings, fallback=False)),
         ]
     methods += [
@@ -307,6 +311,8 @@ def run_bench(
         warmup_tokens = min(settings.warmup_tokens, settings.max_new_tokens)
         for method in methods:
             method.generate(prompts[0].token_ids, warmup_tokens)
+            if method.memory is not None:
+                method.memory.forget()  # the timed prompts pay for the first verdict themselves
 
     total = len(prompts) * len(methods)
     runs: list[PromptRun] = []

@@ -30,6 +30,33 @@ from .errors import SkipsearchError
 from .skipping import SkipSet, skipping
 
 
+class FallbackMemory:
+    """The fallback's verdict on one skip set, carried from call to call by a runtime that
+    decodes many prompts with one profile. Once a call fell back, the next `recheck_every - 1`
+    calls decode plainly from their first token instead of paying again for drafting to prove
+    slower; then one call checks again, because the machine's load, and so the verdict, can
+    change. Use one memory per skip set and draft settings."""
+
+    def __init__(self, recheck_every: int = 8) -> None:
+        if recheck_every < 1:
+            raise SkipsearchError(f"recheck_every must be >= 1, got {recheck_every}")
+        self.recheck_every = recheck_every
+        self.plain_calls_left = 0
+
+    def take_plain_call(self) -> bool:
+        """Whether this call should decode plainly because an earlier one fell back."""
+        if self.plain_calls_left > 0:
+            self.plain_calls_left -= 1
+            return True
+        return False
+
+    def record(self, fell_back: bool) -> None:
+        self.plain_calls_left = self.recheck_every - 1 if fell_back else 0
+
+    def forget(self) -> None:
+        self.plain_calls_left = 0
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
     max_new_tokens: int = 128
@@ -250,8 +277,12 @@ def decode(
     skip_set: SkipSet | None = None,
     settings: DecodeSettings = DecodeSettings(),
     on_tokens: Callable[[list[int]], None] | None = None,
+    memory: FallbackMemory | None = None,
 ) -> DecodeResult:
-    """Generate after `prompt_ids`; with an empty or missing skip set this is plain decoding."""
+    """Generate after `prompt_ids`; with an empty or missing skip set this is plain decoding.
+
+    With a `memory` shared by calls, a call that follows one that fell back decodes plainly
+    from the start (`fell_back` with `fallback_at_token` 0) until the memory rechecks."""
     if isinstance(prompt_ids, torch.Tensor):
         if prompt_ids.dim() == 2:
             if prompt_ids.shape[0] != 1:
@@ -276,6 +307,10 @@ def decode(
     cache = DynamicCache()
     forward = _Forward(model, cache, device)
     speculate = len(skip_set) > 0
+    remembered = speculate and settings.fallback and memory is not None and memory.take_plain_call()
+    if remembered:
+        speculate = False
+        stats.fell_back, stats.fallback_at_token = True, 0
     plain_step_times: list[float] = []
     spec_time, spec_tokens, spec_attempts = 0.0, 0, 0
 
@@ -354,4 +389,7 @@ def decode(
         synchronize(device)
         stats.total_time_s = time.perf_counter() - start
     stats.new_tokens = len(generated)
+    judged = stats.fell_back or spec_attempts >= settings.fallback_min_rounds  # a short call says nothing
+    if memory is not None and settings.fallback and not remembered and judged:
+        memory.record(stats.fell_back)
     return DecodeResult(token_ids=generated, stats=stats)

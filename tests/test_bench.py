@@ -22,7 +22,7 @@ from skipsearch.bench import (
 from skipsearch.cli import main
 from skipsearch.cli.bench_cmd import CSV_COLUMNS
 from skipsearch.errors import SkipsearchError
-from skipsearch.skipping import SkipSet
+from skipsearch.skipping import SkipSet, eligible_sublayers
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +84,17 @@ def test_bench_rows_and_lossless_check(no_eos_model):
     assert data["settings"]["skip_set"] == {"attention": [1], "mlp": [2]}
     assert {"measured_speedup", "identical", "predicted_speedup"} <= set(data["rows"][0])
     json.dumps(data)  # serialisable as is
+
+
+def test_the_profile_remembers_its_fallback_across_prompts_after_the_warm_up(no_eos_model):
+    everything = SkipSet.from_sublayers(eligible_sublayers(4, keep_first=0, keep_last=0))
+    settings = BenchSettings(max_new_tokens=40, skip_set=everything, confidence_threshold=0.0, early_exit_layers=(),
+                             prompt_lookup_num_tokens=0, cost_repeats=0, warmup_tokens=40)
+    result = run_bench(no_eos_model, random_prompts(3), settings)
+    runs = [run for run in result.runs if run.method == PROFILE]
+    assert all(run.identical and run.stats.fell_back for run in runs)
+    # the warm-up's verdict is forgotten: the first timed prompt pays for drafting, the others do not
+    assert [run.stats.draft_steps > 0 for run in runs] == [True, False, False]
 
 
 def test_bench_without_skip_set_or_costs(no_eos_model):

@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 from conftest import make_tiny_llama
 from skipsearch import decoding
-from skipsearch.decoding import DecodeSettings, DecodeStats, crop_cache, decode, warp
+from skipsearch.decoding import DecodeSettings, DecodeStats, FallbackMemory, crop_cache, decode, warp
 from skipsearch.errors import SkipsearchError
 from skipsearch.skipping import SkipSet, eligible_sublayers, skipping
 
@@ -186,6 +186,30 @@ def test_bad_profile_falls_back_to_plain_decoding(tiny_model):
     assert result.token_ids == _generate(tiny_model, prompt, 64)
     assert result.stats.fell_back
     assert result.stats.fallback_at_token < 32
+
+
+def test_a_memory_carries_the_fallback_to_later_calls_and_rechecks(tiny_model):
+    everything = SkipSet.from_sublayers(eligible_sublayers(4, keep_first=0, keep_last=0))
+    settings = DecodeSettings(max_new_tokens=40, max_draft_tokens=8, confidence_threshold=0.0)
+    memory = FallbackMemory(recheck_every=3)
+    results = [decode(tiny_model, [7, 8, 10 + i], everything, settings, memory=memory) for i in range(4)]
+    for i, result in enumerate(results):
+        assert result.token_ids == _generate(tiny_model, [7, 8, 10 + i], 40)
+        assert result.stats.fell_back
+    assert [r.stats.draft_steps > 0 for r in results] == [True, False, False, True]  # the 4th rechecks
+    assert [r.stats.fallback_at_token for r in results][1:3] == [0, 0]
+
+
+def test_a_memory_of_a_call_that_did_not_fall_back_changes_nothing(tiny_model):
+    memory = FallbackMemory()
+    slow = DecodeSettings(max_new_tokens=40, max_draft_tokens=1, confidence_threshold=0.0, fallback=False)
+    decode(tiny_model, [7, 8, 9], SkipSet(mlp=(2,)), slow, memory=memory)  # without the fallback: no verdict
+    assert memory.plain_calls_left == 0
+    memory.record(True)
+    memory.record(False)
+    assert not memory.take_plain_call()
+    with pytest.raises(SkipsearchError, match="recheck_every"):
+        FallbackMemory(recheck_every=0)
 
 
 def test_batches_are_refused_with_a_clear_message(tiny_model):
