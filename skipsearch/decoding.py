@@ -133,6 +133,11 @@ class DecodeStats:
         return (self.accepted_tokens + self.rounds) / self.rounds if self.rounds else 0.0
 
     @property
+    def decoding_time_s(self) -> float:
+        """The time after the prefill (which made the first token): what drafting can speed up."""
+        return self.total_time_s - self.prefill_time_s
+
+    @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.total_time_s if self.total_time_s else 0.0
 

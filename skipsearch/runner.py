@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .baselines import evenly_spaced, importance_ranking, least_important
 from .costs import THRESHOLDS, CostModel, measure_costs, predicted_speedup_from_stats, simulate_drafting
-from .decoding import DecodeSettings, DecodeStats, decode, synchronize
+from .decoding import DecodeSettings, DecodeStats, decode
 from .errors import SkipsearchError
 from .models import LoadedModel, load_model, model_fingerprint
 from .neighbours import LocalSearch
@@ -238,19 +237,6 @@ class Measurement:
         return SkipSet(attention=tuple(self.skip_attention), mlp=tuple(self.skip_mlp))
 
 
-def _timed_decode(model, prompt_ids, skip_set, settings) -> tuple[list[int], float, DecodeStats]:
-    """The generated ids, the seconds spent after the prefill (which made the first one), the stats.
-
-    Plain and self-speculative decoding pay the same prefill; leaving it out makes the speedup
-    the decoding phase's own, independent of prompt length, as the cost model predicts it."""
-    device = next(model.parameters()).device
-    synchronize(device)
-    start = time.perf_counter()
-    result = decode(model, prompt_ids, skip_set, settings)
-    synchronize(device)
-    return result.token_ids, time.perf_counter() - start - result.stats.prefill_time_s, result.stats
-
-
 def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float,
             trial: int | None = None) -> Measurement:
     """Decode every held-out prompt plainly and with the skip set, interleaved, timed after the
@@ -258,22 +244,26 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
     model = setup.loaded.model
     length = setup.config.task.reference_tokens
     plain = DecodeSettings(max_new_tokens=length, fallback=False)
-    drafted = DecodeSettings(max_new_tokens=length, max_draft_tokens=max_draft_tokens,
-                             confidence_threshold=confidence_threshold, fallback=False)
+    drafting = DecodeSettings(max_new_tokens=length, max_draft_tokens=max_draft_tokens,
+                              confidence_threshold=confidence_threshold, fallback=False)
     # one untimed run first: the first decode after loading pays one-off allocation costs
     decode(model, list(setup.heldout_refs[0].prompt_ids), None, DecodeSettings(max_new_tokens=4, fallback=False))
     plain_time = draft_time = 0.0
     plain_tokens = draft_tokens = 0
     runs = []
+    # Both sides are timed after the prefill they pay alike, so the speedup is the decoding
+    # phase's own, independent of prompt length, as the cost model predicts it.
     for reference in setup.heldout_refs:
-        ids, seconds, _ = _timed_decode(model, list(reference.prompt_ids), None, plain)
-        plain_time, plain_tokens = plain_time + seconds, plain_tokens + len(ids) - 1
-        drafted_ids, seconds, stats = _timed_decode(model, list(reference.prompt_ids), skip_set, drafted)
-        if drafted_ids != ids:
+        full = decode(model, list(reference.prompt_ids), None, plain)
+        plain_time += full.stats.decoding_time_s
+        plain_tokens += len(full.token_ids) - 1
+        drafted = decode(model, list(reference.prompt_ids), skip_set, drafting)
+        if drafted.token_ids != full.token_ids:
             raise SkipsearchError(f"self-speculative output differed from plain decoding on {reference.prompt_id}; "
                                   "this is a bug: please report it with the model and profile")
-        draft_time, draft_tokens = draft_time + seconds, draft_tokens + len(drafted_ids) - 1
-        runs.append(stats)
+        draft_time += drafted.stats.decoding_time_s
+        draft_tokens += len(drafted.token_ids) - 1
+        runs.append(drafted.stats)
     if plain_tokens == 0:
         raise SkipsearchError("the model ended every held-out answer at its first token, so there is no decoding "
                               "to time; use prompts it answers at more length")
