@@ -248,7 +248,9 @@ def surplus_reason(trials: Sequence[optuna.trial.FrozenTrial], number: int, targ
     Workers start a trial only while complete + running trials are below the target, but two
     may look at the same moment and both start; the trials with the highest numbers then give
     way, so every worker comes to the same decision. Likewise warm starts that workers starting
-    together both enqueued run once: the copy with the higher number gives way."""
+    together both enqueued run once: the copy with the higher number gives way. A waiting retry
+    of a dead worker's trial holds its place: queued trials ahead of it (local moves enqueued
+    before the worker died) give way instead, so the retry runs before the target is reached."""
     me = next(t for t in trials if t.number == number)
     fixed = me.system_attrs.get("fixed_params")
     if fixed is not None and any(
@@ -258,7 +260,9 @@ def surplus_reason(trials: Sequence[optuna.trial.FrozenTrial], number: int, targ
         return f"trial {number} repeats an earlier enqueued trial"
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
     running = sorted(t.number for t in trials if t.state == TrialState.RUNNING)
-    excess = complete + len(running) - target
+    # RetryFailedTrialCallback marks its copies with the failed trial's number
+    retries = sum(t.state == TrialState.WAITING and "failed_trial" in t.system_attrs for t in trials)
+    excess = complete + len(running) + retries - target
     if excess > 0 and number in running[-excess:]:
         return f"the study already holds {target} complete or running trials"
     return None

@@ -28,7 +28,6 @@ from optuna.trial import TrialState, create_trial
 
 from conftest import make_tiny_llama, make_tokenizer
 from skipsearch.cli import main
-from skipsearch.profiles import load_profile
 from skipsearch.search import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
 from skipsearch.storages import open_storage
 
@@ -73,6 +72,17 @@ def test_an_enqueued_trial_repeated_by_a_second_worker_runs_once():
     assert surplus_reason(trials, 2, target=10) is None
     # a retried copy of a failed trial is no repeat
     assert surplus_reason(_trials([(F, fixed), (W, None), (R, fixed)]), 2, target=10) is None
+
+
+def test_a_waiting_retry_keeps_its_place_before_the_target():
+    C, R, W = TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING
+    study = _study(optuna.storages.InMemoryStorage())
+    for state in (C, C, R):
+        study.add_trial(create_trial(state=state, value=1.0 if state == C else None))
+    study.add_trial(create_trial(state=W, system_attrs={"failed_trial": 0, "retry_history": [0]}))
+    trials = study.get_trials()
+    assert "already holds 3" in surplus_reason(trials, 2, target=3)  # the retry takes the last place
+    assert surplus_reason(trials, 2, target=4) is None
 
 
 def test_threads_sharing_one_study_finish_exactly_the_target(tmp_path):
@@ -325,7 +335,7 @@ def test_workers_flag_shares_a_journal_file_and_a_killed_workers_trial_is_retrie
     trials = _check_study(str(journal), 24, killed)
     assert sum(bool(t.user_attrs.get("warm_start")) for t in trials if t.number < 4) == 4  # enqueued once, first
     assert (tmp_path / "toy.profile.yaml").is_file() and (tmp_path / "toy.html").is_file()
-    slower = load_profile(tmp_path / "toy.profile.yaml").metrics.speedup < 1
+    slower = _load(str(journal)).user_attrs["rescored"][0]["speedup"] < 1  # unrounded, unlike the profile's
     assert ("note: no skip set beat plain decoding" in out) == slower  # says so when it did not pay off
     assert main(["report", str(study), "--storage", str(journal), "-o", str(tmp_path / "again.html")]) == 0
 
