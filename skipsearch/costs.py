@@ -16,16 +16,16 @@ import dataclasses
 import logging
 import math
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-from .decoding import DecodeStats, crop_cache, synchronize
+from . import forward
+from .decoding import DecodeStats, crop_cache
 from .errors import SkipsearchError
 from .skipping import SkipSet, decoder_layers, skipping
+from .timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 class CostModel:
     """Wall-clock costs in seconds of the parts of a forward pass, at one context length.
 
-    The decoder layers of the supported models all have the same shapes, so one cost per
-    block kind is measured and stored for every layer; the per-layer lists leave room for
-    models (or measurements) whose layers differ.
+    The decoder layers of the supported models all have the same shapes, so layers on the
+    same device cost the same: one cost per block kind is measured for each group of layers
+    that share a device (one group unless the model is spread over devices or offloaded) and
+    stored for every layer of the group.
     """
 
     attention: list[float]  # per decoder layer: one attention block, one new token
@@ -103,6 +104,30 @@ def describe_device(device: torch.device) -> str:
 # ---------------------------------------------------------------------------- measuring
 
 
+def layer_groups(model) -> list[tuple[int, ...]]:
+    """Decoder layers grouped by where their attention and MLP blocks run, from the device map
+    that accelerate dispatched the model with (`hf_device_map`); one group without one.
+
+    A layer offloaded to the host or disk costs what moving its weights costs, so it forms a
+    group of its own kind ("cpu", "disk") beside the layers on each GPU."""
+    layers = decoder_layers(model)
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if len(set(map(str, device_map.values()))) <= 1:
+        return [tuple(range(len(layers)))]
+    names = {id(module): name for name, module in model.named_modules()}
+
+    def placed(module) -> str:
+        name = names[id(module)]
+        # the most specific entry of the map that holds the module
+        holders = [key for key in device_map if key == "" or name == key or name.startswith(key + ".")]
+        return str(device_map[max(holders, key=len)]) if holders else "?"
+
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, layer in enumerate(layers):
+        groups.setdefault((placed(layer.self_attn), placed(layer.mlp)), []).append(index)
+    return [tuple(indices) for indices in groups.values()]
+
+
 def measure_costs(
     model,
     context_tokens: int = 128,
@@ -112,11 +137,13 @@ def measure_costs(
 ) -> CostModel:
     """Time the model's forward passes on its own device and return the medians as a CostModel.
 
-    A DynamicCache is prefilled with `context_tokens` random ids; every timed pass appends
-    at explicit positions after them and the cache is cropped back after each pass, so all
-    passes see the same context. The configurations are timed interleaved (one of each per
-    repeat, after one warm-up each) so drift in the machine's speed hits all of them alike.
-    Neither the model nor torch's global random state is changed.
+    A cache is prefilled with `context_tokens` random ids; every timed pass appends at explicit
+    positions after them and the cache is cropped back after each pass, so all passes see the
+    same context. The configurations are timed interleaved (one of each per repeat, after one
+    warm-up each) so drift in the machine's speed hits all of them alike. A block's cost is the
+    plain step's time less that of a step with the block kind skipped in one group of layers
+    (`layer_groups`), shared out over the group. Neither the model nor torch's global random
+    state is changed.
     """
     if context_tokens < 1 or max_verify_tokens < 1 or repeats < 1:
         raise SkipsearchError(
@@ -130,42 +157,33 @@ def measure_costs(
             f"context_tokens={context_tokens} plus max_verify_tokens={max_verify_tokens} exceed the model's "
             f"{max_positions} positions; use a shorter context"
         )
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    device = forward.input_device(model)
+    dtype = model.get_input_embeddings().weight.dtype
+    groups = layer_groups(model)
     generator = torch.Generator().manual_seed(seed)
     context = torch.randint(0, model.config.vocab_size, (1, context_tokens + max_verify_tokens), generator=generator)
     context = context.to(device)  # (1, context + verify tokens)
     everything = range(num_layers)
     # name -> (skip set, new tokens); "verify n" with n = 1 is the full model's plain step
     configurations: dict[str, tuple[SkipSet, int]] = {
-        "no attention": (SkipSet(attention=tuple(everything)), 1),
-        "no mlp": (SkipSet(mlp=tuple(everything)), 1),
         "nothing": (SkipSet(attention=tuple(everything), mlp=tuple(everything)), 1),
     }
+    for number, group in enumerate(groups):
+        configurations[f"no attention {number}"] = (SkipSet(attention=group), 1)
+        configurations[f"no mlp {number}"] = (SkipSet(mlp=group), 1)
     configurations.update({f"verify {n}": (SkipSet(), n) for n in range(1, max_verify_tokens + 1)})
 
     with torch.inference_mode():
-        cache = DynamicCache()
-        model(
-            input_ids=context[:, :context_tokens],
-            position_ids=torch.arange(context_tokens, device=device).unsqueeze(0),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        cache = forward.new_cache()
+        forward.run(model, cache, context[:, :context_tokens], 0, logits_to_keep=1)
 
         def timed(skip_set: SkipSet, new_tokens: int) -> float:
             ids = context[:, context_tokens : context_tokens + new_tokens]
-            positions = torch.arange(context_tokens, context_tokens + new_tokens, device=device).unsqueeze(0)
-            with skipping(model, skip_set):
-                synchronize(device)
-                start = time.perf_counter()
+            with skipping(model, skip_set), Stopwatch(device) as watch:
                 # every position's logits, as the decoder computes them while drafting and verifying
-                model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
-                synchronize(device)
-                elapsed = time.perf_counter() - start
+                forward.run(model, cache, ids, context_tokens)
             crop_cache(cache, context_tokens)
-            return elapsed
+            return watch.seconds
 
         for skip_set, new_tokens in configurations.values():  # warm-up
             timed(skip_set, new_tokens)
@@ -180,15 +198,18 @@ def measure_costs(
         log.warning("measure_costs: timings varied more than 2x between repeats (%s); the machine is busy or "
                     "its clock changes, and the cost model is unreliable", ", ".join(unsteady))
     full = median["verify 1"]
-    # Noise can make a difference negative on a small model; a block never costs less than nothing.
-    attention = max(0.0, (full - median["no attention"]) / num_layers)
-    mlp = max(0.0, (full - median["no mlp"]) / num_layers)
-    if attention == 0.0 or mlp == 0.0:
+    attention, mlp = [0.0] * num_layers, [0.0] * num_layers
+    for number, group in enumerate(groups):
+        # Noise can make a difference negative on a small model; a block never costs less than nothing.
+        for index in group:
+            attention[index] = max(0.0, (full - median[f"no attention {number}"]) / len(group))
+            mlp[index] = max(0.0, (full - median[f"no mlp {number}"]) / len(group))
+    if 0.0 in attention or 0.0 in mlp:
         log.warning("measure_costs: a block's cost was below the timing noise and is taken as 0; "
                     "use more repeats or a quieter machine")
     return CostModel(
-        attention=[attention] * num_layers,
-        mlp=[mlp] * num_layers,
+        attention=attention,
+        mlp=mlp,
         fixed=median["nothing"],
         verify=[median[f"verify {n}"] for n in range(1, max_verify_tokens + 1)],
         device=describe_device(device),

@@ -26,8 +26,10 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from . import forward
 from .errors import SkipsearchError
 from .skipping import SkipSet, skipping
+from .timing import synchronize
 
 
 class FallbackMemory:
@@ -174,11 +176,6 @@ def crop_cache(cache: DynamicCache, length: int) -> None:
             layer.crop(-excess)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def warp(logits: torch.Tensor, settings: DecodeSettings) -> torch.Tensor:
     """Probabilities after temperature, top-k and top-p, the same for draft and target."""
     logits = logits.float() / settings.temperature
@@ -203,43 +200,55 @@ class _Forward:
 
     def __call__(self, token_ids: list[int], start: int, logits_to_keep: int = 0) -> torch.Tensor:
         ids = torch.tensor([token_ids], device=self.device)
-        positions = torch.arange(start, start + len(token_ids), device=self.device).unsqueeze(0)
-        out = self.model(
-            input_ids=ids,
-            position_ids=positions,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
-        return out.logits[0]  # (kept positions, vocab)
+        return forward.run(self.model, self.cache, ids, start, logits_to_keep=logits_to_keep).logits[0]  # (kept, vocab)
 
 
-def _draft(forward: _Forward, skip_set: SkipSet, model, pending: int, start: int, budget: int,
+def _not_finite(dtype: torch.dtype) -> SkipsearchError:
+    name = str(dtype).removeprefix("torch.")
+    better = "float32 or bfloat16" if dtype == torch.float16 else "float32"
+    return SkipsearchError(f"the full model's logits are not finite (NaN or inf) in {name}: its activations overflow "
+                           f"in this precision; load it in {better} (--dtype)")
+
+
+def _sample(probs: torch.Tensor, usable: torch.Tensor, generator) -> torch.Tensor:
+    """One token id drawn from `probs` where `usable`, else -1, without a device-to-host transfer.
+
+    Where the probabilities are unusable (not finite) a uniform stand-in is sampled instead, so
+    `multinomial` never sees them."""
+    safe = torch.where(usable, probs, torch.ones_like(probs))
+    return torch.where(usable, torch.multinomial(safe, 1, generator=generator)[0], -1)
+
+
+def _draft(forward_step: _Forward, skip_set: SkipSet, model, pending: int, start: int, budget: int,
            settings: DecodeSettings, generator, stop_ids: set[int]) -> tuple[list[int], list[torch.Tensor], int]:
     """Draft up to `budget` tokens after `pending`; returns the tokens, when sampling their q,
-    and the number of forward passes it took."""
+    and the number of forward passes it took.
+
+    Each step moves one number to the host: the drafted token, or -1 where the draft stops
+    (not confident enough, or logits that are not finite, which fail every comparison)."""
     tokens: list[int] = []
     draft_probs: list[torch.Tensor] = []
     token = pending
     steps = 0
+    threshold = settings.confidence_threshold
     with skipping(model, skip_set):
         for step in range(budget):
-            logits = forward([token], start + step)[-1]
+            logits = forward_step([token], start + step)[-1]  # (vocab,)
             steps += 1
             if settings.greedy:
-                if settings.confidence_threshold > 0:
-                    probs = logits.softmax(-1)
-                    confidence, best = probs.max(-1)
-                    if confidence.item() < settings.confidence_threshold:
-                        break
-                    token = int(best)
+                if threshold > 0:
+                    confidence, best = logits.float().softmax(-1).max(-1)
+                    chosen = torch.where(confidence >= threshold, best, -1)
                 else:
-                    token = int(logits.argmax())
+                    chosen = torch.where(torch.isfinite(logits).all(), logits.argmax(), -1)
             else:
                 probs = warp(logits, settings)
-                if probs.max().item() < settings.confidence_threshold:
-                    break
-                token = int(torch.multinomial(probs, 1, generator=generator))
+                usable = torch.isfinite(probs).all() & (probs.max() >= threshold)
+                chosen = _sample(probs, usable, generator)
+            token = int(chosen)
+            if token < 0:
+                break
+            if not settings.greedy:
                 draft_probs.append(probs)
             tokens.append(token)
             if token in stop_ids:
@@ -250,30 +259,49 @@ def _draft(forward: _Forward, skip_set: SkipSet, model, pending: int, start: int
 def _verify(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Tensor],
             settings: DecodeSettings, generator) -> tuple[int, int]:
     """Given the full model's logits at the pending token and each draft, return
-    (number of drafts accepted, the full model's next token)."""
+    (number of drafts accepted, the full model's next token), with one device-to-host transfer."""
+    finite = torch.isfinite(logits).all(-1)  # (len(drafts) + 1,)
     if settings.greedy:
-        targets = logits.argmax(-1).tolist()  # (len(drafts) + 1,)
+        targets = torch.where(finite, logits.argmax(-1), -1).tolist()
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
             accepted += 1
+        if targets[accepted] < 0:
+            raise _not_finite(logits.dtype)
         return accepted, targets[accepted]
-    target_probs = warp(logits, settings)  # (len(drafts) + 1, vocab)
-    for i, token in enumerate(drafts):
-        p, q = target_probs[i], draft_probs[i]
-        if torch.rand((), generator=generator, device=p.device) * q[token] < p[token]:
-            continue
-        residual = (p - q).clamp_min(0)
-        total = residual.sum()
-        # p == q up to rounding leaves no residual mass; sampling p is then exact
-        replacement = residual / total if total > 0 else p
-        return i, int(torch.multinomial(replacement, 1, generator=generator))
-    return len(drafts), int(torch.multinomial(target_probs[-1], 1, generator=generator))
+    n = len(drafts)
+    target_probs = warp(logits, settings)  # (n + 1, vocab)
+    # accept draft i with probability min(1, p/q); the first rejection resamples from the
+    # normalised residual max(0, p - q), and with none the token after the drafts comes from p
+    q = torch.cat([torch.stack(draft_probs), torch.zeros_like(target_probs[:1])]) if n else torch.zeros_like(target_probs)
+    if n:
+        index = torch.arange(n, device=logits.device)
+        ids = torch.tensor(drafts, device=logits.device)
+        p_drafts, q_drafts = target_probs[index, ids], q[index, ids]
+        rejected = torch.rand(n, generator=generator, device=logits.device) * q_drafts >= p_drafts
+        stop = torch.where(rejected.any(), rejected.int().argmax(), n)
+    else:
+        stop = torch.tensor(0, device=logits.device)
+    residual = (target_probs[stop] - q[stop]).clamp_min(0)
+    total = residual.sum()
+    # p == q up to rounding leaves no residual mass; sampling p is then exact
+    replacement = torch.where(total > 0, residual / total, target_probs[stop])
+    token = _sample(replacement, finite[: n + 1].all(), generator)
+    stop_at, next_token = torch.stack([stop, token]).tolist()
+    if next_token < 0:
+        raise _not_finite(logits.dtype)
+    return stop_at, next_token
 
 
 def _choose(logits: torch.Tensor, settings: DecodeSettings, generator) -> int:
+    finite = torch.isfinite(logits).all()
     if settings.greedy:
-        return int(logits.argmax())
-    return int(torch.multinomial(warp(logits, settings), 1, generator=generator))
+        token = int(torch.where(finite, logits.argmax(), -1))
+    else:
+        token = int(_sample(warp(logits, settings), finite, generator))
+    if token < 0:
+        raise _not_finite(logits.dtype)
+    return token
 
 
 def decode(
@@ -300,7 +328,7 @@ def decode(
     if not prompt_ids:
         raise SkipsearchError("the prompt is empty; give at least one token")
     skip_set = skip_set or SkipSet()
-    device = next(model.parameters()).device
+    device = forward.input_device(model)
     stop_ids = eos_token_ids(model)
     generator = None
     if not settings.greedy:
@@ -309,8 +337,8 @@ def decode(
 
     stats = DecodeStats()
     generated: list[int] = []
-    cache = DynamicCache()
-    forward = _Forward(model, cache, device)
+    cache = forward.new_cache()
+    step = _Forward(model, cache, device)
     speculate = len(skip_set) > 0
     remembered = speculate and settings.fallback and memory is not None and memory.take_plain_call()
     if remembered:
@@ -334,7 +362,7 @@ def decode(
     with torch.inference_mode():
         synchronize(device)
         start = time.perf_counter()
-        logits = forward(prompt_ids, 0, logits_to_keep=1)[-1]
+        logits = step(prompt_ids, 0, logits_to_keep=1)[-1]
         done = commit([_choose(logits, settings, generator)])
         synchronize(device)
         stats.prefill_time_s = time.perf_counter() - start
@@ -346,7 +374,7 @@ def decode(
             probing = len(plain_step_times) < settings.probe_steps and settings.fallback
             if not speculate or budget < 1 or probing:
                 step_start = time.perf_counter()
-                logits = forward([pending], length)[-1]
+                logits = step([pending], length)[-1]
                 done = commit([_choose(logits, settings, generator)])
                 synchronize(device)
                 elapsed = time.perf_counter() - step_start
@@ -357,13 +385,13 @@ def decode(
                 continue
 
             round_start = time.perf_counter()
-            drafts, draft_probs, steps = _draft(forward, skip_set, model, pending, length, budget,
+            drafts, draft_probs, steps = _draft(step, skip_set, model, pending, length, budget,
                                                 settings, generator, stop_ids)
             stats.draft_steps += steps
             crop_cache(cache, length)
             synchronize(device)
             verify_start = time.perf_counter()
-            logits = forward([pending] + drafts, length)
+            logits = step([pending] + drafts, length)
             accepted, next_token = _verify(logits, drafts, draft_probs, settings, generator)
             crop_cache(cache, length + 1 + accepted)
             done = commit(drafts[:accepted] + [next_token])

@@ -25,6 +25,7 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from . import forward
 from .decoding import crop_cache, synchronize
 from .errors import SkipsearchError
 from .references import Reference
@@ -45,11 +46,21 @@ class _PromptState:
     cache: DynamicCache  # the full model's KV of the prompt only
     prompt_length: int
     hidden: list[torch.Tensor]  # hidden[i]: input of layer i over the continuation, (1, T, hidden)
-    masks: list  # per layer attention mask for the continuation
+    masks: list  # per layer attention mask for the continuation, as the model itself builds them
     position_ids: torch.Tensor  # (1, T)
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     targets: torch.Tensor  # (T,) the next token after each input position
     target_probs: torch.Tensor  # (T, vocab) the full model's next-token distribution
+
+
+def mask_kinds(config, num_layers: int) -> list[str]:
+    """Per decoder layer, the mask the model's own forward gives it: "full_attention" or "sliding_attention"."""
+    if config.model_type == "mistral":
+        # MistralModel has no layer_types: one mask for every layer, windowed whenever a window is set
+        kind = "full_attention" if config.sliding_window is None else "sliding_attention"
+        return [kind] * num_layers
+    # Qwen2 and Qwen3 derive layer_types from use_sliding_window and max_window_layers; Llama has none
+    return list(getattr(config, "layer_types", None) or ["full_attention"] * num_layers)
 
 
 class ProxyScorer:
@@ -58,7 +69,8 @@ class ProxyScorer:
     def __init__(self, model, references: list[Reference]):
         self.model = model
         self.layers = decoder_layers(model)
-        self.device = next(model.parameters()).device
+        self.device = forward.input_device(model)
+        self._layer_cache_keyword = forward.cache_keyword(self.layers[0])
         usable = [r for r in references if len(r.continuation) >= 2]
         if not usable:
             raise SkipsearchError(
@@ -73,20 +85,20 @@ class ProxyScorer:
             self._states = [self._prepare(r) for r in usable]
 
     def _masks(self, inputs_embeds, cache, position_ids) -> list:
-        config = self.model.config
-        kwargs = dict(config=config, inputs_embeds=inputs_embeds, attention_mask=None,
-                      past_key_values=cache, position_ids=position_ids)
-        by_type = {"full_attention": create_causal_mask(**kwargs)}
-        layer_types = getattr(config, "layer_types", None) or ["full_attention"] * len(self.layers)
-        if "sliding_attention" in layer_types:
-            by_type["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
-        return [by_type[kind] for kind in layer_types]
+        kinds = mask_kinds(self.model.config, len(self.layers))
+        builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        by_kind = {
+            kind: builders[kind](config=self.model.config, inputs_embeds=inputs_embeds, attention_mask=None,
+                                 position_ids=position_ids, **{forward.cache_keyword(builders[kind]): cache})
+            for kind in set(kinds)
+        }
+        return [by_kind[kind] for kind in kinds]
 
     def _prepare(self, reference: Reference) -> _PromptState:
         model, device = self.model, self.device
         prompt = torch.tensor([reference.prompt_ids], device=device)
-        cache = DynamicCache()
-        model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = forward.new_cache()
+        forward.run(model, cache, prompt, 0, logits_to_keep=1)
         # inputs are the continuation but its last token; each predicts the token after it
         continuation = torch.tensor([reference.continuation], device=device)
         inputs, targets = continuation[:, :-1], continuation[0, 1:]
@@ -94,8 +106,7 @@ class ProxyScorer:
         position_ids = torch.arange(start, start + inputs.shape[1], device=device).unsqueeze(0)
         embeds = model.model.embed_tokens(inputs)
         masks = self._masks(embeds, cache, position_ids)
-        out = model(input_ids=inputs, position_ids=position_ids, past_key_values=cache, use_cache=True,
-                    output_hidden_states=True)
+        out = forward.run(model, cache, inputs, start, output_hidden_states=True)
         crop_cache(cache, start)
         return _PromptState(
             cache=cache,
@@ -119,9 +130,9 @@ class ProxyScorer:
                         hidden,
                         attention_mask=state.masks[index],
                         position_ids=state.position_ids,
-                        past_key_values=state.cache,
                         use_cache=True,
                         position_embeddings=state.position_embeddings,
+                        **{self._layer_cache_keyword: state.cache},
                     )
         finally:
             crop_cache(state.cache, state.prompt_length)
@@ -157,7 +168,7 @@ class ProxyScorer:
 def full_forward_seconds(model, references: list[Reference], repeats: int = 3) -> float:
     """Median time of one plain full-model forward over every prompt + continuation: the cost a
     proxy evaluation is compared with."""
-    device = next(model.parameters()).device
+    device = forward.input_device(model)
     # logits only where the proxy needs them, so the comparison does not flatter the proxy
     inputs = [(torch.tensor([r.prompt_ids + r.continuation[:-1]], device=device), len(r.continuation) - 1)
               for r in references if len(r.continuation) >= 2]
@@ -176,21 +187,20 @@ def full_forward_seconds(model, references: list[Reference], repeats: int = 3) -
 def score_from_scratch(model, references: list[Reference], skip_set: SkipSet) -> ProxyScore:
     """The same scores without reusing hidden states: a check on `ProxyScorer`, and its cost baseline."""
     matches, overlap, positions = 0.0, 0.0, 0
-    device = next(model.parameters()).device
+    device = forward.input_device(model)
     with torch.inference_mode():
         for reference in references:
             if len(reference.continuation) < 2:
                 continue
-            cache = DynamicCache()
-            model(input_ids=torch.tensor([reference.prompt_ids], device=device), past_key_values=cache, use_cache=True)
+            cache = forward.new_cache()
+            forward.run(model, cache, torch.tensor([reference.prompt_ids], device=device), 0, logits_to_keep=1)
             start = len(reference.prompt_ids)
             inputs = torch.tensor([reference.continuation[:-1]], device=device)
             targets = torch.tensor(reference.continuation[1:], device=device)
-            position_ids = torch.arange(start, start + inputs.shape[1], device=device).unsqueeze(0)
-            full = model(input_ids=inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
+            full = forward.run(model, cache, inputs, start)
             crop_cache(cache, start)
             with skipping(model, skip_set):
-                draft = model(input_ids=inputs, position_ids=position_ids, past_key_values=cache, use_cache=True)
+                draft = forward.run(model, cache, inputs, start)
             q = draft.logits[0].float().softmax(-1)
             matches += (draft.logits[0].argmax(-1) == targets).sum().item()
             overlap += torch.minimum(q, full.logits[0].float().softmax(-1)).sum().item()

@@ -1,9 +1,10 @@
 """Sublayer skipping on a live decoder-only model.
 
 A `SkipSet` names the decoder layers whose attention block and/or MLP block are left out
-while drafting. `skipping(model, skip_set)` swaps those layers' `forward` for one that
-leaves the skipped blocks out, and restores the originals on exit, also after an
-exception. No weights are copied: the draft model *is* the full model with some residual
+while drafting. `skipping(model, skip_set)` switches those blocks off and back on at exit,
+also after an exception. A block is switched through a small bypass that wraps whatever
+`forward` its modules had, so hooks that accelerate (device maps, offloading) or another
+library put there keep working and stay in place. No weights are copied: the draft model *is* the full model with some residual
 branches not taken. A skipped attention block adds nothing to the residual stream and
 writes no key/value entries for its layer; a skipped MLP block adds nothing.
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from functools import partial
 from typing import Iterator, Sequence
 
 import torch
@@ -101,14 +101,48 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return model.model.layers
 
 
-def _forward_without(layer, hidden_states, *, skip_attention: bool, skip_mlp: bool, **kwargs):
-    # Mirrors the pre-norm decoder layer shared by the supported families, with branches left out.
-    if not skip_attention:
-        attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
-        hidden_states = hidden_states + attended
-    if not skip_mlp:
-        hidden_states = hidden_states + layer.mlp(layer.post_attention_layernorm(hidden_states))
-    return hidden_states
+class _Bypass:
+    """Stands in one block's `forward` slot and calls whatever was there before, unless it is off.
+
+    What was there may be the module's own forward or a hook another library installed by
+    assigning `forward` on the instance (accelerate's device map and offloading do): it is
+    kept and called, never replaced or deleted. Off, a norm passes its input through and an
+    attention or MLP block adds a zero to the residual stream: the decoder layer's own forward
+    still runs, with any hook on it, so inputs and weights are where they should be."""
+
+    __slots__ = ("inner", "role", "off")
+
+    def __init__(self, inner, role: str):
+        self.inner, self.role, self.off = inner, role, False
+
+    def __call__(self, *args, **kwargs):
+        if not self.off:
+            return self.inner(*args, **kwargs)
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if self.role == "norm":
+            return hidden
+        zero = hidden.new_zeros(())  # broadcasts onto the residual; x + 0 is exactly x
+        return (zero, None) if self.role == "attention" else zero
+
+
+# per block kind: (attribute, role) of the modules a skipped block leaves out; in every supported
+# family a block's norm feeds that block only
+_BLOCK_MODULES = {
+    "attention": (("input_layernorm", "norm"), ("self_attn", "attention")),
+    "mlp": (("post_attention_layernorm", "norm"), ("mlp", "mlp")),
+}
+
+
+def _bypass(module: torch.nn.Module, role: str) -> _Bypass:
+    """The module's bypass, installed on first use and kept: later skips only flip its switch.
+
+    Installed again if something replaced it since (a hook added or removed afterwards)."""
+    current = module.__dict__.get("forward")
+    if isinstance(current, _Bypass):
+        return current
+    bypass = _Bypass(current if current is not None else module.forward, role)
+    module.forward = bypass
+    return bypass
 
 
 @contextlib.contextmanager
@@ -116,18 +150,15 @@ def skipping(model: torch.nn.Module, skip_set: SkipSet) -> Iterator[None]:
     """Run the model with `skip_set`'s blocks left out inside the block; restored on exit."""
     layers = decoder_layers(model)
     skip_set.check_against(len(layers))
-    patched = []
+    switched = []
     try:
-        for index in sorted(set(skip_set.attention) | set(skip_set.mlp)):
-            layer = layers[index]
-            layer.forward = partial(
-                _forward_without,
-                layer,
-                skip_attention=index in skip_set.attention,
-                skip_mlp=index in skip_set.mlp,
-            )
-            patched.append(layer)
+        for kind in SUBLAYER_KINDS:
+            for index in getattr(skip_set, kind):
+                for attribute, role in _BLOCK_MODULES[kind]:
+                    bypass = _bypass(getattr(layers[index], attribute), role)
+                    bypass.off = True
+                    switched.append(bypass)
         yield
     finally:
-        for layer in patched:
-            del layer.forward
+        for bypass in switched:
+            bypass.off = False

@@ -1,33 +1,67 @@
-"""Shared fixtures: a tiny random Llama for fast tests, the embedded SmolLM2 once per session."""
+"""Shared fixtures: tiny random models of each supported family for fast tests, the embedded SmolLM2 once per session."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 # Tiny models are dominated by per-operation overhead, and intra-op threads only contend
 # with each other (and with parallel test workers) on these 2-core machines.
 torch.set_num_threads(1)
 
+# shorter than the prompts + continuations the family tests use, so that windows bite
+SLIDING_WINDOW = 6
 
-def make_tiny_llama(seed: int = 0, num_layers: int = 4, vocab_size: int = 128) -> LlamaForCausalLM:
-    config = LlamaConfig(
+# per family: config class, model class, what makes its tiny model differ from a Llama
+_FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    # Mistral applies its window in every layer whenever sliding_window is set
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": SLIDING_WINDOW}),
+    # Qwen2 and Qwen3 slide in layers >= max_window_layers only (config.layer_types)
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM,
+              {"use_sliding_window": True, "sliding_window": SLIDING_WINDOW, "max_window_layers": 2}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {}),
+}
+
+# Qwen3 checkpoints ship without sliding layers, but its config supports them
+QWEN3_SLIDING = {"use_sliding_window": True, "sliding_window": SLIDING_WINDOW, "max_window_layers": 2}
+
+
+def make_tiny(family: str, seed: int = 0, num_layers: int = 4, vocab_size: int = 128, **overrides):
+    """A tiny randomly initialised causal LM of `family`; `overrides` are further config fields."""
+    config_class, model_class, specific = _FAMILIES[family]
+    config = config_class(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
+        head_dim=16,  # hidden / heads, which Qwen3 does not derive (its default is 128)
         max_position_embeddings=512,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
+        **{**specific, **overrides},
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    model = model_class(config).eval()
     model.requires_grad_(False)
     return model
+
+
+def make_tiny_llama(seed: int = 0, num_layers: int = 4, vocab_size: int = 128) -> LlamaForCausalLM:
+    return make_tiny("llama", seed=seed, num_layers=num_layers, vocab_size=vocab_size)
 
 
 def make_tokenizer(chat_template: str | None = None):
@@ -47,6 +81,26 @@ def make_tokenizer(chat_template: str | None = None):
     )
     tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def generate_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """The full model's own greedy continuation through transformers `generate`: the reference
+    every lossless check compares with."""
+    from skipsearch.forward import input_device
+
+    ids = torch.tensor([prompt], device=input_device(model))
+    return model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens)[0, len(prompt):].tolist()
+
+
+def random_skip_sets(num_layers: int, count: int, seed: int) -> list:
+    """Random non-empty, non-full skip sets over every sublayer (the first and last layers included)."""
+    import random
+
+    from skipsearch.skipping import SkipSet, eligible_sublayers
+
+    rng = random.Random(seed)
+    eligible = eligible_sublayers(num_layers, keep_first=0, keep_last=0)
+    return [SkipSet.from_sublayers(rng.sample(eligible, rng.randint(1, len(eligible) - 1))) for _ in range(count)]
 
 
 @pytest.fixture

@@ -184,3 +184,43 @@ def test_a_draft_step_is_the_plain_steps_share_of_the_parts_that_run():
     costs = CostModel(attention=[1.0] * 2, mlp=[2.0] * 2, fixed=4.0, verify=[20.0, 21.0], device="cpu", dtype="float32")
     assert draft_step_cost(costs, SkipSet()) == pytest.approx(20.0)
     assert draft_step_cost(costs, SkipSet(attention=(0,), mlp=(1,))) == pytest.approx(20.0 * 7 / 10)
+
+
+def test_layers_are_grouped_by_where_their_blocks_run(tiny_model):
+    from skipsearch.costs import layer_groups
+
+    assert layer_groups(tiny_model) == [(0, 1, 2, 3)]
+    tiny_model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 0,
+                                "model.layers.2": 1, "model.layers.3.self_attn": 1, "model.layers.3.mlp": "cpu",
+                                "lm_head": 1}
+    assert layer_groups(tiny_model) == [(0, 1), (2,), (3,)]
+    tiny_model.hf_device_map = {"": "cpu"}
+    assert layer_groups(tiny_model) == [(0, 1, 2, 3)]
+
+
+def test_offloaded_layers_are_timed_on_their_own(tmp_path, monkeypatch):
+    """Layers dispatched to disk pay for loading their weights at every pass: their blocks are
+    timed apart from the layers on the execution device, and each group shares its cost."""
+    from accelerate import dispatch_model
+
+    from conftest import make_tiny_llama
+    from skipsearch import costs as costs_module
+
+    timed = set()
+    real_skipping = costs_module.skipping
+
+    def spy(model, skip_set):
+        timed.add(skip_set)
+        return real_skipping(model, skip_set)
+
+    monkeypatch.setattr(costs_module, "skipping", spy)
+
+    model = make_tiny_llama()
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": ("disk" if i >= 2 else "cpu") for i in range(4)})
+    model = dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
+    costs = measure_costs(model, context_tokens=8, max_verify_tokens=2, repeats=3)
+    assert costs.attention[0] == costs.attention[1] and costs.attention[2] == costs.attention[3]
+    assert costs.mlp[0] == costs.mlp[1] and costs.mlp[2] == costs.mlp[3]
+    assert {SkipSet(attention=(0, 1)), SkipSet(attention=(2, 3)), SkipSet(mlp=(0, 1)), SkipSet(mlp=(2, 3))} <= timed
+    assert SkipSet(attention=(0, 1, 2, 3)) not in timed

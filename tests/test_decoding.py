@@ -4,22 +4,12 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import make_tiny_llama
+from conftest import generate_greedy, make_tiny_llama, random_skip_sets
 from skipsearch import decoding
 from skipsearch.decoding import DecodeSettings, DecodeStats, FallbackMemory, crop_cache, decode, warp
 from skipsearch.errors import SkipsearchError
+from skipsearch.forward import cache_keyword
 from skipsearch.skipping import SkipSet, eligible_sublayers, skipping
-
-
-def _generate(model, prompt, max_new_tokens):
-    out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens)
-    return out[0, len(prompt):].tolist()
-
-
-def _random_skip_sets(num_layers, count, seed):
-    rng = random.Random(seed)
-    eligible = eligible_sublayers(num_layers, keep_first=0, keep_last=0)
-    return [SkipSet.from_sublayers(rng.sample(eligible, rng.randint(1, len(eligible) - 1))) for _ in range(count)]
 
 
 def _perfect_draft_model(seed=0):
@@ -30,12 +20,12 @@ def _perfect_draft_model(seed=0):
 
 
 @pytest.mark.parametrize("max_draft_tokens", range(1, 9))
-def test_greedy_is_identical_to_generate(tiny_model, max_draft_tokens):
+def test_greedy_is_identical_togenerate_greedy(tiny_model, max_draft_tokens):
     rng = random.Random(max_draft_tokens)
     prompts = [[rng.randrange(3, 128) for _ in range(rng.randint(1, 16))] for _ in range(5)]
-    skip_sets = _random_skip_sets(4, 20, seed=max_draft_tokens)
+    skip_sets = random_skip_sets(4, 20, seed=max_draft_tokens)
     for prompt in prompts:
-        expected = _generate(tiny_model, prompt, 12)
+        expected = generate_greedy(tiny_model, prompt, 12)
         for skip_set in skip_sets:
             settings = DecodeSettings(max_new_tokens=12, max_draft_tokens=max_draft_tokens,
                                       confidence_threshold=0.0, fallback=False)
@@ -49,8 +39,8 @@ def test_greedy_is_identical_to_generate_on_smollm(smollm):
     for i, text in enumerate(texts):
         prompt = list(tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                                     add_generation_prompt=True)["input_ids"])
-        expected = _generate(model, prompt, 12)
-        for skip_set in _random_skip_sets(30, 5, seed=i):
+        expected = generate_greedy(model, prompt, 12)
+        for skip_set in random_skip_sets(30, 5, seed=i):
             # thin the random sets so drafts get accepted sometimes and the accept path runs
             thin = SkipSet(attention=skip_set.attention[::4], mlp=skip_set.mlp[::6])
             settings = DecodeSettings(max_new_tokens=12, max_draft_tokens=3,
@@ -64,7 +54,7 @@ def test_perfect_draft_is_fully_accepted():
     # the prefill gives the first token, then six rounds of 4 drafts + 1 token each
     settings = DecodeSettings(max_new_tokens=31, max_draft_tokens=4, confidence_threshold=0.0, fallback=False)
     result = decode(model, prompt, skip_set, settings)
-    assert result.token_ids == _generate(model, prompt, 31)
+    assert result.token_ids == generate_greedy(model, prompt, 31)
     stats = result.stats
     assert stats.acceptance_rate == 1.0
     assert stats.rounds == 6 and stats.mean_accepted_tokens == 5.0
@@ -74,13 +64,13 @@ def test_perfect_draft_is_fully_accepted():
 def test_eos_inside_an_accepted_draft_stops_where_generate_stops():
     model, skip_set = _perfect_draft_model()
     prompt = [9, 4, 11]
-    free_run = _generate(model, prompt, 30)
+    free_run = generate_greedy(model, prompt, 30)
     for position in (2, 5, 9, 14):
         eos = free_run[position]
         if eos in free_run[:position]:
             continue
         model.generation_config.eos_token_id = eos
-        expected = _generate(model, prompt, 30)
+        expected = generate_greedy(model, prompt, 30)
         assert expected[-1] == eos and len(expected) == position + 1
         settings = DecodeSettings(max_new_tokens=30, max_draft_tokens=6, confidence_threshold=0.0, fallback=False)
         result = decode(model, prompt, skip_set, settings)
@@ -93,7 +83,7 @@ def test_cache_rollback_after_rejection_at_every_draft_position(tiny_model, reje
     """After a rejection at draft position j, every layer holds exactly the full model's KV."""
     prompt = [3, 14, 15, 92, 65]
     gamma = 6
-    truth = _generate(tiny_model, prompt, gamma + 2)
+    truth = generate_greedy(tiny_model, prompt, gamma + 2)
     cache = DynamicCache()
     forward = decoding._Forward(tiny_model, cache, torch.device("cpu"))
     length = len(prompt)
@@ -114,7 +104,7 @@ def test_cache_rollback_after_rejection_at_every_draft_position(tiny_model, reje
         crop_cache(cache, length + 1 + accepted)
 
         reference = DynamicCache()
-        tiny_model(torch.tensor([prompt + truth[: reject_at + 1]]), past_key_values=reference, use_cache=True)
+        tiny_model(torch.tensor([prompt + truth[: reject_at + 1]]), **{cache_keyword(tiny_model): reference}, use_cache=True)
     for ours, theirs in zip(cache.layers, reference.layers):
         assert ours.keys.shape == theirs.keys.shape
         torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
@@ -183,7 +173,7 @@ def test_bad_profile_falls_back_to_plain_decoding(tiny_model):
     prompt = [7, 8, 9]
     settings = DecodeSettings(max_new_tokens=64, max_draft_tokens=8, confidence_threshold=0.0)
     result = decode(tiny_model, prompt, everything, settings)
-    assert result.token_ids == _generate(tiny_model, prompt, 64)
+    assert result.token_ids == generate_greedy(tiny_model, prompt, 64)
     assert result.stats.fell_back
     assert result.stats.fallback_at_token < 32
 
@@ -194,7 +184,7 @@ def test_a_memory_carries_the_fallback_to_later_calls_and_rechecks(tiny_model):
     memory = FallbackMemory(recheck_every=3)
     results = [decode(tiny_model, [7, 8, 10 + i], everything, settings, memory=memory) for i in range(4)]
     for i, result in enumerate(results):
-        assert result.token_ids == _generate(tiny_model, [7, 8, 10 + i], 40)
+        assert result.token_ids == generate_greedy(tiny_model, [7, 8, 10 + i], 40)
         assert result.stats.fell_back
     assert [r.stats.draft_steps > 0 for r in results] == [True, False, False, True]  # the 4th rechecks
     assert [r.stats.fallback_at_token for r in results][1:3] == [0, 0]
@@ -238,7 +228,7 @@ def test_bad_settings_are_refused(bad):
 def test_crop_cache_only_shortens(tiny_model):
     cache = DynamicCache()
     with torch.inference_mode(), skipping(tiny_model, SkipSet(attention=(2,))):
-        tiny_model(torch.tensor([[1, 2, 3, 4]]), past_key_values=cache, use_cache=True)
+        tiny_model(torch.tensor([[1, 2, 3, 4]]), **{cache_keyword(tiny_model): cache}, use_cache=True)
     crop_cache(cache, 2)
     assert [layer.get_seq_length() for layer in cache.layers] == [2, 2, 0, 2]
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from skipsearch import SkipSet, SkipsearchError, eligible_sublayers, skipping
+from skipsearch.forward import cache_keyword
 
 
 def _hidden_states(model, ids):
@@ -33,7 +34,7 @@ def test_skipped_attention_writes_no_cache(tiny_model):
 
     cache = DynamicCache()
     with skipping(tiny_model, SkipSet(attention=(2,))):
-        tiny_model(torch.randint(0, 128, (1, 6)), past_key_values=cache, use_cache=True)
+        tiny_model(torch.randint(0, 128, (1, 6)), **{cache_keyword(tiny_model): cache}, use_cache=True)
     assert [layer.get_seq_length() for layer in cache.layers] == [6, 6, 0, 6]
 
 
@@ -98,3 +99,46 @@ def test_unsupported_architecture_is_one_line():
     with pytest.raises(SkipsearchError, match="supports llama, mistral, qwen2, qwen3"):
         with skipping(model, SkipSet()):
             pass
+
+
+def _offload(model, how: str, folder):
+    from accelerate import cpu_offload, dispatch_model
+
+    if how == "cpu_offload":
+        return cpu_offload(model, execution_device="cpu")
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": ("disk" if i % 2 else "cpu") for i in range(4)})
+    return dispatch_model(model, device_map=device_map, offload_dir=str(folder))
+
+
+@pytest.mark.parametrize("how", ["cpu_offload", "dispatch with disk offload"])
+def test_skipping_composes_with_accelerate_offloading(tmp_path, how):
+    """Greedy identity against generate with offloaded layers, and accelerate's hooks still in
+    place and still running afterwards (weights of offloaded layers live on the meta device,
+    so a lost hook would fail loudly)."""
+    import random
+
+    from conftest import make_tiny_llama
+    from skipsearch.decoding import DecodeSettings, decode
+
+    plain = make_tiny_llama()
+    model = _offload(make_tiny_llama(), how, tmp_path)
+    hooked = {name: module._hf_hook for name, module in model.named_modules() if hasattr(module, "_hf_hook")}
+    assert any(p.device.type == "meta" for p in model.parameters())
+    rng = random.Random(0)
+    prompt = [rng.randrange(3, 128) for _ in range(9)]
+    expected = plain.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=10)[0, 9:].tolist()
+    for skip_set in (SkipSet(attention=(1,)), SkipSet(attention=(0, 3), mlp=(1, 2)), SkipSet(mlp=(3,))):
+        settings = DecodeSettings(max_new_tokens=10, max_draft_tokens=3, confidence_threshold=0.0, fallback=False)
+        assert decode(model, prompt, skip_set, settings).token_ids == expected, skip_set
+
+    assert {name: module._hf_hook for name, module in model.named_modules()
+            if hasattr(module, "_hf_hook")} == hooked
+    ran = []
+    for name, hook in hooked.items():
+        original = hook.pre_forward
+        hook.pre_forward = lambda module, *args, _name=name, _original=original, **kwargs: (
+            ran.append(_name) or _original(module, *args, **kwargs))
+    after = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=10)[0, 9:].tolist()
+    assert after == expected
+    assert set(ran) >= {name for name in hooked if name}  # every hook but the top model's own still runs
