@@ -2,8 +2,9 @@
 
 `run_bench` runs every method on every prompt in one process, interleaved (for each
 prompt, each method in turn), so drift in the machine's speed hits all methods alike. The
-baseline is greedy `model.generate`; the skipsearch methods must reproduce its tokens
-exactly (the `identical` column), and get a predicted speedup from a cost model measured
+baseline is greedy `model.generate`; every other method's output is checked against its
+tokens (`lossless.classify`: identical, a tie flip in bfloat16/float16, or an error), and
+the skipsearch methods get a predicted speedup from a cost model measured
 on the same device, to set beside the measured one.
 
 This module knows nothing about tokenizers, task files, printing or output files: it takes
@@ -21,9 +22,12 @@ from typing import Callable
 
 import torch
 
+from . import forward
 from .costs import CostModel, measure_costs, predicted_speedup_from_stats
-from .decoding import DecodeSettings, DecodeStats, FallbackMemory, decode, synchronize
+from .decoding import DecodeSettings, DecodeStats, FallbackMemory, decode
+from .timing import synchronize
 from .errors import SkipsearchError
+from .lossless import KINDS, Divergence, classify
 from .skipping import SkipSet, decoder_layers
 
 log = logging.getLogger(__name__)
@@ -95,7 +99,7 @@ class PromptRun:
     token_ids: list[int]  # generated ids only
     time_s: float
     stats: DecodeStats | None = None  # skipsearch methods only
-    identical: bool | None = None  # equal to the baseline's tokens; None for the baseline itself
+    divergence: Divergence | None = None  # against the baseline's tokens; None for the baseline itself
 
     def to_dict(self) -> dict:
         return {
@@ -104,7 +108,8 @@ class PromptRun:
             "new_tokens": len(self.token_ids),
             "time_s": self.time_s,
             "tokens_per_s": len(self.token_ids) / self.time_s if self.time_s else 0.0,
-            "identical": self.identical,
+            "lossless": None if self.divergence is None else self.divergence.kind,
+            "divergence": None if self.divergence is None else dataclasses.asdict(self.divergence),
             "stats": None if self.stats is None else self.stats.to_dict(),
             "token_ids": self.token_ids,
         }
@@ -122,7 +127,11 @@ class MethodRow:
     acceptance_rate: float | None = None  # share of drafted tokens accepted (skipsearch methods)
     mean_accepted_tokens: float | None = None  # tokens committed per verify round (skipsearch methods)
     predicted_speedup: float | None = None  # the cost model's, from this row's counts (skipsearch methods)
-    identical: bool | None = None  # every prompt's tokens equal the baseline's; None for the baseline
+    # prompts whose output is identical to the baseline's / differs by a tie flip / by an error;
+    # None for the baseline
+    identical: int | None = None
+    tie_flips: int | None = None
+    errors: int | None = None
     fell_back: int | None = None  # prompts on which the decoder switched to plain decoding
 
     @property
@@ -145,8 +154,10 @@ class BenchResult:
 
     @property
     def mismatches(self) -> list[PromptRun]:
-        """Skipsearch runs whose tokens differ from the baseline's: a broken lossless guarantee."""
-        return [r for r in self.runs if r.stats is not None and r.identical is False]
+        """Skipsearch runs whose tokens differ from the baseline's by more than a tie flip: a broken
+        lossless guarantee."""
+        return [r for r in self.runs if r.stats is not None and r.divergence is not None
+                and r.divergence.kind == "error"]
 
     def to_dict(self) -> dict:
         return {
@@ -171,7 +182,7 @@ def early_exit_name(layer: int) -> str:
 
 
 def _hf_generate(model, **extra) -> Callable[[list[int], int], tuple[list[int], None]]:
-    device = next(model.parameters()).device
+    device = forward.input_device(model)
     pad = model.generation_config.pad_token_id
     if pad is None:
         pad = model.generation_config.eos_token_id
@@ -266,7 +277,8 @@ def _summarise(method: str, runs: list[PromptRun], baseline_tokens_per_s: float 
         ratio=tokens_per_s / baseline_tokens_per_s if baseline_tokens_per_s else 1.0,
     )
     if method != BASELINE:
-        row.identical = all(r.identical for r in runs)
+        kinds = [r.divergence.kind for r in runs]
+        row.identical, row.tie_flips, row.errors = (kinds.count(kind) for kind in KINDS)
     if runs and runs[0].stats is not None:
         stats = DecodeStats.total([r.stats for r in runs])
         row.acceptance_rate = stats.acceptance_rate if stats.drafted_tokens else None
@@ -296,7 +308,7 @@ def run_bench(
         raise SkipsearchError("the benchmark needs at least one prompt")
     if any(not p.token_ids for p in prompts):
         raise SkipsearchError("a benchmark prompt is empty; give at least one token per prompt")
-    device = next(model.parameters()).device
+    device = forward.input_device(model)
     methods = _methods(model, settings)
     skip_set = settings.skip_set or SkipSet()
 
@@ -324,10 +336,11 @@ def run_bench(
             if method.name == BASELINE:
                 reference = token_ids
             else:
-                run.identical = token_ids == reference
-                if stats is not None and not run.identical:
-                    log.warning("%s on prompt %s differs from generate's output: the lossless guarantee failed",
-                                method.name, prompt.id)
+                run.divergence = classify(model, list(prompt.token_ids), reference, token_ids,
+                                          verify_tokens=settings.max_draft_tokens + 1)
+                if stats is not None and run.divergence.kind == "error":
+                    log.warning("%s on prompt %s differs from generate's output (%s): the lossless guarantee failed",
+                                method.name, prompt.id, run.divergence.describe())
             runs.append(run)
             if progress is not None:
                 progress(len(runs), total, f"{prompt.id}: {method.name}")

@@ -34,6 +34,10 @@ class CompareRow:
     predicted_speedup: float
     measured_speedup: float
     skip: str
+    # held-out outputs against plain decoding (see `lossless`)
+    identical: int = 0
+    tie_flips: int = 0
+    errors: int = 0
 
 
 def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> MethodResult:
@@ -99,5 +103,6 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
         rows.append(CompareRow(result.method, result.evaluations, round(result.seconds, 2),
                                round(result.best_score.matchness, 4), round(heldout.matchness, 4),
                                round(measured.acceptance_rate, 4), round(measured.predicted_speedup, 3),
-                               round(measured.speedup, 3), result.best.describe()))
+                               round(measured.speedup, 3), result.best.describe(),
+                               measured.lossless["identical"], measured.lossless["tie_flip"], measured.lossless["error"]))
     return Comparison(rows, proxy_seconds / max(evaluations, 1), full_seconds / max(evaluations, 1))

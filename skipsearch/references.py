@@ -2,7 +2,9 @@
 
 A search scores thousands of candidates against the same continuations, and re-running a
 study must not regenerate them, so they are stored under the cache directory keyed by
-the model fingerprint, the task, the prompt's token ids and the length.
+the model fingerprint, the task, the prompt's token ids and the length, and by the dtype and
+attention implementation the model runs in: the fingerprint is the same in every dtype, but
+a bfloat16 model's greedy continuation can differ from its float32 one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .decoding import DecodeSettings, decode
-from .models import cache_root
+from .models import attention_of, cache_root, dtype_name
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,8 @@ class Reference:
     continuation: tuple[int, ...]  # the full model's greedy continuation
 
 
-def _cache_file(fingerprint: str, task: str, prompt_ids: list[int], length: int) -> Path:
-    key = json.dumps([fingerprint, task, list(prompt_ids), length]).encode()
+def _cache_file(fingerprint: str, numerics: list[str], task: str, prompt_ids: list[int], length: int) -> Path:
+    key = json.dumps([fingerprint, *numerics, task, list(prompt_ids), length]).encode()
     return cache_root() / "references" / f"{hashlib.sha256(key).hexdigest()}.json"
 
 
@@ -54,8 +56,9 @@ def reference_continuations(
 ) -> list[Reference]:
     """The full model's greedy continuation of each (prompt id, token ids), at most `length` tokens."""
     references = []
+    numerics = [dtype_name(model.dtype), attention_of(model)]
     for prompt_id, prompt_ids in tqdm(prompts, desc="reference continuations", disable=not progress, leave=False):
-        path = _cache_file(fingerprint, task, prompt_ids, length)
+        path = _cache_file(fingerprint, numerics, task, prompt_ids, length)
         try:
             continuation = json.loads(path.read_text())["continuation"]
         except (OSError, ValueError, KeyError):

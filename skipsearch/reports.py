@@ -99,6 +99,8 @@ class RescoredPoint:
     acceptance_rate: float  # measured on held-out prompts
     matchness: float
     mean_accepted_tokens: float
+    # held-out outputs against plain decoding, "identical / tie flips / errors"; "" before the check existed
+    lossless: str = ""
 
 
 @dataclass
@@ -305,7 +307,8 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
                 name, rank, r.get("trial"), _describe_skip(r.get("skip_attention"), r.get("skip_mlp")),
                 _float(r.get("predicted_speedup")), _float(r.get("speedup")),
                 _float(trial.user_attrs.get("expected_acceptance")) if trial else None,
-                _float(r.get("acceptance_rate")), _float(r.get("matchness")), _float(r.get("mean_accepted_tokens"))))
+                _float(r.get("acceptance_rate")), _float(r.get("matchness")), _float(r.get("mean_accepted_tokens")),
+                _lossless_cell(r.get("lossless"))))
         data.tasks.append(TaskSummary(
             name, summary.task,
             max((_float(r.get("acceptance_rate")) for r in rescored if _float(r.get("acceptance_rate")) is not None), default=None),
@@ -315,6 +318,12 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
         if not rescored:
             data.notes.append(f"study {name} has no re-scored candidates; predicted vs measured is not shown")
     return data
+
+
+def _lossless_cell(counts) -> str:
+    if not isinstance(counts, dict):
+        return ""
+    return " / ".join(str(counts.get(kind, 0)) for kind in ("identical", "tie_flip", "error"))
 
 
 def _summary(study, name, objective, sampler, n_trials, profile: dict, config) -> StudySummary:
@@ -408,7 +417,8 @@ def render_report(data: ReportData, figures: list) -> str:
         parts.append(_table([{"study": r.study, "rank": r.rank + 1, "trial": r.trial, "skip": r.skip,
                               "matchness": r.matchness, "acceptance": r.acceptance_rate,
                               "mean accepted tokens": r.mean_accepted_tokens,
-                              "predicted speedup": r.predicted_speedup, "measured speedup": r.speedup}
+                              "predicted speedup": r.predicted_speedup, "measured speedup": r.speedup,
+                              "identical / tie flips / errors": r.lossless}
                              for r in data.rescored]))
     if data.compare_rows:
         parts.append("<h2>Comparison of search methods</h2>")

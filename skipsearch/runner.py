@@ -21,6 +21,7 @@ from .baselines import evenly_spaced, importance_ranking, least_important
 from .costs import THRESHOLDS, CostModel, measure_costs, predicted_speedup_from_stats, simulate_drafting
 from .decoding import DecodeSettings, DecodeStats, decode
 from .errors import SkipsearchError
+from .lossless import LosslessCounts, classify
 from .models import LoadedModel, load_model, model_fingerprint
 from .neighbours import LocalSearch
 from .profiles import (DraftSettings, Profile, ProfileMetrics, ProfileModel, check_profile_for_model, load_profile,
@@ -100,6 +101,13 @@ def check_output_path(path: Path, is_default: bool) -> None:
     raise SkipsearchError(f"output folder {path.parent} does not exist; create it or choose another path")
 
 
+def load_configured_model(config: StudyConfig) -> LoadedModel:
+    """The study's model, loaded as its `model:` section says."""
+    model = config.model
+    return load_model(model.name, dtype=model.dtype, device=model.device, device_map=model.device_map,
+                      attn_implementation=model.attn_implementation)
+
+
 def prepare(config: StudyConfig, progress: bool = True, loaded: LoadedModel | None = None,
             warm_starts: tuple[str, ...] | list[str] = ()) -> StudySetup:
     """Load the task's prompts, the model (unless given), the warm-start profiles and the references.
@@ -112,7 +120,7 @@ def prepare(config: StudyConfig, progress: bool = True, loaded: LoadedModel | No
                      split=task_cfg.split, category_field=task_cfg.category_field)
     search_prompts, heldout_prompts = split_prompts(task, task_cfg.search_prompts, task_cfg.heldout_prompts,
                                                     config.search.seed)
-    loaded = loaded or load_model(config.model.name, dtype=config.model.dtype, device=config.model.device)
+    loaded = loaded or load_configured_model(config)
     model, tokenizer = loaded.model, loaded.tokenizer
     fingerprint = model_fingerprint(model)
     warm_profiles = [(path, load_profile(path)) for path in warm_starts]
@@ -230,6 +238,8 @@ class Measurement:
     tokens_per_s: float
     plain_tokens_per_s: float
     trial: int | None = None
+    # held-out outputs against plain decoding: identical / tie_flip / error (see `lossless`)
+    lossless: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -240,7 +250,11 @@ class Measurement:
 def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float,
             trial: int | None = None) -> Measurement:
     """Decode every held-out prompt plainly and with the skip set, interleaved, timed after the
-    prefill; fallback off, so the number is the profile's own speed."""
+    prefill; fallback off, so the number is the profile's own speed.
+
+    Each output is checked against plain decoding's: in float32 it must be identical; in
+    bfloat16/float16 a difference is re-scored, counted as a tie flip or an error, and only an
+    error (a defect) stops the measurement."""
     model = setup.loaded.model
     length = setup.config.task.reference_tokens
     plain = DecodeSettings(max_new_tokens=length, fallback=False)
@@ -251,6 +265,7 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
     plain_time = draft_time = 0.0
     plain_tokens = draft_tokens = 0
     runs = []
+    counts = LosslessCounts()
     # Both sides are timed after the prefill they pay alike, so the speedup is the decoding
     # phase's own, independent of prompt length, as the cost model predicts it.
     for reference in setup.heldout_refs:
@@ -258,9 +273,13 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
         plain_time += full.stats.decoding_time_s
         plain_tokens += len(full.token_ids) - 1
         drafted = decode(model, list(reference.prompt_ids), skip_set, drafting)
-        if drafted.token_ids != full.token_ids:
-            raise SkipsearchError(f"self-speculative output differed from plain decoding on {reference.prompt_id}; "
-                                  "this is a bug: please report it with the model and profile")
+        divergence = classify(model, list(reference.prompt_ids), full.token_ids, drafted.token_ids,
+                              verify_tokens=max_draft_tokens + 1)
+        if divergence.kind == "error":
+            raise SkipsearchError(f"self-speculative output differed from plain decoding on {reference.prompt_id} "
+                                  f"({divergence.describe()}); this is a bug: please report it with the model, "
+                                  "dtype and profile")
+        counts.add(divergence)
         draft_time += drafted.stats.decoding_time_s
         draft_tokens += len(drafted.token_ids) - 1
         runs.append(drafted.stats)
@@ -278,7 +297,7 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
         mean_accepted_tokens=totals.mean_accepted_tokens,
         speedup=tokens_per_s / plain_tokens_per_s,
         predicted_speedup=predicted_speedup_from_stats(setup.costs, skip_set, replayed),
-        tokens_per_s=tokens_per_s, plain_tokens_per_s=plain_tokens_per_s, trial=trial,
+        tokens_per_s=tokens_per_s, plain_tokens_per_s=plain_tokens_per_s, trial=trial, lossless=counts.to_dict(),
         # the cost model over the run's own counts: tells cost-model error from replay error
         extra={"predicted_from_run": predicted_speedup_from_stats(setup.costs, skip_set, totals)},
     )

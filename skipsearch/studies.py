@@ -6,7 +6,8 @@ reports all problems at once, one per line; only `SkipsearchError` ever leaves t
 for bad input. Checks that need a model (the skip budget's upper bound) or data files live
 where those are known: `resolve_skip_budget` here, task loading in `tasks`.
 
-This module knows nothing about models, prompts, scoring or Optuna beyond names and URLs.
+This module knows nothing about models, prompts, scoring or Optuna beyond names and URLs;
+the model options' choices and rules come from `models`, which loads with them.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from typing import Any, Callable
 import yaml
 
 from .errors import SkipsearchError
+from .models import ATTN_IMPLEMENTATIONS, DEVICE_MAP_EXPECTED, DTYPE_CHOICES, check_placement, is_device_map
 
 OBJECTIVES = ("matchness", "speedup", "pareto")
 SAMPLERS = ("tpe", "gp", "nsga2", "random")
-DTYPES = ("float32", "bfloat16", "float16")
 TASK_SOURCES = ("humaneval", "specbench", "datasets")
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
@@ -60,6 +61,11 @@ def _choice(options: tuple[str, ...]) -> _Rule:
     return _Rule(f"one of {' | '.join(options)}", lambda v: isinstance(v, str) and v in options, choices=options)
 
 
+def _optional_choice(options: tuple[str, ...]) -> _Rule:
+    return _Rule(f"null or one of {' | '.join(options)}", lambda v: v is None or (isinstance(v, str) and v in options),
+                 choices=options)
+
+
 def _pattern(pattern: str, expected: str) -> _Rule:
     return _Rule(expected, lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None)
 
@@ -87,6 +93,7 @@ SKIP_BUDGET_EXPECTED = "a fraction in (0, 1) of the eligible sublayers or an int
 BOOL = _Rule("true or false", lambda v: isinstance(v, bool))
 PROBABILITY = _Rule("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1, convert=float)
 SKIP_BUDGET = _Rule(SKIP_BUDGET_EXPECTED, _is_skip_budget)
+DEVICE_MAP = _Rule(DEVICE_MAP_EXPECTED, is_device_map, convert=lambda v: dict(v) if isinstance(v, Mapping) else v)
 PATHS = _Rule(
     "a list of file paths",
     lambda v: v is None or (isinstance(v, list) and all(isinstance(p, str) and p.strip() for p in v)),
@@ -106,10 +113,17 @@ def _section(cls: type) -> Any:
 class ModelConfig:
     name: str = _f("smollm2-135m", _text("a model name: embedded name, hub id, folder or .gguf"))
     # embedded name (see `skipsearch models`), Hugging Face hub id, local folder or .gguf file
-    dtype: str = _f("float32", _choice(DTYPES))
-    # weights' dtype while searching; float32 keeps drafting and verification bit-identical
+    dtype: str = _f("auto", _choice(DTYPE_CHOICES))
+    # weights' dtype while searching; auto = bfloat16 on a CUDA GPU that supports it, else
+    # float16 on CUDA, float32 on CPU
     device: str = _f("auto", _pattern(DEVICE_PATTERN, "auto | cpu | cuda | cuda:N"))
     # auto = cuda when available, else cpu
+    device_map: str | dict | None = _f(None, DEVICE_MAP)
+    # null = the whole model on `device`; auto, balanced, balanced_low_0 or sequential = accelerate
+    # spreads it over the GPUs (and CPU and disk when they are full); or a mapping of module name
+    # (model.layers.0, lm_head, "" for the rest) to device; needs device auto
+    attn_implementation: str | None = _f(None, _optional_choice(ATTN_IMPLEMENTATIONS))
+    # null = transformers' default (sdpa where it can)
 
 
 @dataclass(frozen=True)
@@ -242,6 +256,14 @@ def _parse_section(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     return cls(**values)
 
 
+def _check_model(model: ModelConfig, errors: list[str]) -> None:
+    """Options that exclude each other."""
+    try:
+        check_placement(model.device, model.device_map)
+    except SkipsearchError as exc:
+        errors.append(f"model.device_map: {exc}")
+
+
 def _check_task(task: TaskConfig, errors: list[str]) -> None:
     """Options that only some task sources take."""
     if task.source in ("specbench", "datasets") and task.data is None:
@@ -268,6 +290,7 @@ def parse_study(data: Any, source: str) -> StudyConfig:
             data = {"name": stem, **data}
     cfg = _parse_section(StudyConfig, data, "", errors)
     if cfg is not None:
+        _check_model(cfg.model, errors)
         _check_task(cfg.task, errors)
     if len(errors) == 1:
         raise SkipsearchError(f"{source}: {errors[0]}")
@@ -336,14 +359,22 @@ def apply_overrides(
     data: Any = None,
     category: Any = None,
     output_profile: Any = None,
+    dtype: Any = None,
+    device: Any = None,
+    device_map: Any = None,
+    attn_implementation: Any = None,
 ) -> StudyConfig:
     """The study with command-line values (None = not given) replaced, validated again."""
     search_changes = {"trials": trials, "sampler": sampler, "objective": objective, "skip_budget": skip_budget, "seed": seed}
     task_changes = {"data": data, "category": category}
+    model_changes = {"dtype": dtype, "device": device, "device_map": device_map,
+                     "attn_implementation": attn_implementation}
     search_changes = {k: v for k, v in search_changes.items() if v is not None}
     task_changes = {k: v for k, v in task_changes.items() if v is not None}
+    model_changes = {k: v for k, v in model_changes.items() if v is not None}
     changed = dataclasses.replace(
         cfg,
+        model=dataclasses.replace(cfg.model, **model_changes),
         search=dataclasses.replace(cfg.search, **search_changes),
         task=dataclasses.replace(cfg.task, **task_changes),
         storage=cfg.storage if storage is None else storage,

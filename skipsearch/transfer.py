@@ -62,6 +62,9 @@ def measure_transfer(tasks: list[TransferTask], progress: bool = True) -> list[d
                 "speedup": round(measured.speedup, 3),
                 "predicted_speedup": round(measured.predicted_speedup, 3),
                 "device": target.setup.costs.device,
+                "identical": measured.lossless["identical"],
+                "tie_flips": measured.lossless["tie_flip"],
+                "errors": measured.lossless["error"],
             })
             bar.update(1)
         target.study.set_user_attr(USER_ATTR, target_rows)

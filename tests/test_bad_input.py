@@ -114,6 +114,18 @@ CASES = {
     "output folder missing": ({}, ["--output", "out/p.yaml"], "output folder out does not exist"),
     "report folder missing": ({"output": {"report": "out/r.html"}}, [], "output folder out does not exist"),
     "workers zero": ({}, ["--workers", "0"], "--workers: expected an integer >= 1, got 0"),
+    "unknown dtype": ({"model": {"dtype": "fp16"}}, [], "model.dtype: expected one of auto | float32 | bfloat16 | float16"),
+    "dtype flag": ({}, ["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
+    "device and device map": ({}, ["--device", "cpu", "--device-map", "auto"],
+                              "model.device_map: device 'cpu' and device_map 'auto' both say where the model goes"),
+    "device map not JSON": ({}, ["--device-map", "{lm_head: 0}"], "--device-map: not valid JSON"),
+    "device map module typo": ({"model": {"device_map": {"model.layer": "cpu", "": "cpu"}}}, [],
+                               "device_map: 'model.layer' is not a module of"),
+    "device map missing modules": ({}, ["--device-map", '{"model.layers": "cpu"}'],
+                                   "device_map gives no device to model.embed_tokens.weight and 2 more"),
+    "attention typo": ({"model": {"attn_implementation": "spda"}}, [],
+                       "model.attn_implementation: expected null or one of eager | sdpa | flash_attention_2, got "
+                       "'spda' (did you mean 'sdpa'?)"),
 }
 
 

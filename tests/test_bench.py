@@ -69,7 +69,7 @@ def test_bench_rows_and_lossless_check(no_eos_model):
     assert rows[BASELINE].ratio == 1.0 and rows[BASELINE].identical is None
     for name in (NO_SKIP, PROFILE, PROFILE_NO_FALLBACK):
         row = rows[name]
-        assert row.identical is True
+        assert (row.identical, row.tie_flips, row.errors) == (2, 0, 0)
         assert row.new_tokens == 16 and row.tokens_per_s > 0
         assert row.predicted_speedup is not None and row.predicted_speedup > 0
         assert row.measured_speedup == row.ratio
@@ -92,7 +92,7 @@ def test_the_profile_remembers_its_fallback_across_prompts_after_the_warm_up(no_
                              prompt_lookup_num_tokens=0, cost_repeats=0, warmup_tokens=40)
     result = run_bench(no_eos_model, random_prompts(3), settings)
     runs = [run for run in result.runs if run.method == PROFILE]
-    assert all(run.identical and run.stats.fell_back for run in runs)
+    assert all(run.divergence.kind == "identical" and run.stats.fell_back for run in runs)
     # the warm-up's verdict is forgotten: the first timed prompt pays for drafting, the others do not
     assert [run.stats.draft_steps > 0 for run in runs] == [True, False, False]
 
@@ -103,7 +103,27 @@ def test_bench_without_skip_set_or_costs(no_eos_model):
     result = run_bench(no_eos_model, random_prompts(1), settings)
     assert [row.method for row in result.rows] == [BASELINE, NO_SKIP]
     assert result.costs is None and result.rows[1].predicted_speedup is None
-    assert result.rows[1].identical is True
+    assert result.rows[1].identical == 1 and result.rows[1].errors == 0
+
+
+def test_a_method_that_breaks_the_output_counts_as_an_error(no_eos_model, monkeypatch):
+    """The lossless check classifies every run against generate's; a corrupted token is an error."""
+    from skipsearch import bench
+
+    real_decode = bench.decode
+
+    def corrupting(*args, **kwargs):
+        result = real_decode(*args, **kwargs)
+        result.token_ids[1] = (result.token_ids[1] + 1) % 128
+        return result
+
+    monkeypatch.setattr(bench, "decode", corrupting)
+    settings = BenchSettings(max_new_tokens=4, early_exit_layers=(), prompt_lookup_num_tokens=0, cost_repeats=0,
+                             warmup_tokens=0)
+    result = run_bench(no_eos_model, random_prompts(2), settings)
+    row = result.rows[1]
+    assert (row.identical, row.tie_flips, row.errors) == (0, 0, 2)
+    assert [(r.method, r.divergence.position) for r in result.mismatches] == [(NO_SKIP, 1), (NO_SKIP, 1)]
 
 
 def test_bench_refuses_bad_input(no_eos_model):
@@ -147,7 +167,8 @@ def test_bench_command_writes_csv_and_json(smollm, tmp_path, monkeypatch, capsys
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == CSV_COLUMNS
-    assert [row["identical"] for row in rows if row["method"].startswith("skipsearch")] == ["True"] * 3
+    assert [row["identical"] for row in rows if row["method"].startswith("skipsearch")] == ["1"] * 3
+    assert [row["errors"] for row in rows if row["method"].startswith("skipsearch")] == ["0"] * 3
 
     report = json.loads(json_path.read_text())
     assert report["command"].startswith("skipsearch bench --model smollm2-135m")

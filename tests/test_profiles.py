@@ -434,8 +434,10 @@ def test_cli_validate_ok(tmp_path, capsys):
     assert err == ""
 
 
-def _fake_loader(model):
-    def load(name, dtype, device):
+def _fake_loader(model, calls=None):
+    def load(name, **options):
+        if calls is not None:
+            calls.append(options)
         return LoadedModel(model=model, tokenizer=None, name=name, source="memory")
     return load
 
@@ -445,9 +447,15 @@ def test_cli_validate_against_a_model(tmp_path, capsys, monkeypatch, tiny_model)
 
     path = tmp_path / "p.yaml"
     save_profile(make_profile(fingerprint=model_fingerprint(tiny_model)), path)
-    monkeypatch.setattr(profile_cmd, "load_model", _fake_loader(tiny_model))
+    calls = []
+    monkeypatch.setattr(profile_cmd, "load_model", _fake_loader(tiny_model, calls))
     assert main(["profile", "validate", str(path), "--model", "tiny", "--device", "cpu"]) == 0
     assert "fits the loaded model tiny" in capsys.readouterr().out
+    assert main(["profile", "validate", str(path), "--model", "tiny", "--dtype", "bfloat16", "--device-map",
+                 '{"": "cpu"}', "--attn-implementation", "eager"]) == 0
+    assert calls == [{"dtype": "auto", "device": "cpu", "device_map": None, "attn_implementation": None},
+                     {"dtype": "bfloat16", "device": "auto", "device_map": {"": "cpu"}, "attn_implementation": "eager"}]
+    capsys.readouterr()
 
     monkeypatch.setattr(profile_cmd, "load_model", _fake_loader(make_tiny_llama(seed=1)))
     assert main(["profile", "validate", str(path), "--model", "other"]) == 2
@@ -500,8 +508,20 @@ def test_cli_show(tmp_path, capsys):
     for fragment in ["model:     tiny (llama, 4 layers, sha256:abab", "task:      humaneval",
                      "3 of 8 sublayers", "attention: 1, 2", "mlp:       2", "up to 8 tokens", "< 0.8",
                      "matchness: 0.81", "device: cpu (2 threads)", "tool_version: 0.1.0",
-                     "command: ['skipsearch', 'search']"]:
+                     "command: ['skipsearch', 'search']",
+                     "metrics measured in float32 on cpu (2 threads); the profile is usable in any dtype"]:
         assert fragment in out
+
+
+def test_cli_show_says_what_the_metrics_were_measured_in(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    save_profile(make_profile(metrics=ProfileMetrics(speedup=1.4, device="NVIDIA H200 (cuda:0)", dtype="bfloat16")), path)
+    assert main(["profile", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "metrics measured in bfloat16 on NVIDIA H200 (cuda:0); the profile is usable in any dtype\n" in out
+    save_profile(make_profile(metrics=ProfileMetrics(matchness=0.8)), path)
+    assert main(["profile", "show", str(path)]) == 0
+    assert "metrics measured in an unrecorded dtype on an unrecorded device;" in capsys.readouterr().out
 
 
 def test_cli_show_without_metrics_or_provenance(tmp_path, capsys):
@@ -527,7 +547,7 @@ def test_profile_against_embedded_smollm(smollm, tmp_path, capsys, monkeypatch):
     path = tmp_path / "smollm.yaml"
     save_profile(profile, path)
     check_profile_for_model(load_profile(path), smollm.model, fingerprint=fingerprint)
-    monkeypatch.setattr(profile_cmd, "load_model", lambda name, dtype, device: smollm)
+    monkeypatch.setattr(profile_cmd, "load_model", lambda name, **options: smollm)
     assert main(["profile", "validate", str(path), "--model", "smollm2-135m"]) == 0
     assert "4 attention + 2 MLP sublayers skipped; fits the loaded model smollm2-135m" in capsys.readouterr().out
 

@@ -87,7 +87,7 @@ def test_a_broken_config_reports_every_problem_at_once(tmp_path):
     assert all(line.startswith(f"{path}: ") for line in lines[1:])
     for expected in (
         "name: expected a study name matching",
-        "model.dtype: expected one of float32 | bfloat16 | float16, got 'fp32'",
+        "model.dtype: expected one of auto | float32 | bfloat16 | float16, got 'fp32'",
         "task.search_prompts: expected an integer >= 1, got 0",
         "search.trails: unknown key; did you mean 'trials'?",
         "search.sampler: expected one of tpe | gp | nsga2 | random, got 'tp' (did you mean 'tpe'?)",
@@ -98,6 +98,34 @@ def test_a_broken_config_reports_every_problem_at_once(tmp_path):
         "colour: unknown key",
     ):
         assert expected in body
+
+
+def test_model_loading_options_default_and_validate(tmp_path):
+    cfg = parse_study({"name": "x"}, "x.yaml")
+    assert (cfg.model.dtype, cfg.model.device_map, cfg.model.attn_implementation) == ("auto", None, None)
+    for device_map in ("auto", "sequential", "cuda:1", {"model.embed_tokens": 0, "model.layers": "cpu", "": "disk"}):
+        model = {"dtype": "bfloat16", "device_map": device_map, "attn_implementation": "sdpa"}
+        cfg = parse_study({"name": "x", "model": model}, "x.yaml")
+        assert cfg.model.device_map == device_map and parse_study(study_to_dict(cfg), "x.yaml") == cfg
+    broken = {"name": "x", "model": {"dtype": "bf16", "device_map": {"model.layers": "gpu"}, "attn_implementation": "flash"}}
+    with pytest.raises(SkipsearchError) as info:
+        parse_study(broken, "s.yaml")
+    message = str(info.value)
+    assert message.startswith("3 problems in s.yaml:")
+    assert "model.dtype: expected one of auto | float32 | bfloat16 | float16, got 'bf16'" in message
+    assert "model.device_map: expected null, one of auto | balanced | balanced_low_0 | sequential" in message
+    assert "got {'model.layers': 'gpu'}" in message
+    assert "model.attn_implementation: expected null or one of eager | sdpa | flash_attention_2, got 'flash'" in message
+    for device_map in ("gpu", {}, {"lm_head": -1}, {"lm_head": True}, {3: "cpu"}, ["auto"]):
+        with pytest.raises(SkipsearchError, match="model.device_map: expected"):
+            parse_study({"name": "x", "model": {"device_map": device_map}}, "s.yaml")
+
+
+def test_a_device_map_needs_device_auto():
+    with pytest.raises(SkipsearchError) as info:
+        parse_study({"name": "x", "model": {"device": "cpu", "device_map": "auto"}}, "s.yaml")
+    assert str(info.value) == ("s.yaml: model.device_map: device 'cpu' and device_map 'auto' both say where the model "
+                               "goes; give one of them (keep device auto with a device map)")
 
 
 def test_cross_field_task_options(tmp_path):
@@ -117,7 +145,7 @@ def test_cross_field_task_options(tmp_path):
         ("name: [unclosed\n", r"line 2, column 1: not valid YAML"),
         ("model: {name: x\n  dtype: : :\n", r"not valid YAML"),
         ("search:\n  trials: 2024-13-45\n", r"not valid YAML: ValueError"),
-        ("model: 3\n", r"model: expected a mapping with keys name, dtype, device, got 3"),
+        ("model: 3\n", r"model: expected a mapping with keys name, dtype, device, device_map, attn_implementation, got 3"),
         ("search:\n  trials: 10.0\n", r"search.trials: expected an integer >= 1, got 10.0"),
     ],
 )
@@ -138,6 +166,12 @@ def test_overrides_are_validated_again():
     )
     assert (changed.search.trials, changed.search.sampler, changed.search.skip_budget) == (7, "random", 5)
     assert changed.storage == "sqlite:///tmp/x.db" and changed.output.profile == "p.yaml"
+    assert changed.model == cfg.model
+    loaded_as = apply_overrides(cfg, dtype="bfloat16", device_map={"": 0}, attn_implementation="eager")
+    assert (loaded_as.model.dtype, loaded_as.model.device_map, loaded_as.model.attn_implementation) == (
+        "bfloat16", {"": 0}, "eager")
+    with pytest.raises(SkipsearchError, match="model.device_map: device 'cpu' and device_map 'auto'"):
+        apply_overrides(cfg, device="cpu", device_map="auto")
     assert apply_overrides(cfg) == cfg
     assert apply_overrides(cfg, data="q.jsonl").task.data == "q.jsonl"
     with pytest.raises(SkipsearchError) as info:

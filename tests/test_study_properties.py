@@ -21,7 +21,8 @@ from skipsearch.studies import (
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VALID = study_to_dict(parse_study({"name": "valid"}, "valid.yaml"))
-KEYS = ["name", "model", "task", "search", "draft", "storage", "output", "trials", "source", "seed", "skip_budget"]
+KEYS = ["name", "model", "task", "search", "draft", "storage", "output", "trials", "source", "seed", "skip_budget",
+        "device_map", "lm_head", ""]
 
 scalars = (
     st.none()
@@ -29,7 +30,7 @@ scalars = (
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12)
-    | st.sampled_from(["tpe", "pareto", "float32", "specbench", "cuda:1", "sqlite:///x.db", "0.5"])
+    | st.sampled_from(["tpe", "pareto", "float32", "specbench", "cuda:1", "sqlite:///x.db", "0.5", "auto", "disk", "sdpa"])
 )
 values = st.recursive(
     scalars,
@@ -114,7 +115,8 @@ def test_arbitrary_yaml_files_only_raise_skipsearch_error(text):
         {},
         optional={
             key: values
-            for key in ("trials", "sampler", "objective", "skip_budget", "storage", "seed", "data", "category", "output_profile")
+            for key in ("trials", "sampler", "objective", "skip_budget", "storage", "seed", "data", "category", "output_profile",
+                        "dtype", "device", "device_map", "attn_implementation")
         },
     )
 )

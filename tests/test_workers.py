@@ -340,6 +340,84 @@ def test_workers_flag_shares_a_journal_file_and_a_killed_workers_trial_is_retrie
     assert main(["report", str(study), "--storage", str(journal), "-o", str(tmp_path / "again.html")]) == 0
 
 
+# ---------------------------------------------------------------------------- --workers on GPUs
+
+
+def _model(**fields):
+    from skipsearch.studies import ModelConfig
+
+    return ModelConfig(**fields)
+
+
+def test_each_worker_gets_a_gpu_of_its_own():
+    from skipsearch.cli.search_cmd import worker_gpus
+
+    assert worker_gpus(3, _model(), ["0", "1", "2", "3"]) == [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in "012"]
+    # names as this process's CUDA_VISIBLE_DEVICES gave them, in its order
+    assert worker_gpus(2, _model(device="cuda"), ["5", "GPU-1c2f"]) == [
+        {"CUDA_VISIBLE_DEVICES": "5"}, {"CUDA_VISIBLE_DEVICES": "GPU-1c2f"}]
+    assert worker_gpus(2, _model(device_map="auto"), ["0", "1"]) == [{"CUDA_VISIBLE_DEVICES": "0"},
+                                                                     {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert worker_gpus(2, _model(device_map={"model": "cuda", "lm_head": "cpu"}), ["0", "1"])[1] == {
+        "CUDA_VISIBLE_DEVICES": "1"}
+
+
+def test_workers_on_cpu_share_the_machine_as_before():
+    from skipsearch.cli.search_cmd import worker_gpus
+
+    assert worker_gpus(3, _model(), []) == [{}, {}, {}]  # auto without GPUs is the CPU
+    assert worker_gpus(3, _model(device="cpu"), ["0"]) == [{}, {}, {}]
+    assert worker_gpus(3, _model(device_map="cpu"), ["0"]) == [{}, {}, {}]
+    assert worker_gpus(2, _model(device_map={"": "cpu"}), ["0"]) == [{}, {}]
+    assert worker_gpus(1, _model(device="cuda:3"), ["0"]) == [{}]  # one worker: the trials run in this process
+
+
+@pytest.mark.parametrize("workers, model, gpus, message", [
+    (3, {}, ["0", "1"], "--workers 3: each worker needs a GPU of its own and 2 are visible; use --workers 2 or fewer, "
+                        "or --device cpu"),
+    (2, {"device": "cuda"}, [], "--workers 2: each worker needs a GPU of its own and 0 are visible; use --workers 1"),
+    (2, {"device": "cuda:1"}, ["0", "1"], "--workers 2 gives each worker a GPU of its own, but the device cuda:1 "
+                                          "names GPUs; use device auto or cuda"),
+    (2, {"device_map": {"model": 0, "lm_head": 1}}, ["0", "1"],
+     '--workers 2 gives each worker a GPU of its own, but the device_map {"model": 0, "lm_head": 1} names GPUs'),
+])
+def test_workers_that_cannot_each_have_a_gpu_are_refused(workers, model, gpus, message):
+    from skipsearch.cli.search_cmd import worker_gpus
+    from skipsearch.errors import SkipsearchError
+
+    with pytest.raises(SkipsearchError) as info:
+        worker_gpus(workers, _model(**model), gpus)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_more_workers_than_gpus_is_one_line_before_anything_is_written(tmp_path, model_dir, monkeypatch, capsys):
+    from skipsearch.cli import search_cmd
+
+    study = _write_study(tmp_path, model_dir, trials=4)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(search_cmd, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(search_cmd.runner, "prepare", lambda *a, **k: pytest.fail("loaded the model"))
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["search", str(study), "--workers", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["skipsearch: error: --workers 3: each worker needs a GPU of its own and 2 are visible; "
+                                "use --workers 2 or fewer, or --device cpu"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_workers_are_started_with_the_loading_options(tmp_path):
+    from skipsearch.cli import build_parser
+    from skipsearch.cli.search_cmd import _worker_command
+
+    args = build_parser().parse_args(["search", "s.yaml", "--dtype", "bfloat16", "--device-map", '{"": 0}',
+                                      "--attn-implementation", "sdpa"])
+    command = _worker_command(args, "sqlite:///s.db")
+    assert command[command.index("--dtype") + 1] == "bfloat16"
+    assert command[command.index("--attn-implementation") + 1] == "sdpa"
+    assert json.loads(command[command.index("--device-map") + 1]) == {"": 0}
+    assert "--device" not in command  # not given: the workers read the study's, as this process does
+
+
 def _workers_of(parent: int | None, study: Path) -> list[int]:
     """The `--trials-only` processes of `study` whose parent is `parent` (any: None; Linux /proc)."""
     found = []

@@ -3,7 +3,8 @@
 
 Prints a table and writes `<out-dir>/bench-<model>-<task>.csv` and `.json` (the JSON also
 holds the settings, device, versions, the command and every per-prompt run). Exits with
-code 1 when a skipsearch method's tokens differ from `generate`'s (the lossless check).
+code 1 when a skipsearch method's tokens differ from `generate`'s by more than a tie flip of
+reduced precision (the lossless check, `skipsearch.lossless`).
 A benchmark, not a test: timings depend on the machine and on what else runs on it.
 """
 
@@ -27,16 +28,17 @@ from .. import __version__
 from ..bench import BASELINE, BenchPrompt, BenchResult, BenchSettings, run_bench
 from ..costs import describe_device
 from ..errors import SkipsearchError
-from ..models import DEFAULT_MODEL, DTYPES, load_model
+from ..models import DEFAULT_MODEL, load_model
 from ..profiles import check_profile_for_model, load_profile
 from ..skipping import SkipSet, decoder_layers
 from ..tasks import check_prompt_fits, format_prompt, load_task, split_prompts
+from .model_options import add_model_options, device_map_argument, model_options
 
 DEFAULT_EARLY_EXIT_LAYERS = (4, 8, 12, 16, 20, 24)
 DEFAULT_MAX_DRAFT_TOKENS = 8
 DEFAULT_CONFIDENCE_THRESHOLD = 0.8
 CSV_COLUMNS = ("method", "tokens_per_s", "ratio", "acceptance_rate", "mean_accepted_tokens", "predicted_speedup",
-               "measured_speedup", "identical", "new_tokens", "time_s", "fell_back")
+               "measured_speedup", "identical", "tie_flips", "errors", "new_tokens", "time_s", "fell_back")
 
 
 def register(subparsers) -> None:
@@ -72,9 +74,7 @@ def register(subparsers) -> None:
     parser.add_argument("--cost-repeats", type=int, default=5, metavar="N",
                         help="timings per configuration for the cost model; 0 leaves out predicted speedups (default 5)")
     parser.add_argument("--out-dir", default="reports", metavar="DIR", help="where the CSV and JSON go (default reports)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                        help="float32 (default) keeps outputs comparable; bfloat16 and float16 change them")
+    add_model_options(parser)
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: torch's choice); recorded in the report's device")
     parser.add_argument("--seed", type=int, default=0, help="seed for choosing prompts and the cost model's ids (default 0)")
@@ -143,9 +143,11 @@ def _command_line(args) -> str:
                         ("--max-draft-tokens", args.max_draft_tokens),
                         ("--confidence-threshold", args.confidence_threshold), ("--data", args.data),
                         ("--category", args.category), ("--early-exit-layers", args.early_exit_layers),
-                        ("--threads", args.threads)):
+                        ("--threads", args.threads), ("--attn-implementation", args.attn_implementation)):
         if value not in (None, ""):
             parts += [flag, str(value)]
+    if args.device_map is not None:
+        parts += ["--device-map", device_map_argument(args.device_map)]
     parts += ["--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
               "--cost-repeats", str(args.cost_repeats), "--out-dir", args.out_dir, "--device", args.device,
               "--dtype", args.dtype, "--seed", str(args.seed)]
@@ -180,7 +182,7 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def table_lines(result: BenchResult) -> list[str]:
-    header = ("method", "tokens/s", "speedup", "predicted", "acceptance", "accepted/round", "identical")
+    header = ("method", "tokens/s", "speedup", "predicted", "acceptance", "accepted/round", "identical/tie/error")
     body = [
         (
             row.method,
@@ -189,7 +191,7 @@ def table_lines(result: BenchResult) -> list[str]:
             _fmt(row.predicted_speedup, ".2f", "x"),
             _fmt(row.acceptance_rate, ".2f"),
             _fmt(row.mean_accepted_tokens, ".2f"),
-            "baseline" if row.method == BASELINE else ("yes" if row.identical else "NO"),
+            "baseline" if row.method == BASELINE else f"{row.identical}/{row.tie_flips}/{row.errors}",
         )
         for row in result.rows
     ]
@@ -211,7 +213,7 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model(args.model, **model_options(args))
     model = loaded.model
     num_layers = len(decoder_layers(model))
     max_draft_tokens, threshold = DEFAULT_MAX_DRAFT_TOKENS, DEFAULT_CONFIDENCE_THRESHOLD
@@ -249,7 +251,6 @@ def run(args) -> int:
 
     import transformers
 
-    device = next(model.parameters()).device
     report = {
         "command": _command_line(args),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -258,8 +259,10 @@ def run(args) -> int:
         "profile": args.profile,
         "task": task.name,
         "prompt_ids": [p.id for p in prompts],
-        "device": result.costs.device if result.costs else describe_device(device),
-        "dtype": args.dtype,
+        "device": result.costs.device if result.costs else describe_device(loaded.device),
+        "dtype": loaded.dtype,
+        "attn_implementation": loaded.attn_implementation,
+        "device_map": loaded.device_map,
         "versions": {"skipsearch": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
         **result.to_dict(),
@@ -272,14 +275,15 @@ def run(args) -> int:
     _write_atomic(json_path, json.dumps(report, indent=2) + "\n")
 
     print(f"{args.model} on {task.name}: {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
-          f"{report['device']}, {args.dtype}; skip {skip_set.describe()}, "
+          f"{report['device']}, {loaded.dtype}; skip {skip_set.describe()}, "
           f"up to {settings.max_draft_tokens} draft tokens, confidence {settings.confidence_threshold:g}")
     print("\n".join(table_lines(result)))
     print("speedup: tokens/s against generate, measured; predicted: the cost model from the run's own "
-          "acceptance and draft lengths")
+          "acceptance and draft lengths; identical/tie/error: prompts whose output equals generate's, differs "
+          "by a near-tie of the top two tokens (bfloat16/float16 only), or differs otherwise")
     print(f"wrote {csv_path} and {json_path}")
     if result.mismatches:
-        where = ", ".join(f"{r.method} on {r.prompt_id}" for r in result.mismatches)
+        where = "; ".join(f"{r.method} on {r.prompt_id}: {r.divergence.describe()}" for r in result.mismatches)
         print(f"skipsearch: error: output differs from generate's ({where}): the lossless check failed",
               file=sys.stderr)
         return 1

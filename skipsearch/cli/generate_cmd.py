@@ -7,10 +7,11 @@ import sys
 
 from ..decoding import DecodeSettings, decode
 from ..errors import SkipsearchError
-from ..models import DEFAULT_MODEL, DTYPES, load_model
+from ..models import DEFAULT_MODEL, load_model
 from ..profiles import check_profile_for_model, load_profile
 from ..skipping import SkipSet
 from ..tasks import check_prompt_fits, format_prompt
+from .model_options import add_model_options, model_options
 
 
 def parse_layer_list(text: str, flag: str) -> tuple[int, ...]:
@@ -73,13 +74,12 @@ def register(subparsers) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as plain text")
     parser.add_argument("--no-fallback", action="store_true", help="keep drafting even when it is slower than plain decoding")
     parser.add_argument("--json", action="store_true", help="print one JSON object with text, token_ids and stats")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    add_model_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model(args.model, **model_options(args))
     model, tokenizer = loaded.model, loaded.tokenizer
     skip_set, draft_tokens, threshold = resolve_skip(args, model)
     settings = DecodeSettings(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..models import DTYPES, load_model
+from ..models import load_model
 from ..profiles import Profile, check_profile_for_model, load_profile
+from .model_options import add_model_options, model_options
 
 
 def register(subparsers) -> None:
@@ -20,8 +21,7 @@ def register(subparsers) -> None:
         "--model", metavar="NAME",
         help="also load this model (embedded name, hub id, folder or .gguf) and check that the profile fits it",
     )
-    validate.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype to load --model in")
-    validate.add_argument("--device", default="auto", help="device to load --model on: auto, cpu or cuda[:N]")
+    add_model_options(validate)
     validate.set_defaults(func=run_validate)
 
     show = actions.add_parser("show", help="print a readable summary of a profile file")
@@ -33,7 +33,7 @@ def run_validate(args) -> int:
     profile = load_profile(args.file)
     fits = ""
     if args.model:
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, **model_options(args))
         check_profile_for_model(profile, loaded.model)
         fits = f"; fits the loaded model {args.model}"
     skip = profile.skip
@@ -69,6 +69,10 @@ def summary_lines(profile: Profile, source: str) -> list[str]:
     lines.append("metrics:" + ("" if measured else "   none recorded"))
     lines += [f"  {key.replace('_', ' ')}: {f'{value:g}' if isinstance(value, float) else value}"
               for key, value in measured.items()]
+    if measured:
+        # The skip set is a property of the weights; only the numbers depend on dtype and device.
+        lines.append(f"metrics measured in {measured.get('dtype', 'an unrecorded dtype')} on "
+                     f"{measured.get('device', 'an unrecorded device')}; the profile is usable in any dtype")
     lines.append("provenance:" + ("" if profile.provenance else " none recorded"))
     lines += [f"  {key}: {value}" for key, value in profile.provenance.items()]
     return lines

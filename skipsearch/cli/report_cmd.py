@@ -9,11 +9,11 @@ import optuna
 
 from .. import reports, runner
 from ..errors import SkipsearchError
-from ..models import load_model
 from ..profiles import Profile, load_profile
 from ..storages import open_storage, redact, storage_file
 from ..transfer import TransferTask, measure_transfer
-from ..studies import StudyConfig, default_storage_url, load_study, output_paths
+from ..studies import StudyConfig, apply_overrides, default_storage_url, load_study, output_paths
+from .model_options import add_model_options, model_options
 
 
 def register(subparsers) -> None:
@@ -31,6 +31,7 @@ def register(subparsers) -> None:
                         help="first decode every study's exported profile on every study's held-out prompts "
                              "(loads the model; the matrix is kept in the studies for later reports)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_model_options(parser, from_study=True, title="loading the model (with --transfer)")
     parser.set_defaults(func=run)
 
 
@@ -119,8 +120,7 @@ def measure_transfer_matrix(loaded: list[tuple[optuna.Study, StudyConfig, str]],
     if len(loaded) < 2:
         raise SkipsearchError("--transfer needs at least two studies (tasks); give more STUDY.yaml files")
     profiles = [exported_profile(study, config) for study, config, _ in loaded]
-    first = loaded[0][1].model
-    model = load_model(first.name, dtype=first.dtype, device=first.device)
+    model = runner.load_configured_model(loaded[0][1])
     tasks = [TransferTask(runner.prepare(config, progress, loaded=model), study, profile)
              for (study, config, _), profile in zip(loaded, profiles)]
     measure_transfer(tasks, progress)
@@ -129,7 +129,7 @@ def measure_transfer_matrix(loaded: list[tuple[optuna.Study, StudyConfig, str]],
 def run(args) -> int:
     loaded = []
     for study_path in args.studies:
-        config = load_study(study_path)
+        config = apply_overrides(load_study(study_path), **model_options(args))
         storage = args.storage or default_storage_url(config, study_path)
         loaded.append((open_finished_study(config, storage), config, study_path))
     if args.output:

@@ -2,8 +2,9 @@
 
 Any number of `search` processes, on one machine or many, may share one study through its
 storage; each takes trials until the study holds `--trials` complete ones. `--workers N`
-prepares the study, runs its trials in N processes of their own (`--trials-only`), and
-re-scores and exports once they are done. Bad input fails before anything is loaded or written.
+prepares the study, runs its trials in N processes of their own (`--trials-only`), each on a GPU
+of its own when the model runs on CUDA, and re-scores and exports once they are done. Bad input
+fails before anything is loaded or written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -25,9 +26,13 @@ from tqdm.auto import tqdm
 from .. import runner
 from . import report_cmd
 from ..errors import SkipsearchError
+from ..lossless import KINDS, LosslessCounts
+from ..models import runs_on_cuda
 from ..search import OBJECTIVES, SAMPLERS, Interrupts, trial_counts
 from ..storages import check_storage, redact
-from ..studies import StudyConfig, apply_overrides, default_storage_url, load_study, output_paths, parse_skip_budget
+from ..studies import (ModelConfig, StudyConfig, apply_overrides, default_storage_url, load_study, output_paths,
+                       parse_skip_budget)
+from .model_options import add_model_options, device_map_argument, model_options
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ def add_study_overrides(parser) -> None:
     parser.add_argument("--seed", type=int, metavar="S")
     parser.add_argument("--data", metavar="FILE", help="task data file (specbench, datasets)")
     parser.add_argument("--category", metavar="NAME", help="task category to keep")
+    add_model_options(parser, from_study=True)
 
 
 def configured(args):
@@ -55,7 +61,8 @@ def configured(args):
     config = load_study(args.study)
     config = apply_overrides(config, trials=args.trials, sampler=args.sampler, objective=args.objective,
                              skip_budget=args.skip_budget, storage=args.storage, seed=args.seed, data=args.data,
-                             category=args.category, output_profile=getattr(args, "output", None))
+                             category=args.category, output_profile=getattr(args, "output", None),
+                             **model_options(args))
     return config, default_storage_url(config, args.study)
 
 
@@ -68,8 +75,8 @@ def register(subparsers) -> None:
     parser.add_argument("--warm-start", nargs="+", default=[], metavar="FILE",
                         help="profiles whose skip sets are tried first")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="run the trials in N processes on this machine, sharing the study (default 1: in "
-                             "this process)")
+                        help="run the trials in N processes on this machine, sharing the study, each on a GPU "
+                             "of its own when the model runs on CUDA (default 1: in this process)")
     parser.add_argument("--trials-only", action="store_true",
                         help="only run trials, then exit quietly (also on Ctrl-C): for extra workers while "
                              "another process re-scores and exports")
@@ -89,10 +96,43 @@ def _worker_command(args, storage: str) -> list[str]:
     command += ["search", args.study, "--storage", storage, "--trials-only", "--no-progress"]
     for flag, value in [("--trials", args.trials), ("--sampler", args.sampler), ("--objective", args.objective),
                         ("--skip-budget", args.skip_budget), ("--seed", args.seed), ("--data", args.data),
-                        ("--category", args.category)]:
+                        ("--category", args.category), ("--dtype", args.dtype), ("--device", args.device),
+                        ("--attn-implementation", args.attn_implementation)]:
         if value is not None:
             command += [flag, str(value)]
+    if args.device_map is not None:
+        command += ["--device-map", device_map_argument(args.device_map)]
     return command
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them for a child process."""
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(index) for index in range(count)]
+    return [name.strip() for name in listed.split(",") if name.strip()][:count]
+
+
+def worker_gpus(workers: int, model: ModelConfig, gpus: Sequence[str]) -> list[dict[str, str]]:
+    """Each worker's extra environment: one GPU of its own (CUDA_VISIBLE_DEVICES, so it is that
+    worker's cuda:0) when the model runs on CUDA, nothing on CPU.
+
+    A model pinned to one GPU by number, or a device map that names GPUs, cannot be spread
+    over workers that each see one GPU; more workers than GPUs would share them."""
+    if workers == 1 or not runs_on_cuda(model.device, model.device_map, cuda_available=len(gpus) > 0):
+        return [{} for _ in range(workers)]
+    target = model.device if model.device_map is None else model.device_map
+    if any(isinstance(value, int) or value.startswith("cuda:") for value in
+           ([target] if isinstance(target, str) else target.values())):
+        where = f"device {target}" if model.device_map is None else f"device_map {device_map_argument(target)}"
+        raise SkipsearchError(f"--workers {workers} gives each worker a GPU of its own, but the {where} names GPUs; "
+                              "use device auto or cuda (or a device map such as auto) with --workers")
+    if workers > len(gpus):
+        raise SkipsearchError(f"--workers {workers}: each worker needs a GPU of its own and {len(gpus)} "
+                              f"{'is' if len(gpus) == 1 else 'are'} visible; use --workers {max(1, len(gpus))} or "
+                              "fewer, or --device cpu")
+    return [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus[:workers]]
 
 
 def _interrupt(processes: list[subprocess.Popen]) -> None:
@@ -141,8 +181,9 @@ def _let_interrupts_in() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def _run_workers(args, storage: str, study, trials: int, progress: bool) -> None:
-    """Run the trials in `args.workers` processes of their own, sharing the CPU threads, and wait.
+def _run_workers(args, storage: str, study, trials: int, progress: bool, gpus: list[dict[str, str]]) -> None:
+    """Run the trials in `args.workers` processes of their own, sharing the CPU threads, each with
+    its environment from `worker_gpus`, and wait.
 
     They run in their own sessions, so Ctrl-C reaches only this process, which passes it on
     (`_stop`); each ends its trial cleanly, as a worker started by hand would. From before the
@@ -157,10 +198,10 @@ def _run_workers(args, storage: str, study, trials: int, progress: bool) -> None
     try:
         with interrupts.installed():  # raises KeyboardInterrupt on leaving if Ctrl-C came
             with _interrupts_held_back():
-                for _ in range(args.workers):
+                for gpu in gpus:
                     if interrupts.pending:
                         break
-                    processes.append(subprocess.Popen(_worker_command(args, storage), env=env,
+                    processes.append(subprocess.Popen(_worker_command(args, storage), env={**env, **gpu},
                                                       stdin=subprocess.DEVNULL, start_new_session=True))
             while not interrupts.pending and any(process.poll() is None for process in processes):
                 bar.n = min(trial_counts(study)[0], trials)
@@ -194,6 +235,7 @@ def run(args) -> int:
     if args.workers < 1:
         raise SkipsearchError(f"--workers: expected an integer >= 1, got {args.workers}")
     config, storage = configured(args)
+    gpus = worker_gpus(args.workers, config.model, visible_gpus())
     outputs = [] if args.trials_only else _outputs(config)
     for path, is_default in outputs:
         if not is_default:
@@ -211,7 +253,7 @@ def run(args) -> int:
         if args.workers == 1:
             runner.run_search(setup, study, progress)
         else:
-            _run_workers(args, storage, study, config.search.trials, progress)
+            _run_workers(args, storage, study, config.search.trials, progress, gpus)
     except KeyboardInterrupt:
         if not args.trials_only:
             print(_interrupted(study, config.search.trials, storage), file=sys.stderr)
@@ -231,6 +273,9 @@ def run(args) -> int:
     print(f"held-out: matchness {best.matchness:.3f}, acceptance {best.acceptance_rate:.3f}, "
           f"mean accepted tokens {best.mean_accepted_tokens:.2f}, speedup {best.speedup:.2f}x measured / "
           f"{best.predicted_speedup:.2f}x predicted ({setup.costs.device})")
+    counts = LosslessCounts(**{kind: sum(m.lossless[kind] for m in measurements) for kind in KINDS})
+    print(f"lossless check ({setup.costs.dtype}, {len(measurements)} candidates x {len(setup.heldout_refs)} held-out "
+          f"prompts against plain decoding): {counts.describe()}")
     if best.speedup < 1:
         print(f"note: no skip set beat plain decoding on this {setup.costs.device}; at run time the decoder's "
               "fallback switches to plain decoding, so this profile costs little where it does not help")

@@ -1,0 +1,33 @@
+"""A real search in bfloat16 on the embedded model: it completes, exports a profile measured in
+bfloat16, and reports how its held-out outputs compare with plain decoding (identical, tie
+flips, errors), instead of aborting at the first difference as it did before."""
+
+import pytest
+import yaml
+
+from skipsearch.cli import main
+from skipsearch.profiles import load_profile
+
+
+@pytest.mark.integration
+def test_a_bfloat16_search_completes_and_reports_the_lossless_check(tmp_path, capsys):
+    study = tmp_path / "bf16.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "bf16-demo",
+        "model": {"name": "smollm2-135m", "device": "cpu"},
+        "task": {"source": "humaneval", "search_prompts": 2, "heldout_prompts": 2, "reference_tokens": 12},
+        # 16 eligible sublayers keep the ranking short: bfloat16 runs slowly on these CPUs
+        "search": {"objective": "speedup", "trials": 4, "skip_budget": 2, "rescore_top": 2, "keep_first": 10,
+                   "keep_last": 12},
+        "output": {"profile": str(tmp_path / "bf16.profile.yaml"), "report": str(tmp_path / "bf16.html")},
+    }))
+    assert main(["search", str(study), "--dtype", "bfloat16", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("lossless check"))
+    assert line.startswith("lossless check (bfloat16, 2 candidates x 2 held-out prompts against plain decoding): ")
+    counts = dict((kind, int(number)) for number, kind in
+                  (part.split(" ", 1) for part in line.split(": ", 1)[1].split(", ")))
+    assert counts["errors"] == 0 and counts["identical"] + counts["tie flips"] == 4
+    profile = load_profile(tmp_path / "bf16.profile.yaml")
+    assert profile.metrics.dtype == "bfloat16"
+    assert (tmp_path / "bf16.html").is_file()
