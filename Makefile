@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -24,6 +24,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# On a GPU machine with torch, transformers and accelerate but no network: no venv, no install
+# but pytest from the wheels `make gpu-wheels` downloaded here (carry .gpu-wheels/ along).
+GPU_PYTHON ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
+GPU_WHEELS := .gpu-wheels
+
+gpu-check:
+	@$(GPU_PYTHON) -c "import pytest" 2>/dev/null || ! test -d $(GPU_WHEELS) || \
+		$(GPU_PYTHON) -m pip install --quiet --no-index --find-links $(GPU_WHEELS) pytest
+	$(GPU_PYTHON) tools/gpu_check.py
+
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --dest $(GPU_WHEELS) --only-binary=:all: pytest
 
 clean:
 	rm -rf $(VENV)
