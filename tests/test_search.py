@@ -4,7 +4,6 @@ import random
 
 import optuna
 import pytest
-import torch
 
 from conftest import make_tiny_llama, make_tokenizer
 from skipsearch import runner
