@@ -142,3 +142,19 @@ def test_skipping_composes_with_accelerate_offloading(tmp_path, how):
     after = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=10)[0, 9:].tolist()
     assert after == expected
     assert set(ran) >= {name for name in hooked if name}  # every hook but the top model's own still runs
+
+
+def test_the_proxy_scores_an_offloaded_model_as_the_plain_one(tmp_path):
+    """The proxy calls decoder layers, the final norm and the LM head directly: through
+    accelerate's hooks, which bring offloaded weights in, as the model's own forward does."""
+    from conftest import generate_greedy, make_tiny_llama, random_skip_sets
+    from skipsearch.references import Reference
+    from skipsearch.scoring import ProxyScorer
+
+    plain = make_tiny_llama()
+    offloaded = _offload(make_tiny_llama(), "dispatch with disk offload", tmp_path)
+    prompts = [[5, 17, 33, 9], [40, 41, 42, 43, 44, 45]]
+    references = [Reference(str(i), tuple(p), tuple(generate_greedy(plain, p, 8))) for i, p in enumerate(prompts)]
+    expected, got = ProxyScorer(plain, references), ProxyScorer(offloaded, references)
+    for skip_set in random_skip_sets(4, 5, seed=2):
+        assert got.score(skip_set) == expected.score(skip_set), skip_set
