@@ -97,9 +97,9 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
     for result in results:
         heldout = setup.heldout_scorer.score(result.best)
         # draft settings chosen as the search chooses them: on the search prompts
-        gamma, threshold, _, _ = best_draft_settings(setup.costs, result.best, setup.scorer.score(result.best).trace,
-                                                     setup.config.draft.max_draft_tokens, setup.thresholds)
-        measured = measure(setup, result.best, gamma, threshold)
+        drafting, _, _ = best_draft_settings(setup.costs, result.best, setup.scorer.score(result.best).prompts,
+                                             setup.config.draft.max_draft_tokens, setup.thresholds)
+        measured = measure(setup, result.best, drafting.max_draft_tokens, drafting.confidence_threshold)
         rows.append(CompareRow(result.method, result.evaluations, round(result.seconds, 2),
                                round(result.best_score.matchness, 4), round(heldout.matchness, 4),
                                round(measured.acceptance_rate, 4), round(measured.predicted_speedup, 3),

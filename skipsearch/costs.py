@@ -17,12 +17,14 @@ import logging
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from . import forward
-from .decoding import DecodeStats, crop_cache
+from .decoding import DecodeSettings, DecodeStats, crop_cache
+from .drafting import (LAYER_SKIP, NGRAM, DraftPolicy, NgramIndex, NgramSettings, PolicySettings, RelativeCosts,
+                       count_round, round_cost)
 from .errors import SkipsearchError
 from .skipping import SkipSet, decoder_layers, skipping
 from .timing import Stopwatch
@@ -313,52 +315,107 @@ def predicted_speedup_from_stats(costs: CostModel, skip_set: SkipSet, stats: Dec
     return plain / speculative
 
 
-def simulate_drafting(trace, gamma: int, threshold: float) -> DecodeStats:
-    """Replay the decoder's drafting over the proxy's per-position outcomes.
+def relative_costs(costs: CostModel, skip_set: SkipSet) -> RelativeCosts:
+    """The costs a drafting policy weighs, as multiples of one plain step."""
+    plain = costs.plain_step
+    return RelativeCosts(verify=tuple(v / plain for v in costs.verify),
+                         draft_step=draft_step_cost(costs, skip_set) / plain)
 
-    `trace` holds, per prompt, (draft top-1 probability, draft argmax is right) for each
-    continuation position. A round starts at the pending token, drafts while the draft is
-    confident (at most `gamma` passes), and commits the leading right drafts plus one token
-    of the full model's. Drafts after a wrong one are still drafted, as in the decoder; their
-    confidence is taken from the true prefix, which the proxy saw.
+
+@dataclass(frozen=True)
+class ReplayPrompt:
+    """One prompt as the replay sees it: the ids, the full model's greedy continuation, and per
+    continuation position the skipped model's (top-1 probability, argmax is right) from the
+    proxy (empty when the policy drafts with n-grams only)."""
+
+    prompt_ids: tuple[int, ...]
+    continuation: tuple[int, ...]
+    trace: tuple[tuple[float, bool], ...] = ()
+
+
+def replay_drafting(prompts: Sequence[ReplayPrompt], settings: DecodeSettings, layer_skip: bool,
+                    costs: RelativeCosts) -> tuple[DecodeStats, float]:
+    """Replay the decoder's rounds over reference continuations: (the counts decoding would
+    make, the predicted speedup over plain decoding by `costs`, prefill left out).
+
+    The rounds follow the decoder's rules through the same `DraftPolicy` and `count_round`: the
+    same budget per round, the n-gram drafter on the same context, the layer-skip drafter
+    stopping where the proxy's confidence falls below the threshold, drafts after a wrong one
+    still drafted. Layer-skip drafts are judged by the proxy, which saw the true prefix;
+    n-gram drafts are exact.
     """
-    stats = DecodeStats()
-    for positions in trace:
-        start = 0
-        while start < len(positions):
+    stats, cost, tokens = DecodeStats(), 0.0, 0
+    longest = max(settings.max_draft_tokens, settings.ngram.max_tokens if settings.ngram else 0)
+    for prompt in prompts:
+        continuation = prompt.continuation
+        policy = DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip, settings.max_draft_tokens)
+        index = NgramIndex(settings.ngram, prompt.prompt_ids + continuation[:1]) if settings.ngram else None
+        committed = 1  # the prefill's token
+        while committed < len(continuation):
+            budget = min(longest, len(continuation) - committed - 1)
+            proposal, match = index.propose() if index is not None else ([], 0)
+            choice = policy.choose(budget, proposal, match)
             drafted = accepted = steps = 0
-            wrong = False
-            for confidence, right in positions[start:start + gamma]:
-                steps += 1
-                if confidence < threshold:
-                    break
-                drafted += 1
-                wrong = wrong or not right
-                accepted += not wrong
-            stats.draft_steps += steps
-            if drafted:
-                stats.rounds += 1
-                stats.drafted_tokens += drafted
-                stats.accepted_tokens += accepted
-            else:
-                stats.plain_steps += 1
-            start += accepted + 1
-    return stats
+            if choice.kind == NGRAM:
+                drafted = len(choice.tokens)
+                truth = continuation[committed:committed + drafted]
+                while accepted < drafted and choice.tokens[accepted] == truth[accepted]:
+                    accepted += 1
+            elif choice.kind == LAYER_SKIP:
+                wrong = False
+                # trace[i] is the draft after continuation[i]: the round's pending token is committed - 1
+                for confidence, right in prompt.trace[committed - 1:committed - 1 + choice.draft_tokens]:
+                    steps += 1
+                    if confidence < settings.confidence_threshold:
+                        break
+                    drafted += 1
+                    wrong = wrong or not right
+                    accepted += not wrong
+            count_round(stats, choice, drafted, accepted, steps)
+            policy.record(choice, drafted, accepted)
+            cost += round_cost(costs, drafted, steps)
+            new = continuation[committed:committed + accepted + 1]
+            committed += len(new)
+            tokens += len(new)
+            if index is not None:
+                index.extend(new)
+    return stats, (tokens / cost if cost else 1.0)
 
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
+# n-gram drafting a policy may add: off, then a few (min_n, max_n, max_tokens) of prompt lookup
+NGRAM_CHOICES = (None, NgramSettings(2, 4, 10), NgramSettings(3, 5, 10), NgramSettings(1, 3, 6))
+MARGINS = (1.0, 1.1)
 
 
-def best_draft_settings(costs: CostModel, skip_set: SkipSet, trace, max_gamma: int,
-                        thresholds=THRESHOLDS) -> tuple[int, float, float, DecodeStats]:
-    """The draft length and confidence threshold with the highest predicted speedup on this
-    trace: (gamma, threshold, predicted speedup, simulated stats)."""
+def best_draft_settings(costs: CostModel, skip_set: SkipSet, prompts: Sequence[ReplayPrompt], max_gamma: int,
+                        thresholds=THRESHOLDS, policies: bool = False) -> tuple[DecodeSettings, float, DecodeStats]:
+    """The drafting settings with the highest predicted speedup on these prompts: (settings,
+    predicted speedup, replayed stats).
+
+    Always tried: the fixed rule (the skip set drafts every round) at every draft length and
+    threshold. With `policies`, also the cost-model policy with each n-gram choice and margin
+    (with an empty skip set, n-gram drafting alone)."""
+    relative = relative_costs(costs, skip_set)
+    layer_skip = len(skip_set) > 0
+    candidates = []
+    if layer_skip:
+        candidates += [DecodeSettings(max_new_tokens=1, max_draft_tokens=gamma, confidence_threshold=threshold)
+                       for threshold in thresholds for gamma in range(1, max_gamma + 1)]
+    if policies:
+        for ngram in NGRAM_CHOICES:
+            if ngram is None and not layer_skip:
+                continue
+            for margin in MARGINS:
+                for threshold in (thresholds if layer_skip else (0.0,)):
+                    candidates.append(DecodeSettings(max_new_tokens=1, max_draft_tokens=max_gamma,
+                                                     confidence_threshold=threshold, ngram=ngram, costs=relative,
+                                                     policy=PolicySettings(margin=margin)))
+    if not candidates:
+        raise SkipsearchError("nothing to draft with: an empty skip set needs n-gram drafting (policies)")
     best = None
-    for threshold in thresholds:
-        for gamma in range(1, max_gamma + 1):
-            stats = simulate_drafting(trace, gamma, threshold)
-            speedup = predicted_speedup_from_stats(costs, skip_set, stats)
-            if best is None or speedup > best[2]:
-                best = (gamma, threshold, speedup, stats)
+    for candidate in candidates:
+        stats, speedup = replay_drafting(prompts, candidate, layer_skip, relative)
+        if best is None or speedup > best[1]:
+            best = (candidate, speedup, stats)
     return best
-

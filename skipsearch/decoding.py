@@ -27,6 +27,8 @@ import torch
 from transformers import DynamicCache
 
 from . import forward
+from .drafting import (NGRAM, PLAIN, Choice, DraftPolicy, NgramIndex, NgramSettings, PolicySettings, RelativeCosts,
+                       count_round)
 from .errors import SkipsearchError
 from .skipping import SkipSet, skipping
 from .timing import synchronize
@@ -77,6 +79,12 @@ class DecodeSettings:
     probe_steps: int = 2
     # rounds measured before the fallback may trigger
     fallback_min_rounds: int = 2
+    # draft from the context's n-grams too (prompt lookup); None drafts with the skip set only
+    ngram: NgramSettings | None = None
+    # what the drafting policy decides with: costs relative to a plain step (None: no choice,
+    # the skip set drafts every round at max_draft_tokens) and its priors and margin
+    costs: RelativeCosts | None = None
+    policy: PolicySettings = PolicySettings()
 
     def __post_init__(self) -> None:
         checks = [
@@ -104,6 +112,10 @@ class DecodeStats:
     draft_steps: int = 0  # forward passes of the skipped model, including ones whose token was not confident
     accepted_tokens: int = 0
     plain_steps: int = 0  # full-model steps without a draft (probe, fallback, no confident draft)
+    # the n-gram drafter's share of rounds, drafted and accepted tokens
+    ngram_rounds: int = 0
+    ngram_drafted_tokens: int = 0
+    ngram_accepted_tokens: int = 0
     prefill_time_s: float = 0.0
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
@@ -273,7 +285,8 @@ def _verify(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Ten
     target_probs = warp(logits, settings)  # (n + 1, vocab)
     # accept draft i with probability min(1, p/q); the first rejection resamples from the
     # normalised residual max(0, p - q), and with none the token after the drafts comes from p
-    q = torch.cat([torch.stack(draft_probs), torch.zeros_like(target_probs[:1])]) if n else torch.zeros_like(target_probs)
+    q = (torch.cat([torch.stack(draft_probs), torch.zeros_like(target_probs[:1])]) if n
+         else torch.zeros_like(target_probs))
     if n:
         index = torch.arange(n, device=logits.device)
         ids = torch.tensor(drafts, device=logits.device)
@@ -291,6 +304,14 @@ def _verify(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Ten
     if next_token < 0:
         raise _not_finite(logits.dtype)
     return stop_at, next_token
+
+
+def _point_mass(token: int, like: torch.Tensor) -> torch.Tensor:
+    """q of a drafter that proposes `token` for certain: verification then accepts it with
+    probability p(token) and otherwise samples p without it, renormalised."""
+    q = torch.zeros(like.shape[-1], device=like.device, dtype=torch.float32)
+    q[token] = 1.0
+    return q
 
 
 def _choose(logits: torch.Tensor, settings: DecodeSettings, generator) -> int:
@@ -339,11 +360,14 @@ def decode(
     generated: list[int] = []
     cache = forward.new_cache()
     step = _Forward(model, cache, device)
-    speculate = len(skip_set) > 0
+    speculate = len(skip_set) > 0 or settings.ngram is not None
     remembered = speculate and settings.fallback and memory is not None and memory.take_plain_call()
     if remembered:
         speculate = False
         stats.fell_back, stats.fallback_at_token = True, 0
+    policy = DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip=len(skip_set) > 0,
+                         max_draft_tokens=settings.max_draft_tokens)
+    index = NgramIndex(settings.ngram, prompt_ids) if settings.ngram is not None else None
     plain_step_times: list[float] = []
     spec_time, spec_tokens, spec_attempts = 0.0, 0, 0
 
@@ -355,6 +379,8 @@ def decode(
                 tokens, done = tokens[: i + 1], True
                 break
         generated.extend(tokens)
+        if index is not None:
+            index.extend(tokens)
         if on_tokens is not None:
             on_tokens(tokens)
         return done
@@ -370,25 +396,35 @@ def decode(
         while not done:
             length = len(prompt_ids) + len(generated) - 1  # positions with full-model KV
             pending = generated[-1]
-            budget = min(settings.max_draft_tokens, settings.max_new_tokens - len(generated) - 1)
+            budget = min(settings.max_draft_tokens if index is None else max(settings.max_draft_tokens,
+                                                                             settings.ngram.max_tokens),
+                         settings.max_new_tokens - len(generated) - 1)
             probing = len(plain_step_times) < settings.probe_steps and settings.fallback
-            if not speculate or budget < 1 or probing:
+            choice = Choice(PLAIN)
+            if speculate and not probing:
+                proposal, match = index.propose() if index is not None else ([], 0)
+                choice = policy.choose(budget, proposal, match)
+            if choice.kind == PLAIN:
                 step_start = time.perf_counter()
                 logits = step([pending], length)[-1]
                 done = commit([_choose(logits, settings, generator)])
                 synchronize(device)
                 elapsed = time.perf_counter() - step_start
-                stats.plain_steps += 1
+                count_round(stats, choice, 0, 0, 0)
                 stats.plain_time_s += elapsed
                 if probing:
                     plain_step_times.append(elapsed)
                 continue
 
             round_start = time.perf_counter()
-            drafts, draft_probs, steps = _draft(step, skip_set, model, pending, length, budget,
-                                                settings, generator, stop_ids)
-            stats.draft_steps += steps
-            crop_cache(cache, length)
+            if choice.kind == NGRAM:
+                drafts, steps = list(choice.tokens), 0
+                # a proposal from the context is a point mass: accepted with probability p(token)
+                draft_probs = [] if settings.greedy else [_point_mass(token, logits) for token in drafts]
+            else:
+                drafts, draft_probs, steps = _draft(step, skip_set, model, pending, length, choice.draft_tokens,
+                                                    settings, generator, stop_ids)
+                crop_cache(cache, length)
             synchronize(device)
             verify_start = time.perf_counter()
             logits = step([pending] + drafts, length)
@@ -400,12 +436,8 @@ def decode(
 
             stats.draft_time_s += verify_start - round_start
             stats.verify_time_s += round_end - verify_start
-            if drafts:
-                stats.rounds += 1
-                stats.drafted_tokens += len(drafts)
-                stats.accepted_tokens += accepted
-            else:
-                stats.plain_steps += 1
+            count_round(stats, choice, len(drafts), accepted, steps)
+            policy.record(choice, len(drafts), accepted)
             spec_time += round_end - round_start
             spec_tokens += accepted + 1
             spec_attempts += 1

@@ -101,6 +101,9 @@ class RescoredPoint:
     mean_accepted_tokens: float
     # held-out outputs against plain decoding, "identical / tie flips / errors"; "" before the check existed
     lossless: str = ""
+    # which drafter carried the held-out rounds: "n-gram / layer-skip / plain steps"; "" before policies
+    rounds: str = ""
+    search_predicted_speedup: float | None = None  # what the search predicted on its own prompts
 
 
 @dataclass
@@ -308,7 +311,8 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
                 _float(r.get("predicted_speedup")), _float(r.get("speedup")),
                 _float(trial.user_attrs.get("expected_acceptance")) if trial else None,
                 _float(r.get("acceptance_rate")), _float(r.get("matchness")), _float(r.get("mean_accepted_tokens")),
-                _lossless_cell(r.get("lossless"))))
+                _lossless_cell(r.get("lossless")), _rounds_cell(r),
+                _float(trial.user_attrs.get("predicted_speedup")) if trial else None))
         data.tasks.append(TaskSummary(
             name, summary.task,
             max((_float(r.get("acceptance_rate")) for r in rescored if _float(r.get("acceptance_rate")) is not None), default=None),
@@ -318,6 +322,13 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
         if not rescored:
             data.notes.append(f"study {name} has no re-scored candidates; predicted vs measured is not shown")
     return data
+
+
+def _rounds_cell(rescored: dict) -> str:
+    if "ngram_rounds" not in rescored:
+        return ""
+    ngram, rounds = rescored.get("ngram_rounds") or 0, rescored.get("rounds") or 0
+    return f"{ngram} / {rounds - ngram} / {rescored.get('plain_steps') or 0}"
 
 
 def _lossless_cell(counts) -> str:
@@ -417,8 +428,10 @@ def render_report(data: ReportData, figures: list) -> str:
         parts.append(_table([{"study": r.study, "rank": r.rank + 1, "trial": r.trial, "skip": r.skip,
                               "matchness": r.matchness, "acceptance": r.acceptance_rate,
                               "mean accepted tokens": r.mean_accepted_tokens,
-                              "predicted speedup": r.predicted_speedup, "measured speedup": r.speedup,
-                              "identical / tie flips / errors": r.lossless}
+                              "predicted on search prompts": r.search_predicted_speedup,
+                              "predicted on held-out": r.predicted_speedup, "measured speedup": r.speedup,
+                              "identical / tie flips / errors": r.lossless,
+                              "rounds n-gram / layer-skip / plain": r.rounds}
                              for r in data.rescored]))
     if data.compare_rows:
         parts.append("<h2>Comparison of search methods</h2>")

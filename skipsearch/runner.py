@@ -18,8 +18,10 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .baselines import evenly_spaced, importance_ranking, least_important
-from .costs import THRESHOLDS, CostModel, measure_costs, predicted_speedup_from_stats, simulate_drafting
+from .costs import (NGRAM_CHOICES, THRESHOLDS, CostModel, measure_costs, predicted_speedup_from_stats,
+                    relative_costs, replay_drafting)
 from .decoding import DecodeSettings, DecodeStats, decode
+from .drafting import NgramSettings, PolicySettings, RelativeCosts
 from .errors import SkipsearchError
 from .lossless import LosslessCounts, classify
 from .models import LoadedModel, load_model, model_fingerprint
@@ -59,7 +61,7 @@ class StudySetup:
         if self._costs is None:
             context = int(sum(len(r.prompt_ids) for r in self.search_refs) / len(self.search_refs))
             self._costs = measure_costs(self.loaded.model, context_tokens=context,
-                                        max_verify_tokens=self.config.draft.max_draft_tokens + 1)
+                                        max_verify_tokens=self.verify_tokens)
         return self._costs
 
     def remeasure_costs(self) -> CostModel:
@@ -69,10 +71,15 @@ class StudySetup:
         self._costs = None
         return self.costs
 
+    @property
+    def verify_tokens(self) -> int:
+        """The longest verify pass a round may make: a layer-skip draft or an n-gram draft, plus one."""
+        return max(self.config.draft.max_draft_tokens, *(n.max_tokens for n in NGRAM_CHOICES if n)) + 1
+
     def fits(self, costs: CostModel) -> bool:
         """Whether stored costs serve this model and draft length."""
         return (costs.num_layers == self.loaded.model.config.num_hidden_layers
-                and len(costs.verify) >= self.config.draft.max_draft_tokens + 1)
+                and len(costs.verify) >= self.verify_tokens)
 
     @property
     def heldout_scorer(self) -> ProxyScorer:
@@ -171,8 +178,10 @@ def warm_start_sets(setup: StudySetup, ranking) -> list[SkipSet]:
     k, eligible = setup.k, setup.eligible
     sets = [least_important(ranking, k), evenly_spaced(eligible, k)]
     if setup.config.search.objective != "matchness":
-        # a free count: also try smaller and larger sets of the least important sublayers
+        # a free count: also try smaller and larger sets of the least important sublayers, and
+        # none at all (n-gram drafting alone)
         sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
+        sets.append(SkipSet())
     allowed = set(eligible)
     for path, profile in setup.warm_profiles:
         kept = [s for s in profile.skip.sublayers if s in allowed]
@@ -205,7 +214,8 @@ def run_search(setup: StudySetup, study: optuna.Study, progress: bool) -> None:
     search_cfg = setup.config.search
     objective = SkipObjective(setup.scorer.score, setup.costs, setup.eligible, search_cfg.objective,
                               setup.k if search_cfg.objective == "matchness" else None,
-                              setup.config.draft.max_draft_tokens, setup.thresholds)
+                              setup.config.draft.max_draft_tokens, setup.thresholds,
+                              policies=search_cfg.objective != "matchness")
     complete, _ = trial_counts(study)
     bar = tqdm(total=search_cfg.trials, initial=min(complete, search_cfg.trials), desc="trials (all workers)",
                disable=not progress)
@@ -230,6 +240,8 @@ class Measurement:
     skip_mlp: list[int]
     max_draft_tokens: int
     confidence_threshold: float
+    ngram: list[int] | None  # [min_n, max_n, max_tokens] of n-gram drafting, None without
+    policy_margin: float | None  # the cost-model policy's margin; None: the skip set drafts every round
     matchness: float  # proxy matchness on the held-out prompts
     acceptance_rate: float
     mean_accepted_tokens: float
@@ -240,6 +252,11 @@ class Measurement:
     trial: int | None = None
     # held-out outputs against plain decoding: identical / tie_flip / error (see `lossless`)
     lossless: dict = field(default_factory=dict)
+    # while decoding the held-out prompts: verify rounds, the n-gram drafter's share of them, and
+    # full-model steps without a draft
+    rounds: int = 0
+    ngram_rounds: int = 0
+    plain_steps: int = 0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -248,9 +265,12 @@ class Measurement:
 
 
 def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float,
-            trial: int | None = None) -> Measurement:
-    """Decode every held-out prompt plainly and with the skip set, interleaved, timed after the
-    prefill; fallback off, so the number is the profile's own speed.
+            trial: int | None = None, ngram: NgramSettings | None = None,
+            policy: PolicySettings | None = None) -> Measurement:
+    """Decode every held-out prompt plainly and with the drafting policy (the skip set, n-gram
+    drafting, and with `policy` the cost-model choice between them, weighing costs timed on
+    this machine), interleaved, timed after the prefill; fallback off, so the number is the
+    policy's own speed.
 
     Each output is checked against plain decoding's: in float32 it must be identical; in
     bfloat16/float16 a difference is re-scored, counted as a tie flip or an error, and only an
@@ -258,8 +278,10 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
     model = setup.loaded.model
     length = setup.config.task.reference_tokens
     plain = DecodeSettings(max_new_tokens=length, fallback=False)
+    relative = relative_costs(setup.costs, skip_set)
     drafting = DecodeSettings(max_new_tokens=length, max_draft_tokens=max_draft_tokens,
-                              confidence_threshold=confidence_threshold, fallback=False)
+                              confidence_threshold=confidence_threshold, fallback=False, ngram=ngram,
+                              costs=relative if policy is not None else None, policy=policy or PolicySettings())
     # one untimed run first: the first decode after loading pays one-off allocation costs
     decode(model, list(setup.heldout_refs[0].prompt_ids), None, DecodeSettings(max_new_tokens=4, fallback=False))
     plain_time = draft_time = 0.0
@@ -274,7 +296,7 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
         plain_tokens += len(full.token_ids) - 1
         drafted = decode(model, list(reference.prompt_ids), skip_set, drafting)
         divergence = classify(model, list(reference.prompt_ids), full.token_ids, drafted.token_ids,
-                              verify_tokens=max_draft_tokens + 1)
+                              verify_tokens=setup.verify_tokens)
         if divergence.kind == "error":
             raise SkipsearchError(f"self-speculative output differed from plain decoding on {reference.prompt_id} "
                                   f"({divergence.describe()}); this is a bug: please report it with the model, "
@@ -288,16 +310,19 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
                               "to time; use prompts it answers at more length")
     totals = DecodeStats.total(runs)
     heldout = setup.heldout_scorer.score(skip_set)
-    replayed = simulate_drafting(heldout.trace, max_draft_tokens, confidence_threshold)
+    _, predicted = replay_drafting(heldout.prompts, drafting, len(skip_set) > 0, relative)
     tokens_per_s, plain_tokens_per_s = draft_tokens / draft_time, plain_tokens / plain_time
     return Measurement(
         skip_attention=list(skip_set.attention), skip_mlp=list(skip_set.mlp),
         max_draft_tokens=max_draft_tokens, confidence_threshold=confidence_threshold,
+        ngram=None if ngram is None else [ngram.min_n, ngram.max_n, ngram.max_tokens],
+        policy_margin=None if policy is None else policy.margin,
         matchness=heldout.matchness, acceptance_rate=totals.acceptance_rate,
         mean_accepted_tokens=totals.mean_accepted_tokens,
         speedup=tokens_per_s / plain_tokens_per_s,
-        predicted_speedup=predicted_speedup_from_stats(setup.costs, skip_set, replayed),
+        predicted_speedup=predicted,
         tokens_per_s=tokens_per_s, plain_tokens_per_s=plain_tokens_per_s, trial=trial, lossless=counts.to_dict(),
+        rounds=totals.rounds, ngram_rounds=totals.ngram_rounds, plain_steps=totals.plain_steps,
         # the cost model over the run's own counts: tells cost-model error from replay error
         extra={"predicted_from_run": predicted_speedup_from_stats(setup.costs, skip_set, totals)},
     )
@@ -309,16 +334,24 @@ def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) ->
     objective = setup.config.search.objective
     candidates = best_trials(study, objective, max(top, setup.config.search.rescore_top))
     if not candidates:
-        raise SkipsearchError("the study has no finished trial with a non-empty skip set; run more trials")
+        raise SkipsearchError("the study has no finished trial that drafts (a skip set or n-grams); run more trials")
     study.set_user_attr("rescore_costs", setup.remeasure_costs().to_dict())
     measurements = []
     for trial in tqdm(candidates, desc="re-scoring with the real decoder", disable=not progress, leave=False):
-        measurements.append(measure(setup, trial_skip_set(trial), trial.user_attrs["draft_tokens"],
-                                    trial.user_attrs["confidence_threshold"], trial.number))
+        attrs = trial.user_attrs
+        ngram = attrs.get("ngram")
+        margin = attrs.get("policy_margin")
+        measurements.append(measure(setup, trial_skip_set(trial), attrs["draft_tokens"], attrs["confidence_threshold"],
+                                    trial.number, ngram=None if ngram is None else NgramSettings(*ngram),
+                                    policy=None if margin is None else PolicySettings(margin=margin)))
     rank = (lambda m: m.matchness) if objective == "matchness" else (lambda m: m.speedup)
     measurements.sort(key=rank, reverse=True)
     study.set_user_attr("rescored", [asdict(m) for m in measurements])
     return measurements
+
+
+def _rounded(costs: RelativeCosts) -> RelativeCosts:
+    return RelativeCosts(verify=tuple(round(v, 3) for v in costs.verify), draft_step=round(costs.draft_step, 3))
 
 
 def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Study, storage: str,
@@ -330,8 +363,13 @@ def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Stu
                            num_hidden_layers=model.config.num_hidden_layers, fingerprint=setup.fingerprint),
         task=setup.task_name,
         skip=measurement.skip_set,
-        draft=DraftSettings(max_draft_tokens=measurement.max_draft_tokens,
-                            confidence_threshold=measurement.confidence_threshold),
+        draft=DraftSettings(
+            max_draft_tokens=measurement.max_draft_tokens, confidence_threshold=measurement.confidence_threshold,
+            ngram=None if measurement.ngram is None else NgramSettings(*measurement.ngram),
+            policy=None if measurement.policy_margin is None else PolicySettings(margin=measurement.policy_margin),
+            # rounded, as a profile keeps them: the decisions they feed do not need more digits
+            costs=None if measurement.policy_margin is None else _rounded(relative_costs(costs, measurement.skip_set)),
+        ),
         metrics=ProfileMetrics(
             matchness=round(measurement.matchness, 4), acceptance_rate=round(measurement.acceptance_rate, 4),
             mean_accepted_tokens=round(measurement.mean_accepted_tokens, 3), speedup=round(measurement.speedup, 3),

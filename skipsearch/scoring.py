@@ -26,6 +26,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from . import forward
+from .costs import ReplayPrompt
 from .decoding import crop_cache, synchronize
 from .errors import SkipsearchError
 from .references import Reference
@@ -37,8 +38,10 @@ class ProxyScore:
     matchness: float
     expected_acceptance: float
     # per prompt, per continuation position: (the draft's top-1 probability, whether its
-    # argmax is the full model's next token); replayed by `costs.simulate_drafting`
+    # argmax is the full model's next token)
     trace: tuple[tuple[tuple[float, bool], ...], ...] = field(default=(), compare=False, repr=False)
+    # the prompts with their continuations and traces, as `costs.replay_drafting` replays them
+    prompts: tuple[ReplayPrompt, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class ProxyScorer:
                 "every reference continuation is shorter than 2 tokens; use prompts with longer answers "
                 "or raise task.reference_tokens"
             )
+        self.references = tuple(usable)
         self.positions = sum(len(r.continuation) - 1 for r in usable)
         self.evaluations = 0
         self.seconds = 0.0
@@ -146,8 +150,9 @@ class ProxyScorer:
     def score(self, skip_set: SkipSet) -> ProxyScore:
         if skip_set in self._memo:
             return self._memo[skip_set]
-        if not len(skip_set):
-            return ProxyScore(1.0, 1.0)
+        if not len(skip_set):  # nothing skipped drafts nothing: only n-gram drafting can replay here
+            return ProxyScore(1.0, 1.0, prompts=tuple(ReplayPrompt(r.prompt_ids, r.continuation)
+                                                      for r in self.references))
         started = time.perf_counter()
         matches, overlap, trace = 0, 0.0, []
         with torch.inference_mode():
@@ -160,7 +165,8 @@ class ProxyScorer:
                 trace.append(tuple(zip(confidence.tolist(), hits.tolist())))
         self.seconds += time.perf_counter() - started
         self.evaluations += 1
-        result = ProxyScore(matches / self.positions, overlap / self.positions, tuple(trace))
+        prompts = tuple(ReplayPrompt(r.prompt_ids, r.continuation, t) for r, t in zip(self.references, trace))
+        result = ProxyScore(matches / self.positions, overlap / self.positions, tuple(trace), prompts)
         self._memo[skip_set] = result
         return result
 

@@ -36,6 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .costs import THRESHOLDS, CostModel, best_draft_settings, draft_step_cost
+from .decoding import DecodeSettings, DecodeStats
 from .errors import SkipsearchError
 from .scoring import ProxyScore
 from .skipping import SkipSet
@@ -97,10 +98,9 @@ class Evaluation:
     skip_set: SkipSet
     score: ProxyScore
     draft_cost: float  # one draft step over one full-model step
-    draft_tokens: int  # the draft length and confidence threshold that maximise the predicted speedup
-    confidence_threshold: float
+    settings: DecodeSettings  # the drafting settings that maximise the predicted speedup
     predicted_speedup: float
-    predicted_acceptance: float  # share of drafts accepted when drafting replays with those settings
+    stats: DecodeStats  # the replay of drafting with those settings
 
     def objective_values(self, objective: str) -> float | tuple[float, float]:
         if objective == "matchness":
@@ -110,6 +110,7 @@ class Evaluation:
         return self.draft_cost, self.score.matchness
 
     def user_attrs(self) -> dict:
+        ngram = self.settings.ngram
         return {
             "skip_attention": list(self.skip_set.attention),
             "skip_mlp": list(self.skip_set.mlp),
@@ -117,20 +118,25 @@ class Evaluation:
             "matchness": self.score.matchness,
             "expected_acceptance": self.score.expected_acceptance,
             "draft_cost": self.draft_cost,
-            "draft_tokens": self.draft_tokens,
-            "confidence_threshold": self.confidence_threshold,
+            "draft_tokens": self.settings.max_draft_tokens,
+            "confidence_threshold": self.settings.confidence_threshold,
+            # the policy: None where the skip set drafts every round
+            "policy_margin": None if self.settings.costs is None else self.settings.policy.margin,
+            "ngram": None if ngram is None else [ngram.min_n, ngram.max_n, ngram.max_tokens],
             "predicted_speedup": self.predicted_speedup,
-            "predicted_acceptance": self.predicted_acceptance,
+            "predicted_acceptance": self.stats.acceptance_rate,
+            "ngram_rounds": self.stats.ngram_rounds,
+            "rounds": self.stats.rounds,
         }
 
 
 def evaluate(score: Callable[[SkipSet], ProxyScore], costs: CostModel, skip_set: SkipSet,
-             max_draft_tokens: int, thresholds: Sequence[float] = THRESHOLDS) -> Evaluation:
+             max_draft_tokens: int, thresholds: Sequence[float] = THRESHOLDS, policies: bool = False) -> Evaluation:
     result = score(skip_set)
-    gamma, threshold, speedup, stats = best_draft_settings(costs, skip_set, result.trace, max_draft_tokens,
-                                                           thresholds)
-    return Evaluation(skip_set, result, draft_step_cost(costs, skip_set) / costs.plain_step, gamma, threshold,
-                      speedup, stats.acceptance_rate)
+    settings, speedup, stats = best_draft_settings(costs, skip_set, result.prompts, max_draft_tokens, thresholds,
+                                                   policies)
+    return Evaluation(skip_set, result, draft_step_cost(costs, skip_set) / costs.plain_step, settings, speedup,
+                      stats)
 
 
 @dataclass
@@ -144,11 +150,13 @@ class SkipObjective:
     k: int | None
     max_draft_tokens: int
     thresholds: Sequence[float] = THRESHOLDS
+    # also weigh drafting policies (n-gram drafts, the cost-model choice) for each skip set
+    policies: bool = False
 
     def __call__(self, trial: optuna.Trial):
         params = {param_name(s): trial.suggest_float(param_name(s), 0.0, 1.0) for s in self.eligible}
         evaluation = evaluate(self.score, self.costs, skip_set_from_params(params, self.eligible, self.k),
-                              self.max_draft_tokens, self.thresholds)
+                              self.max_draft_tokens, self.thresholds, self.policies)
         for key, value in evaluation.user_attrs().items():
             trial.set_user_attr(key, value)
         return evaluation.objective_values(self.objective)
@@ -204,7 +212,8 @@ def completed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def best_trials(study: optuna.Study, objective: str, n: int) -> list[optuna.trial.FrozenTrial]:
-    """The n best distinct skip sets: by value, or the Pareto front by matchness for `pareto`."""
+    """The n best distinct skip sets that draft (with n-grams, an empty one does): by value, or
+    the Pareto front by matchness for `pareto`."""
     if objective == "pareto":
         ranked = sorted(study.best_trials, key=lambda t: -t.values[1])
         ranked += sorted((t for t in completed_trials(study) if t not in ranked), key=lambda t: -t.values[1])
@@ -213,7 +222,8 @@ def best_trials(study: optuna.Study, objective: str, n: int) -> list[optuna.tria
     chosen, seen = [], set()
     for trial in ranked:
         key = (tuple(trial.user_attrs["skip_attention"]), tuple(trial.user_attrs["skip_mlp"]))
-        if key not in seen and trial.user_attrs["skipped"] > 0:
+        drafts = trial.user_attrs["skipped"] > 0 or trial.user_attrs.get("ngram") is not None
+        if key not in seen and drafts:
             seen.add(key)
             chosen.append(trial)
         if len(chosen) == n:

@@ -103,6 +103,38 @@ def random_skip_sets(num_layers: int, count: int, seed: int) -> list:
     return [SkipSet.from_sublayers(rng.sample(eligible, rng.randint(1, len(eligible) - 1))) for _ in range(count)]
 
 
+def sharp_tiny_model():
+    """Two layers, six tokens, sharpened next-token distributions: for the sampling distribution tests."""
+    model = make_tiny_llama(seed=3, num_layers=2, vocab_size=6)
+    # random init gives near-uniform next-token distributions; sharpen them so that the
+    # skipped model's q differs clearly from the full model's p
+    model.lm_head.weight.mul_(40.0)
+    return model
+
+
+def exact_two_token_distribution(model, prompt, settings):
+    """P(t1, t2) of the full model under the warped distribution."""
+    from skipsearch.decoding import warp
+
+    with torch.inference_mode():
+        p1 = warp(model(torch.tensor([prompt])).logits[0, -1], settings)
+        vocab = p1.shape[0]
+        batch = torch.tensor([prompt + [t] for t in range(vocab)])
+        p2 = warp(model(batch).logits[:, -1], settings)
+    return p1[:, None] * p2  # (vocab, vocab)
+
+
+def empirical_two_token_distribution(model, prompt, skip_set, settings, samples):
+    """P(t1, t2) over `samples` seeded decodes."""
+    from skipsearch.decoding import DecodeSettings, decode
+
+    counts = torch.zeros(6, 6)
+    for seed in range(samples):
+        tokens = decode(model, prompt, skip_set, DecodeSettings(**{**settings.__dict__, "seed": seed})).token_ids
+        counts[tokens[0], tokens[1]] += 1
+    return counts / samples
+
+
 @pytest.fixture
 def tiny_model() -> LlamaForCausalLM:
     return make_tiny_llama()

@@ -28,6 +28,7 @@ def test_a_bfloat16_search_completes_and_reports_the_lossless_check(tmp_path, ca
     counts = dict((kind, int(number)) for number, kind in
                   (part.split(" ", 1) for part in line.split(": ", 1)[1].split(", ")))
     assert counts["errors"] == 0 and counts["identical"] + counts["tie flips"] == 4
+    assert any(line.startswith("drafting policy: ") and "held-out rounds" in line for line in out.splitlines())
     profile = load_profile(tmp_path / "bf16.profile.yaml")
     assert profile.metrics.dtype == "bfloat16"
     assert (tmp_path / "bf16.html").is_file()

@@ -153,30 +153,41 @@ def test_cost_model_from_dict_names_bad_keys():
         CostModel.from_dict(data)
 
 
-def test_simulated_drafting_follows_the_decoder_loop():
-    from skipsearch.costs import simulate_drafting
+def _replay(trace, gamma, threshold):
+    from skipsearch.costs import ReplayPrompt, relative_costs, replay_drafting
+    from skipsearch.decoding import DecodeSettings
 
+    prompt = ReplayPrompt((1, 2), tuple(range(10, 10 + len(trace) + 1)), tuple(trace))
+    settings = DecodeSettings(max_draft_tokens=gamma, confidence_threshold=threshold)
+    stats, _ = replay_drafting([prompt], settings, True, relative_costs(made_up_costs(), SkipSet(mlp=(1,))))
+    return stats
+
+
+def test_replayed_drafting_follows_the_decoder_loop():
     right = [(0.99, True)] * 10
-    stats = simulate_drafting([tuple(right)], gamma=4, threshold=0.5)
-    # rounds start at positions 0 and 5, each drafting 4 right tokens and committing 5
+    stats = _replay(right, gamma=4, threshold=0.5)
+    # 11 tokens: the prefill's, then rounds at 1 and 6 drafting 4 right tokens and committing 5
     assert (stats.rounds, stats.drafted_tokens, stats.accepted_tokens, stats.draft_steps) == (2, 8, 8, 8)
     unsure_first = [(0.1, True)] + right[1:]
-    stats = simulate_drafting([tuple(unsure_first)], gamma=4, threshold=0.5)
-    assert stats.plain_steps == 1 and stats.draft_steps == 1 + 8
+    stats = _replay(unsure_first, gamma=4, threshold=0.5)
+    # the last round may draft only what leaves the full model one token to add, as in the decoder
+    assert stats.plain_steps == 1 and stats.draft_steps == 1 + 4 + 3
     wrong_second = [(0.99, True), (0.99, False)] + right[2:]
-    stats = simulate_drafting([tuple(wrong_second)], gamma=4, threshold=0.0)
+    stats = _replay(wrong_second, gamma=4, threshold=0.0)
     assert stats.accepted_tokens >= 1 and stats.drafted_tokens > stats.accepted_tokens
 
 
 def test_best_draft_settings_prefers_long_drafts_when_drafts_are_right():
-    from skipsearch.costs import best_draft_settings
+    from skipsearch.costs import ReplayPrompt, best_draft_settings
 
     costs = made_up_costs()
     skip = SkipSet(attention=(0, 1, 2, 3), mlp=(0, 1, 2))
-    gamma, threshold, speedup, _ = best_draft_settings(costs, skip, [tuple([(0.99, True)] * 40)], max_gamma=3)
-    assert gamma > 1 and speedup > 1
-    gamma, threshold, speedup, _ = best_draft_settings(costs, skip, [tuple([(0.2, False)] * 40)], max_gamma=3)
-    assert threshold > 0.2  # never drafting beats drafting tokens that are always wrong
+    right = [ReplayPrompt((1,), tuple(range(41)), tuple([(0.99, True)] * 40))]
+    settings, speedup, _ = best_draft_settings(costs, skip, right, max_gamma=3)
+    assert settings.max_draft_tokens > 1 and speedup > 1
+    wrong = [ReplayPrompt((1,), tuple(range(41)), tuple([(0.2, False)] * 40))]
+    settings, speedup, _ = best_draft_settings(costs, skip, wrong, max_gamma=3)
+    assert settings.confidence_threshold > 0.2  # never drafting beats drafting tokens that are always wrong
 
 
 def test_a_draft_step_is_the_plain_steps_share_of_the_parts_that_run():

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import generate_greedy, make_tiny_llama, random_skip_sets
+from conftest import (empirical_two_token_distribution, exact_two_token_distribution, generate_greedy, make_tiny_llama,
+                      random_skip_sets, sharp_tiny_model)
 from skipsearch import decoding
 from skipsearch.decoding import DecodeSettings, DecodeStats, FallbackMemory, crop_cache, decode, warp
 from skipsearch.errors import SkipsearchError
@@ -111,46 +112,20 @@ def test_cache_rollback_after_rejection_at_every_draft_position(tiny_model, reje
         torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-5)
 
 
-def _sharp_tiny_model():
-    model = make_tiny_llama(seed=3, num_layers=2, vocab_size=6)
-    # random init gives near-uniform next-token distributions; sharpen them so that the
-    # skipped model's q differs clearly from the full model's p
-    model.lm_head.weight.mul_(40.0)
-    return model
-
-
-def _exact_two_token_distribution(model, prompt, settings):
-    """P(t1, t2) of the full model under the warped distribution."""
-    with torch.inference_mode():
-        p1 = warp(model(torch.tensor([prompt])).logits[0, -1], settings)
-        vocab = p1.shape[0]
-        batch = torch.tensor([prompt + [t] for t in range(vocab)])
-        p2 = warp(model(batch).logits[:, -1], settings)
-    return p1[:, None] * p2  # (vocab, vocab)
-
-
-def _empirical(model, prompt, skip_set, settings, samples):
-    counts = torch.zeros(6, 6)
-    for seed in range(samples):
-        tokens = decode(model, prompt, skip_set, DecodeSettings(**{**settings.__dict__, "seed": seed})).token_ids
-        counts[tokens[0], tokens[1]] += 1
-    return counts / samples
-
-
 def test_speculative_sampling_matches_the_full_model_distribution(monkeypatch):
-    model = _sharp_tiny_model()
+    model = sharp_tiny_model()
     prompt = [1, 4, 2]
     skip_set = SkipSet(attention=(1,), mlp=(0,))
     # the first token comes from the prefill; with three tokens the second always comes out
     # of a draft-and-verify round (accepted draft or residual resample)
     settings = DecodeSettings(max_new_tokens=3, max_draft_tokens=1, confidence_threshold=0.0,
                               temperature=1.0, top_k=5, fallback=False)
-    exact = _exact_two_token_distribution(model, prompt, settings)
+    exact = exact_two_token_distribution(model, prompt, settings)
     samples = 3000
     # total variation of an empirical 36-cell distribution from 3000 draws is ~0.05 at most
     # by chance; the wrong rule below is off by far more on this model
     tolerance = 0.06
-    tv = 0.5 * (_empirical(model, prompt, skip_set, settings, samples) - exact).abs().sum().item()
+    tv = 0.5 * (empirical_two_token_distribution(model, prompt, skip_set, settings, samples) - exact).abs().sum().item()
     assert tv < tolerance
 
     def accept_every_draft(logits, drafts, draft_probs, settings, generator):
@@ -158,7 +133,7 @@ def test_speculative_sampling_matches_the_full_model_distribution(monkeypatch):
         return len(drafts), int(torch.multinomial(target[-1], 1, generator=generator))
 
     monkeypatch.setattr(decoding, "_verify", accept_every_draft)
-    wrong_tv = 0.5 * (_empirical(model, prompt, skip_set, settings, samples) - exact).abs().sum().item()
+    wrong_tv = 0.5 * (empirical_two_token_distribution(model, prompt, skip_set, settings, samples) - exact).abs().sum().item()
     assert wrong_tv > 2 * tolerance
 
 

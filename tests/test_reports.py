@@ -66,7 +66,8 @@ def make_study(objective: str = "speedup", name: str = "demo", n_trials: int = 3
                  "acceptance_rate": t.user_attrs["expected_acceptance"] - 0.05, "mean_accepted_tokens": 1.4,
                  "speedup": t.user_attrs["predicted_speedup"] * 0.9, "predicted_speedup": t.user_attrs["predicted_speedup"],
                  "tokens_per_s": 25.0, "plain_tokens_per_s": 26.0, "trial": t.number, "extra": {},
-                 "lossless": {"identical": 3, "tie_flip": 1, "error": 0}} for t in ranked]
+                 "lossless": {"identical": 3, "tie_flip": 1, "error": 0}, "rounds": 9, "ngram_rounds": 4,
+                 "plain_steps": 7} for t in ranked]
     attrs = {"objective": objective, "sampler": "tpe", "skip_budget": k,
              "importance": [[kind, layer, 1 - harm[(kind, layer)]] for kind, layer in eligible],
              "costs": {"attention": attn_cost, "mlp": mlp_cost, "fixed": fixed, "verify": [plain, plain * 1.1],
@@ -156,7 +157,7 @@ def test_rescored_tasks_and_transfer():
     data = reports.gather_report_data(studies, texts, [], [{"method": "tpe", "evaluations": "40"}])
     assert [r.rank for r in data.rescored] == [0, 1, 2, 0, 1, 2]
     first = data.rescored[0]
-    assert first.lossless == "3 / 1 / 0"
+    assert first.lossless == "3 / 1 / 0" and first.rounds == "4 / 5 / 7"
     assert first.predicted_speedup == pytest.approx(first.speedup / 0.9)
     assert first.expected_acceptance == pytest.approx(first.acceptance_rate + 0.05)
     assert [(t.study, t.task) for t in data.tasks] == [("code", "humaneval"), ("math", "gsm8k")]

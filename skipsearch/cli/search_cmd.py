@@ -24,10 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import runner
+from ..bench import PROFILE_POLICY, PROMPT_LOOKUP, SKIP_ONLY, BenchPrompt, BenchSettings, run_bench
 from . import report_cmd
 from ..errors import SkipsearchError
 from ..lossless import KINDS, LosslessCounts
 from ..models import runs_on_cuda
+from ..profiles import load_profile
 from ..search import OBJECTIVES, SAMPLERS, Interrupts, trial_counts
 from ..storages import check_storage, redact
 from ..studies import (ModelConfig, StudyConfig, apply_overrides, default_storage_url, load_study, output_paths,
@@ -133,6 +135,35 @@ def worker_gpus(workers: int, model: ModelConfig, gpus: Sequence[str]) -> list[d
                               f"{'is' if len(gpus) == 1 else 'are'} visible; use --workers {max(1, len(gpus))} or "
                               "fewer, or --device cpu")
     return [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus[:workers]]
+
+
+def _versus_transformers(setup, profile) -> str:
+    """The exported policy beside transformers' greedy `generate` and its best prompt lookup, as
+    whole calls on the held-out prompts, interleaved (the bench's rows for them)."""
+    draft = profile.draft
+    settings = BenchSettings(
+        max_new_tokens=setup.config.task.reference_tokens, skip_set=profile.skip if len(profile.skip) else None,
+        max_draft_tokens=draft.max_draft_tokens, confidence_threshold=draft.confidence_threshold,
+        early_exit_layers=(), ngram=None, policy_ngram=draft.ngram, policy=draft.policy, policy_costs=draft.costs,
+        cost_repeats=0, warmup_tokens=4)
+    prompts = [BenchPrompt(r.prompt_id, list(r.prompt_ids)) for r in setup.heldout_refs]
+    rows = run_bench(setup.loaded.model, prompts, settings).rows
+    ours = next(r for r in rows if r.method == (PROFILE_POLICY if draft.ngram or draft.policy else SKIP_ONLY))
+    lookup = next(r for r in rows if r.method.startswith(PROMPT_LOOKUP))
+    return (f"exported policy, whole calls on the {len(prompts)} held-out prompts: {ours.ratio:.2f}x transformers "
+            f"generate, {ours.tokens_per_s / lookup.tokens_per_s:.2f}x its {lookup.method}")
+
+
+def _policy_line(measurement) -> str:
+    """What the exported policy drafts with and which drafter carried its held-out rounds."""
+    ngram = measurement.ngram
+    parts = [f"skip set of {len(measurement.skip_set)} sublayers" if len(measurement.skip_set) else "no skip set",
+             "n-gram drafts (min_n {}, max_n {}, up to {} tokens)".format(*ngram) if ngram else "no n-gram drafts",
+             f"cost-model choice (margin {measurement.policy_margin:g})" if measurement.policy_margin is not None
+             else "the skip set drafts every round"]
+    layer_skip = measurement.rounds - measurement.ngram_rounds
+    return (", ".join(parts) + f"; held-out rounds: {measurement.ngram_rounds} n-gram, {layer_skip} layer-skip, "
+            f"{measurement.plain_steps} plain steps")
 
 
 def _interrupt(processes: list[subprocess.Popen]) -> None:
@@ -273,12 +304,14 @@ def run(args) -> int:
     print(f"held-out: matchness {best.matchness:.3f}, acceptance {best.acceptance_rate:.3f}, "
           f"mean accepted tokens {best.mean_accepted_tokens:.2f}, speedup {best.speedup:.2f}x measured / "
           f"{best.predicted_speedup:.2f}x predicted ({setup.costs.device})")
+    print(f"drafting policy: {_policy_line(best)}")
     counts = LosslessCounts(**{kind: sum(m.lossless[kind] for m in measurements) for kind in KINDS})
     print(f"lossless check ({setup.costs.dtype}, {len(measurements)} candidates x {len(setup.heldout_refs)} held-out "
           f"prompts against plain decoding): {counts.describe()}")
     if best.speedup < 1:
-        print(f"note: no skip set beat plain decoding on this {setup.costs.device}; at run time the decoder's "
+        print(f"note: no drafting policy beat plain decoding on this {setup.costs.device}; at run time the decoder's "
               "fallback switches to plain decoding, so this profile costs little where it does not help")
+    print(_versus_transformers(setup, load_profile(written[0])))
     print(f"report: {report}")
     for path in written:
         print(Path(path))
