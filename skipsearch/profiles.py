@@ -1,13 +1,19 @@
-"""Profiles: the versioned YAML files that record which sublayers to skip for one model and task.
+"""Profiles: the versioned YAML files that record one model's drafting policy for one task.
 
-The dataclasses below are the schema of version 1; their field names are the YAML keys.
+A profile names the sublayers to skip while drafting (the skip set; empty for a policy that
+drafts with n-grams only), the n-gram drafter's settings and the settings and measured costs
+the drafting policy (`skipsearch.drafting`) decides with. The dataclasses below are the schema
+of version 2; their field names are the YAML keys. Version 1 files (skip set and draft length
+only) still load, as a policy that drafts every round with the skip set; files are always
+written as version 2.
+
 `parse_profile` checks a loaded mapping and reports the first problem as one line naming the
 file, the field path and what is expected. `load_profile` and `save_profile` read and
 atomically write files; `check_profile_for_model` refuses a profile made for another model.
-`profile.schema.json`, next to this module, describes the same format for other runtimes.
+`profile.schema.json`, next to this module, describes both versions for other runtimes.
 
-This module knows nothing about searching, decoding or measuring: metrics and provenance are
-recorded as given.
+This module knows nothing about searching, decoding or measuring: metrics, costs and
+provenance are recorded as given.
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ from typing import Any, NoReturn
 import torch
 import yaml
 
+from .drafting import NgramSettings, PolicySettings, RelativeCosts
 from .errors import SkipsearchError
 from .models import model_fingerprint
 from .skipping import SUBLAYER_KINDS, SkipSet
 
-PROFILE_VERSION = 1
-KNOWN_VERSIONS = (1,)
-HEADER = "# skipsearch profile v1 — load with skipsearch or PyYAML\n"
+PROFILE_VERSION = 2
+KNOWN_VERSIONS = (1, 2)
+HEADER = f"# skipsearch profile v{PROFILE_VERSION} — load with skipsearch or PyYAML\n"
 FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -49,8 +56,15 @@ class ProfileModel:
 
 @dataclass(frozen=True)
 class DraftSettings:
+    # the layer-skip drafter: the model with the skip set left out
     max_draft_tokens: int  # >= 1
     confidence_threshold: float  # in [0, 1]: stop drafting when the draft's top-1 probability is lower
+    ngram: NgramSettings | None = None  # None: no n-gram drafting
+    # None: a fixed choice, as before policies (version 1): the skip set drafts every round, or
+    # without one the n-gram draft wherever there is one. Set together with the costs it weighs
+    # its options by, relative to one plain step and measured on metrics.device.
+    policy: PolicySettings | None = None
+    costs: RelativeCosts | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ class Profile:
     draft: DraftSettings
     metrics: ProfileMetrics | None = None
     provenance: dict[str, Any] = field(default_factory=dict)  # str -> scalar or list of scalars
-    skipsearch_profile: int = PROFILE_VERSION
+    skipsearch_profile: int = PROFILE_VERSION  # the version read; files are written as PROFILE_VERSION
 
 
 def _field_names(cls) -> tuple[str, ...]:
@@ -124,6 +138,15 @@ def _plain_scalar(value: Any) -> Any:
     return int(value) if _is_int(value) else float(value)
 
 
+# (what the message says is expected, the test) for a finite number
+NON_NEGATIVE = ("a non-negative number", lambda v: v >= 0)
+UNIT_INTERVAL = ("a number in [0, 1]", lambda v: 0 <= v <= 1)
+BELOW_ONE = ("a number in [0, 1)", lambda v: 0 <= v < 1)
+POSITIVE = ("a number > 0", lambda v: v > 0)
+# draft keys that version 1 did not have
+V2_DRAFT_KEYS = ("ngram", "policy", "costs")
+
+
 class _Checker:
     """Checks one loaded mapping, stopping at the first problem."""
 
@@ -136,9 +159,11 @@ class _Checker:
     def expect(self, where: str, expected: str, value: Any) -> NoReturn:
         self.fail(where, f"expected {expected}, got {_describe(value)}")
 
-    def mapping(self, value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    def mapping(self, value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = (),
+                null_means: str = "") -> dict:
         if not isinstance(value, dict):
-            self.expect(where or "top level", "a mapping with keys " + ", ".join(required + optional), value)
+            expected = "a mapping with keys " + ", ".join(required + optional)
+            self.expect(where or "top level", expected + (f", or null for {null_means}" if null_means else ""), value)
         known = required + optional
         for key in value:
             if key not in known:
@@ -160,11 +185,19 @@ class _Checker:
             self.expect(where, expected, value)
         return int(value)
 
-    def number(self, value: Any, where: str, maximum: float | None = None) -> float:
-        expected = "a number in [0, 1]" if maximum == 1 else "a non-negative number"
-        if not _is_finite_number(value) or value < 0 or (maximum is not None and value > maximum):
+    def number(self, value: Any, where: str, bounds: tuple[str, Any] = NON_NEGATIVE) -> float:
+        expected, within = bounds
+        if not _is_finite_number(value) or not within(value):
             self.expect(where, expected, value)
         return float(value)
+
+    def build(self, cls, where: str, **fields: Any):
+        """The dataclass, its own cross-field checks reported at `where`."""
+        try:
+            return cls(**fields)
+        except SkipsearchError as exc:
+            # the dataclasses label their messages with their own name; the field path replaces it
+            self.fail(where, str(exc).split(": ", 1)[-1])
 
     def version(self, data: dict) -> int:
         known = ", ".join(map(str, KNOWN_VERSIONS))
@@ -210,13 +243,61 @@ class _Checker:
             indices[kind] = tuple(int(i) for i in items)
         return SkipSet(**indices)
 
-    def draft(self, value: Any) -> DraftSettings:
-        data = self.mapping(value, "draft", _field_names(DraftSettings))
-        return DraftSettings(
+    def draft(self, value: Any, version: int) -> DraftSettings:
+        if version == 1 and isinstance(value, dict):
+            for key in V2_DRAFT_KEYS:
+                if key in value:
+                    self.fail(f"draft.{key}", "not part of a version 1 profile; set skipsearch_profile: 2 to use it")
+        data = self.mapping(value, "draft", ("max_draft_tokens", "confidence_threshold"),
+                            V2_DRAFT_KEYS if version >= 2 else ())
+        draft = DraftSettings(
             max_draft_tokens=self.integer(data["max_draft_tokens"], "draft.max_draft_tokens", 1,
                                           "an integer >= 1"),
-            confidence_threshold=self.number(data["confidence_threshold"], "draft.confidence_threshold", 1),
+            confidence_threshold=self.number(data["confidence_threshold"], "draft.confidence_threshold",
+                                             UNIT_INTERVAL),
+            ngram=self.ngram(data.get("ngram")),
+            policy=self.policy(data.get("policy")),
+            costs=self.costs(data.get("costs")),
         )
+        if draft.policy is None and draft.costs is not None:
+            self.fail("draft.costs", "only a policy uses costs; set draft.policy too, or set costs to null")
+        if draft.policy is not None and draft.costs is None:
+            self.fail("draft.costs", "required when draft.policy is set (the policy weighs its options by "
+                      "these costs); give the measured costs or set policy to null")
+        return draft
+
+    def ngram(self, value: Any) -> NgramSettings | None:
+        if value is None:
+            return None
+        data = self.mapping(value, "draft.ngram", _field_names(NgramSettings), null_means="no n-gram drafting")
+        return self.build(NgramSettings, "draft.ngram", **{
+            key: self.integer(data[key], f"draft.ngram.{key}", 1, "an integer >= 1") for key in data
+        })
+
+    def policy(self, value: Any) -> PolicySettings | None:
+        if value is None:
+            return None
+        data = self.mapping(value, "draft.policy", _field_names(PolicySettings), null_means="a fixed choice")
+        bounds = {"ngram_prior": BELOW_ONE, "layer_skip_prior": BELOW_ONE, "prior_weight": POSITIVE,
+                  "margin": POSITIVE}
+        return self.build(PolicySettings, "draft.policy", **{
+            key: self.number(data[key], f"draft.policy.{key}", bounds[key]) for key in data
+        })
+
+    def costs(self, value: Any) -> RelativeCosts | None:
+        if value is None:
+            return None
+        data = self.mapping(value, "draft.costs", _field_names(RelativeCosts), null_means="no policy")
+        verify = data["verify"]
+        # choose() drafts at most len(verify) - 1 tokens, so one cost would never let it draft
+        if not isinstance(verify, list) or len(verify) < 2:
+            self.expect("draft.costs.verify", "a list of at least 2 costs (index n-1: verifying n tokens)", verify)
+        costs = [self.number(cost, f"draft.costs.verify[{n}]", POSITIVE) for n, cost in enumerate(verify)]
+        if costs[0] != 1:
+            self.fail("draft.costs.verify[0]", f"expected 1 (costs are relative to one plain step, which is "
+                      f"verifying one token), got {_describe(verify[0])}")
+        return self.build(RelativeCosts, "draft.costs", verify=tuple(costs),
+                          draft_step=self.number(data["draft_step"], "draft.costs.draft_step", POSITIVE))
 
     def metrics(self, value: Any) -> ProfileMetrics | None:
         if value is None:
@@ -227,7 +308,8 @@ class _Checker:
             if item is not None and key in ("device", "dtype"):
                 item = self.text(item, f"metrics.{key}")
             elif item is not None:
-                item = self.number(item, f"metrics.{key}", 1 if key in ("matchness", "acceptance_rate") else None)
+                item = self.number(item, f"metrics.{key}",
+                                   UNIT_INTERVAL if key in ("matchness", "acceptance_rate") else NON_NEGATIVE)
             checked[key] = item
         return ProfileMetrics(**checked)
 
@@ -257,12 +339,22 @@ def parse_profile(data: Any, source: str = "<profile>") -> Profile:
     version = check.version(data)
     check.mapping(data, "", ("skipsearch_profile", "model", "task", "skip", "draft"), ("metrics", "provenance"))
     model = check.model(data["model"])
+    task = check.text(data["task"], "task")
+    skip = check.skip(data["skip"], model.num_hidden_layers)
+    draft = check.draft(data["draft"], version)
+    # Version 1 files with an empty skip set loaded before version 2 and still do (they decode plainly).
+    if version >= 2 and not skip and draft.ngram is None:
+        check.fail("skip", "the policy drafts nothing: the skip set is empty and draft.ngram is null; "
+                   "skip at least one sublayer or set draft.ngram")
+    if skip and draft.ngram is not None and draft.policy is None:
+        check.fail("draft.ngram", "never used: without draft.policy the skip set drafts every round; "
+                   "add a policy and its costs, or set ngram to null")
     return Profile(
         skipsearch_profile=version,
         model=model,
-        task=check.text(data["task"], "task"),
-        skip=check.skip(data["skip"], model.num_hidden_layers),
-        draft=check.draft(data["draft"]),
+        task=task,
+        skip=skip,
+        draft=draft,
         metrics=check.metrics(data.get("metrics")),
         provenance=check.provenance(data.get("provenance")),
     )
@@ -302,14 +394,16 @@ def load_profile(path: str | os.PathLike) -> Profile:
 
 
 def profile_to_dict(profile: Profile) -> dict[str, Any]:
-    """The profile as plain YAML/JSON data, keys in file order; unmeasured metrics are left out."""
+    """The profile as plain YAML/JSON data of version 2, keys in file order; unmeasured metrics are left out."""
     data: dict[str, Any] = {
-        "skipsearch_profile": profile.skipsearch_profile,
+        "skipsearch_profile": PROFILE_VERSION,  # what was read as version 1 is written as version 2
         "model": dataclasses.asdict(profile.model),
         "task": profile.task,
         "skip": {kind: list(getattr(profile.skip, kind)) for kind in SUBLAYER_KINDS},
         "draft": dataclasses.asdict(profile.draft),
     }
+    if profile.draft.costs is not None:
+        data["draft"]["costs"]["verify"] = list(profile.draft.costs.verify)  # a YAML list, not a Python tuple
     if profile.metrics is not None:
         data["metrics"] = {k: v for k, v in dataclasses.asdict(profile.metrics).items() if v is not None}
     if profile.provenance:
@@ -385,5 +479,5 @@ def check_profile_for_model(profile: Profile, model: torch.nn.Module, fingerprin
 
 
 def profile_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of profile version 1, shipped as skipsearch/profile.schema.json."""
+    """The JSON Schema (draft 2020-12) of profile versions 1 and 2, shipped as skipsearch/profile.schema.json."""
     return json.loads(resources.files("skipsearch").joinpath("profile.schema.json").read_text(encoding="utf-8"))

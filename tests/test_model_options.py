@@ -83,8 +83,8 @@ def test_the_options_reach_load_model(argv, monkeypatch, tmp_path, capsys):
     from skipsearch import DraftSettings, Profile, ProfileModel, SkipSet, save_profile
 
     monkeypatch.chdir(tmp_path)
-    save_profile(Profile(model=ProfileModel("m", "llama", 4, "sha256:" + "0" * 64), task="t", skip=SkipSet(),
-                         draft=DraftSettings(8, 0.8)), tmp_path / "p.yaml")
+    save_profile(Profile(model=ProfileModel("m", "llama", 4, "sha256:" + "0" * 64), task="t",
+                         skip=SkipSet(attention=(1,)), draft=DraftSettings(8, 0.8)), tmp_path / "p.yaml")
     seen = []
 
     def load(name, **options):

@@ -1,14 +1,17 @@
 """Whatever a profile file or mapping holds, the loader either returns a Profile or raises SkipsearchError."""
 
+import dataclasses
 import datetime
 
 import jsonschema
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from skipsearch import DraftSettings, Profile, ProfileMetrics, ProfileModel, SkipSet, SkipsearchError
 from skipsearch import profiles
+from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 NUM_LAYERS = 4
@@ -17,18 +20,24 @@ VALID = profiles.profile_to_dict(
         model=ProfileModel("tiny", "llama", NUM_LAYERS, "sha256:" + "0" * 64),
         task="humaneval",
         skip=SkipSet(attention=(1, 2), mlp=(2,)),
-        draft=DraftSettings(max_draft_tokens=8, confidence_threshold=0.8),
+        draft=DraftSettings(max_draft_tokens=8, confidence_threshold=0.8, ngram=NgramSettings(2, 4, 10),
+                            policy=PolicySettings(), costs=RelativeCosts(verify=(1.0, 1.7, 2.2), draft_step=0.85)),
         metrics=ProfileMetrics(matchness=0.8, speedup=1.1, device="cpu"),
         provenance={"seed": 0, "command": ["skipsearch", "search"]},
     )
 )
+# the same profile as version 1 wrote it: the skip set drafts every round
+VALID_V1 = {**VALID, "skipsearch_profile": 1,
+            "draft": {"max_draft_tokens": 8, "confidence_threshold": 0.8}}
 SCHEMA = jsonschema.Draft202012Validator(profiles.profile_schema())
 KEYS = ["skipsearch_profile", "model", "name", "architecture", "num_hidden_layers", "fingerprint", "task", "skip",
-        "attention", "mlp", "draft", "max_draft_tokens", "confidence_threshold", "metrics", "speedup", "provenance"]
+        "attention", "mlp", "draft", "max_draft_tokens", "confidence_threshold", "ngram", "min_n", "max_n",
+        "max_tokens", "policy", "ngram_prior", "layer_skip_prior", "prior_weight", "margin", "costs", "verify",
+        "draft_step", "metrics", "speedup", "provenance"]
 
 scalars = (
     st.none() | st.booleans() | st.integers(-3, 40) | st.integers() | st.floats()
-    | st.text(max_size=10) | st.sampled_from(KEYS) | st.dates()
+    | st.text(max_size=10) | st.sampled_from(KEYS) | st.dates() | st.sampled_from([1, 2, 1.0, 0.5])
 )
 values = st.recursive(
     scalars,
@@ -107,10 +116,10 @@ def _mutate(root: dict, data) -> dict:
     return root
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.data())
 def test_mutated_mappings_parse_or_give_one_line_and_the_schema_agrees(data):
-    mapping = yaml.safe_load(yaml.safe_dump(VALID))
+    mapping = yaml.safe_load(yaml.safe_dump(data.draw(st.sampled_from([VALID, VALID_V1]))))
     for _ in range(data.draw(st.integers(1, 3))):
         mapping = _mutate(mapping, data)
         if not isinstance(mapping, dict):
@@ -123,7 +132,42 @@ def test_mutated_mappings_parse_or_give_one_line_and_the_schema_agrees(data):
     # The schema cannot check cross-field bounds or tell 2.0 from 2, so it may accept more;
     # it must never refuse what the loader accepts.
     SCHEMA.validate(mapping)
-    assert profiles.parse_profile(yaml.safe_load(profiles.dump_profile(profile))) == profile
+    # Written as version 2, which refuses the version 1 profiles that draft nothing.
+    if not profile.skip and profile.draft.ngram is None:
+        with pytest.raises(SkipsearchError, match="the policy drafts nothing"):
+            profiles.dump_profile(profile)
+        return
+    written = dataclasses.replace(profile, skipsearch_profile=profiles.PROFILE_VERSION)
+    assert profiles.parse_profile(yaml.safe_load(profiles.dump_profile(profile))) == written
+
+
+# Every numeric draft field at and around its bounds. min_n is 1 in the base mapping so that
+# max_n's own bound, not the cross-field min_n <= max_n the schema cannot express, decides.
+DRAFT_FIELDS = [("max_draft_tokens",), ("confidence_threshold",), ("ngram", "min_n"), ("ngram", "max_n"),
+                ("ngram", "max_tokens"), ("policy", "ngram_prior"), ("policy", "layer_skip_prior"),
+                ("policy", "prior_weight"), ("policy", "margin"), ("costs", "verify", 0), ("costs", "verify", 1),
+                ("costs", "draft_step")]
+INTEGER_FIELDS = {("max_draft_tokens",), ("ngram", "min_n"), ("ngram", "max_n"), ("ngram", "max_tokens")}
+BOUNDARY_VALUES = [-1, 0, 0.0, 5e-324, 0.5, 0.999, 1, 1.0, 1.5, 2, True, "1", None, [1]]
+
+
+@pytest.mark.parametrize("path", DRAFT_FIELDS, ids=lambda path: ".".join(map(str, path)))
+def test_parser_and_schema_agree_at_the_bounds_of_each_draft_field(path):
+    for value in BOUNDARY_VALUES:
+        if path in INTEGER_FIELDS and isinstance(value, float) and value.is_integer():
+            continue  # JSON Schema counts 1.0 as an integer; the loader asks for 1 (see test_profiles)
+        mapping = yaml.safe_load(yaml.safe_dump(VALID))
+        mapping["draft"]["ngram"]["min_n"] = 1
+        target = mapping["draft"]
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        try:
+            profiles.parse_profile(mapping)
+            accepted = True
+        except SkipsearchError:
+            accepted = False
+        assert SCHEMA.is_valid(mapping) == accepted, f"draft.{'.'.join(map(str, path))} = {value!r}"
 
 
 indices = st.lists(st.integers(0, 29), unique=True, max_size=30).map(tuple)
@@ -131,13 +175,40 @@ finite = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
 plain_text = st.text(min_size=1, max_size=20)
 provenance_scalars = st.none() | st.booleans() | st.integers() | finite | st.text(max_size=20)
 
+positive = st.floats(0, 1e6, exclude_min=True)
+prior = st.floats(0, 1, exclude_max=True)
+ngram_settings = st.builds(lambda min_n, extra, max_tokens: NgramSettings(min_n, min_n + extra, max_tokens),
+                           st.integers(1, 8), st.integers(0, 8), st.integers(1, 64))
+policies = st.builds(PolicySettings, ngram_prior=prior, layer_skip_prior=prior, prior_weight=positive,
+                     margin=positive)
+relative_costs = st.builds(RelativeCosts, verify=st.lists(positive, min_size=1, max_size=16).map(lambda v: (1.0, *v)),
+                           draft_step=positive)
+
+skip_sets = st.builds(SkipSet, attention=indices, mlp=indices)
+
+
+@st.composite
+def valid_policies(draw) -> tuple[SkipSet, DraftSettings]:
+    """A skip set and draft settings under version 2's rules: costs exactly with a policy;
+    something drafts; without a policy, n-grams only with an empty skip set (which would
+    otherwise draft every round)."""
+    ngram = draw(st.none() | ngram_settings)
+    policy = draw(st.none() | policies)
+    costs = draw(relative_costs) if policy else None
+    if ngram is None:
+        skip = draw(skip_sets.filter(len))
+    else:
+        skip = SkipSet() if policy is None else draw(st.just(SkipSet()) | skip_sets)
+    return skip, DraftSettings(draw(st.integers(1, 64)), draw(st.floats(0, 1)), ngram=ngram, policy=policy,
+                               costs=costs)
+
+
 valid_profiles = st.builds(
-    Profile,
+    lambda policy, **fields: Profile(skip=policy[0], draft=policy[1], **fields),
+    policy=valid_policies(),
     model=st.builds(ProfileModel, name=plain_text, architecture=plain_text, num_hidden_layers=st.just(30),
                     fingerprint=st.from_regex(r"sha256:[0-9a-f]{64}", fullmatch=True)),
     task=plain_text,
-    skip=st.builds(SkipSet, attention=indices, mlp=indices),
-    draft=st.builds(DraftSettings, max_draft_tokens=st.integers(1, 64), confidence_threshold=st.floats(0, 1)),
     metrics=st.none() | st.builds(
         ProfileMetrics,
         matchness=st.none() | st.floats(0, 1), acceptance_rate=st.none() | st.floats(0, 1),

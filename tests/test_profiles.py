@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import datetime
 import math
 import os
@@ -27,10 +28,21 @@ from skipsearch import (
 )
 from skipsearch import profiles
 from skipsearch.cli import main
+from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
 from skipsearch.models import LoadedModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_FINGERPRINT = "sha256:" + "ab" * 32
+POLICY_DRAFT = DraftSettings(max_draft_tokens=8, confidence_threshold=0.8, ngram=NgramSettings(2, 4, 10),
+                             policy=PolicySettings(ngram_prior=0.5, layer_skip_prior=0.7, prior_weight=4.0, margin=1.1),
+                             costs=RelativeCosts(verify=(1.0, 1.7, 2.2), draft_step=0.85))
+SKIP_ONLY_DRAFT = DraftSettings(max_draft_tokens=8, confidence_threshold=0.8)
+VERSION_1_TEXT = f"""skipsearch_profile: 1
+model: {{name: tiny, architecture: llama, num_hidden_layers: 4, fingerprint: "{FAKE_FINGERPRINT}"}}
+task: humaneval
+skip: {{attention: [1, 2], mlp: [2]}}
+draft: {{max_draft_tokens: 8, confidence_threshold: 0.8}}
+"""
 
 
 def make_profile(fingerprint=FAKE_FINGERPRINT, num_layers=4, **changes) -> Profile:
@@ -38,7 +50,7 @@ def make_profile(fingerprint=FAKE_FINGERPRINT, num_layers=4, **changes) -> Profi
         model=ProfileModel(name="tiny", architecture="llama", num_hidden_layers=num_layers, fingerprint=fingerprint),
         task="humaneval",
         skip=SkipSet(attention=(1, 2), mlp=(2,)),
-        draft=DraftSettings(max_draft_tokens=8, confidence_threshold=0.8),
+        draft=POLICY_DRAFT,
         metrics=ProfileMetrics(matchness=0.81, acceptance_rate=0.74, mean_accepted_tokens=2.9, speedup=1.12,
                                predicted_speedup=1.15, device="cpu (2 threads)", dtype="float32"),
         provenance={"tool_version": "0.1.0", "study": "tiny-humaneval", "trial": 17, "seed": 0,
@@ -70,8 +82,8 @@ def assert_one_line(message: str, *fragments: str) -> None:
 def test_round_trip_through_text_and_file(tmp_path):
     profile = make_profile()
     text = profiles.dump_profile(profile)
-    assert text.startswith("# skipsearch profile v1")
-    assert "attention: [1, 2]" in text
+    assert text.startswith("# skipsearch profile v2")
+    assert "attention: [1, 2]" in text and "verify: [1.0, 1.7, 2.2]" in text
     assert list(yaml.safe_load(text)) == ["skipsearch_profile", "model", "task", "skip", "draft", "metrics",
                                           "provenance"]
     assert parse_profile(yaml.safe_load(text)) == profile
@@ -80,12 +92,53 @@ def test_round_trip_through_text_and_file(tmp_path):
 
 
 def test_optional_sections_and_empty_skip_lists_round_trip(tmp_path):
-    profile = make_profile(skip=SkipSet(), metrics=None, provenance={})
+    profile = make_profile(skip=SkipSet(), metrics=None, provenance={})  # n-gram only
     save_profile(profile, tmp_path / "p.yaml")
     data = yaml.safe_load((tmp_path / "p.yaml").read_text())
     assert "metrics" not in data and "provenance" not in data
     assert data["skip"] == {"attention": [], "mlp": []}
     assert load_profile(tmp_path / "p.yaml") == profile
+
+
+def test_a_skip_only_policy_writes_null_sections_and_they_may_be_left_out(tmp_path):
+    profile = make_profile(draft=SKIP_ONLY_DRAFT)
+    save_profile(profile, tmp_path / "p.yaml")
+    data = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    assert data["draft"] == {"max_draft_tokens": 8, "confidence_threshold": 0.8, "ngram": None, "policy": None,
+                             "costs": None}
+    assert load_profile(tmp_path / "p.yaml") == profile
+    for key in ("ngram", "policy", "costs"):
+        del data["draft"][key]
+    assert parse_profile(data) == profile
+
+
+def test_n_gram_drafting_without_a_policy_needs_an_empty_skip_set(tmp_path):
+    # without a policy the choice is fixed: the skip set every round, else the n-gram draft
+    fixed_ngram = dataclasses.replace(POLICY_DRAFT, policy=None, costs=None)
+    profile = make_profile(skip=SkipSet(), draft=fixed_ngram)
+    save_profile(profile, tmp_path / "p.yaml")
+    assert load_profile(tmp_path / "p.yaml") == profile
+    with pytest.raises(SkipsearchError, match=r"^profile to write: draft\.ngram: never used"):
+        save_profile(make_profile(draft=fixed_ngram), tmp_path / "p.yaml")
+
+
+def test_version_1_file_loads_as_a_skip_only_policy_and_is_written_as_version_2(tmp_path):
+    profile = load_profile(write(tmp_path, VERSION_1_TEXT, "v1.yaml"))
+    assert profile == make_profile(draft=SKIP_ONLY_DRAFT, metrics=None, provenance={}, skipsearch_profile=1)
+    save_profile(profile, tmp_path / "v2.yaml")
+    assert yaml.safe_load((tmp_path / "v2.yaml").read_text())["skipsearch_profile"] == 2
+    assert load_profile(tmp_path / "v2.yaml") == dataclasses.replace(profile, skipsearch_profile=2)
+
+
+def test_version_1_with_an_empty_skip_set_still_loads_but_cannot_be_written_as_version_2(tmp_path):
+    # version 1 accepted it (such a profile decodes plainly); version 2 refuses a policy that drafts nothing
+    path = write(tmp_path, VERSION_1_TEXT.replace("[1, 2], mlp: [2]", "[], mlp: []"))
+    profile = load_profile(path)
+    assert not profile.skip and profile.draft.ngram is None
+    with pytest.raises(SkipsearchError) as info:
+        save_profile(profile, tmp_path / "out.yaml")
+    assert_one_line(str(info.value), "profile to write: skip: the policy drafts nothing", "set draft.ngram")
+    assert not (tmp_path / "out.yaml").exists()
 
 
 def test_partial_metrics_and_null_sections_are_accepted():
@@ -110,12 +163,18 @@ def test_unsorted_indices_and_integral_numbers_are_normalised():
 def test_numpy_values_are_written_as_plain_yaml():
     np = pytest.importorskip("numpy")
     profile = make_profile(
-        draft=DraftSettings(max_draft_tokens=np.int64(4), confidence_threshold=np.float64(0.5)),
+        draft=DraftSettings(max_draft_tokens=np.int64(4), confidence_threshold=np.float64(0.5),
+                            ngram=NgramSettings(np.int64(1), np.int64(3), np.int64(6)), policy=PolicySettings(),
+                            costs=RelativeCosts(verify=(np.float64(1.0), np.float32(1.5)), draft_step=np.float64(0.5))),
         metrics=ProfileMetrics(speedup=np.float32(1.5)),
         provenance={"seed": np.int64(3), "scores": (np.float64(0.25),)},
     )
     data = yaml.safe_load(profiles.dump_profile(profile))
-    assert data["draft"] == {"max_draft_tokens": 4, "confidence_threshold": 0.5}
+    assert data["draft"] == {"max_draft_tokens": 4, "confidence_threshold": 0.5,
+                             "ngram": {"min_n": 1, "max_n": 3, "max_tokens": 6},
+                             "policy": {"ngram_prior": 0.6, "layer_skip_prior": 0.6, "prior_weight": 4.0,
+                                        "margin": 1.0},
+                             "costs": {"verify": [1.0, 1.5], "draft_step": 0.5}}
     assert data["provenance"] == {"seed": 3, "scores": [0.25]}
 
 
@@ -144,7 +203,7 @@ def _delete(path):
 
 # (change, fragments the one-line message must hold, whether the JSON Schema can tell too)
 REJECTED = {
-    "unknown version": (_set(["skipsearch_profile"], 2), ["skipsearch_profile:", "known: 1"], True),
+    "unknown version": (_set(["skipsearch_profile"], 3), ["skipsearch_profile:", "known: 1, 2"], True),
     "version as text": (_set(["skipsearch_profile"], "1"), ["skipsearch_profile:", "integer"], True),
     "version as bool": (_set(["skipsearch_profile"], True), ["skipsearch_profile:", "boolean"], True),
     "no version": (_delete(["skipsearch_profile"]), ["skipsearch_profile:", "missing"], True),
@@ -195,6 +254,51 @@ REJECTED = {
     "provenance nested mapping": (_set(["provenance", "sampler"], {"name": "tpe"}), ["provenance.sampler:"], True),
     "provenance nested list": (_set(["provenance", "command"], ["a", ["b"]]), ["provenance.command[1]:"], True),
     "provenance non-string key": (_set(["provenance", 3], "x"), ["provenance.3:", "string key"], True),
+    # version 2: n-gram drafting, the policy and its costs
+    "ngram as list": (_set(["draft", "ngram"], [2, 4]), ["draft.ngram: expected a mapping with keys min_n, max_n, "
+                                                         "max_tokens, or null for no n-gram drafting"], True),
+    "policy as text": (_set(["draft", "policy"], "auto"), ["draft.policy:", "or null for a fixed choice"], True),
+    "ngram typo": (_set(["draft", "ngram", "max_token"], 3), ["draft.ngram.max_token: unknown key",
+                                                               "did you mean 'max_tokens'"], True),
+    "no ngram max_n": (_delete(["draft", "ngram", "max_n"]), ["draft.ngram.max_n: required field is missing"], True),
+    "zero min_n": (_set(["draft", "ngram", "min_n"], 0), ["draft.ngram.min_n: expected an integer >= 1, got 0"],
+                   True),
+    "float max_tokens": (_set(["draft", "ngram", "max_tokens"], 2.5), ["draft.ngram.max_tokens:", "2.5"], True),
+    "min_n above max_n": (_set(["draft", "ngram", "min_n"], 5), ["draft.ngram: need 1 <= min_n <= max_n",
+                                                                 "min_n=5, max_n=4"], False),
+    "unused ngram": (lambda d: d["draft"].update(policy=None, costs=None),
+                     ["draft.ngram: never used: without draft.policy the skip set drafts every round",
+                      "set ngram to null"], True),
+    "policy typo": (_set(["draft", "policy", "margn"], 1.0), ["draft.policy.margn", "did you mean 'margin'"], True),
+    "prior of 1": (_set(["draft", "policy", "ngram_prior"], 1.0), ["draft.policy.ngram_prior:",
+                                                                   "expected a number in [0, 1), got 1.0"], True),
+    "negative prior": (_set(["draft", "policy", "layer_skip_prior"], -0.1), ["draft.policy.layer_skip_prior:"],
+                       True),
+    "zero margin": (_set(["draft", "policy", "margin"], 0), ["draft.policy.margin: expected a number > 0"], True),
+    "prior weight as text": (_set(["draft", "policy", "prior_weight"], "4"), ["draft.policy.prior_weight:",
+                                                                              "string"], True),
+    "policy without costs": (_set(["draft", "costs"], None), ["draft.costs: required when draft.policy is set"],
+                             True),
+    "costs without policy": (lambda d: d["draft"].update(ngram=None, policy=None),
+                             ["draft.costs: only a policy uses costs"], True),
+    "one verify cost": (_set(["draft", "costs", "verify"], [1.0]), ["draft.costs.verify:", "at least 2 costs"],
+                        True),
+    "verify as number": (_set(["draft", "costs", "verify"], 1.7), ["draft.costs.verify:", "list"], True),
+    "verify not relative": (_set(["draft", "costs", "verify"], [2.0, 3.4]), ["draft.costs.verify[0]: expected 1",
+                                                                              "relative to one plain step", "2.0"],
+                            True),
+    "zero verify cost": (_set(["draft", "costs", "verify"], [1, 0]), ["draft.costs.verify[1]:", "> 0"], True),
+    "negative draft step": (_set(["draft", "costs", "draft_step"], -0.5), ["draft.costs.draft_step:", "> 0"], True),
+    "infinite draft step": (_set(["draft", "costs", "draft_step"], math.inf), ["draft.costs.draft_step:", "inf"],
+                            False),  # JSON has no infinity; jsonschema lets it through a lower bound
+    "drafts nothing": (lambda d: d.update(skip={"attention": [], "mlp": []}, draft={**d["draft"], "ngram": None}),
+                       ["skip: the policy drafts nothing", "skip at least one sublayer or set draft.ngram"], True),
+    "version 1 with ngram": (_set(["skipsearch_profile"], 1), ["draft.ngram: not part of a version 1 profile",
+                                                               "set skipsearch_profile: 2"], True),
+    "version 1 with costs": (lambda d: d.update(skipsearch_profile=1, draft={"max_draft_tokens": 8,
+                                                                              "confidence_threshold": 0.8,
+                                                                              "costs": None}),
+                             ["draft.costs: not part of a version 1 profile"], True),
 }
 
 
@@ -215,8 +319,8 @@ def test_top_level_must_be_a_mapping(data):
 
 
 def test_unknown_version_is_reported_before_other_problems():
-    with pytest.raises(SkipsearchError, match=r"version 2 is not known .*known: 1"):
-        parse_profile({"skipsearch_profile": 2, "whatever": "comes in v2"})
+    with pytest.raises(SkipsearchError, match=r"version 3 is not known .*known: 1, 2"):
+        parse_profile({"skipsearch_profile": 3, "whatever": "comes in v3"})
 
 
 # --- reading files ----------------------------------------------------------------------------
@@ -381,11 +485,21 @@ def test_schema_is_valid_2020_12_and_ships_in_the_package():
         make_profile(),
         make_profile(skip=SkipSet(), metrics=None, provenance={}),
         make_profile(metrics=ProfileMetrics(speedup=0.9), provenance={"seeds": [1, 2, 3], "ok": True}),
+        make_profile(draft=SKIP_ONLY_DRAFT),
+        make_profile(draft=dataclasses.replace(POLICY_DRAFT, ngram=None)),
+        make_profile(skip=SkipSet(), draft=dataclasses.replace(POLICY_DRAFT, policy=None, costs=None)),
     ],
 )
 def test_schema_accepts_what_the_loader_accepts(profile):
     data = yaml.safe_load(profiles.dump_profile(profile))
     assert parse_profile(data) == profile
+    jsonschema.validate(data, profile_schema(), cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.parametrize("text", [VERSION_1_TEXT, VERSION_1_TEXT.replace("[1, 2], mlp: [2]", "[], mlp: []")])
+def test_schema_accepts_the_version_1_files_the_loader_accepts(text):
+    data = yaml.safe_load(text)
+    parse_profile(data)
     jsonschema.validate(data, profile_schema(), cls=jsonschema.Draft202012Validator)
 
 
@@ -400,18 +514,13 @@ def test_schema_rejects_what_the_loader_rejects(case):
 
 # --- plain PyYAML reader documented in the README ---------------------------------------------
 
-PLAIN_READER = '''
-import yaml
+def readme_snippet(after: str) -> str:
+    """The first python code block in README.md after the line holding `after`."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    return readme[readme.index(after):].split("```python\n", 1)[1].split("```", 1)[0]
 
-with open(path, encoding="utf-8") as f:
-    profile = yaml.safe_load(f)
-if profile.get("skipsearch_profile") != 1:
-    raise ValueError(f"unsupported skipsearch profile version {profile.get('skipsearch_profile')!r}")
-skip_attention = set(profile["skip"]["attention"])  # 0-based decoder-layer indices
-skip_mlp = set(profile["skip"]["mlp"])
-max_draft_tokens = profile["draft"]["max_draft_tokens"]
-confidence_threshold = profile["draft"]["confidence_threshold"]
-'''
+
+PLAIN_READER = readme_snippet("Another runtime can read a profile with PyYAML alone")
 
 
 def test_plain_pyyaml_reader_from_the_readme(tmp_path):
@@ -420,6 +529,25 @@ def test_plain_pyyaml_reader_from_the_readme(tmp_path):
     exec(PLAIN_READER, namespace)
     assert namespace["skip_attention"] == {1, 2} and namespace["skip_mlp"] == {2}
     assert namespace["max_draft_tokens"] == 8 and namespace["confidence_threshold"] == 0.8
+    assert (namespace["min_n"], namespace["max_n"], namespace["ngram_max_tokens"]) == (2, 4, 10)
+    assert namespace["policy"]["margin"] == 1.1 and namespace["costs"]["verify"] == [1.0, 1.7, 2.2]
+
+
+@pytest.mark.parametrize("text", [VERSION_1_TEXT, None])
+def test_plain_pyyaml_reader_reads_skip_only_policies(tmp_path, text):
+    path = write(tmp_path, text) if text else tmp_path / "p.yaml"
+    if text is None:
+        save_profile(make_profile(draft=SKIP_ONLY_DRAFT), path)
+    namespace = {"path": str(path)}
+    exec(PLAIN_READER, namespace)
+    assert namespace["skip_attention"] == {1, 2} and namespace["max_draft_tokens"] == 8
+    assert namespace["ngram"] is None and namespace["policy"] is None and namespace["costs"] is None
+
+
+def test_plain_pyyaml_reader_refuses_an_unknown_version(tmp_path):
+    path = write(tmp_path, VERSION_1_TEXT.replace("skipsearch_profile: 1", "skipsearch_profile: 3"))
+    with pytest.raises(ValueError, match="unsupported skipsearch profile version 3"):
+        exec(PLAIN_READER, {"path": str(path)})
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -430,8 +558,12 @@ def test_cli_validate_ok(tmp_path, capsys):
     save_profile(make_profile(), path)
     assert main(["profile", "validate", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert out == f"OK: {path} (model tiny, task humaneval, 2 attention + 1 MLP sublayers skipped)\n"
+    assert out == f"OK: {path} (model tiny, task humaneval, 2 attention + 1 MLP sublayers skipped + n-gram drafting)\n"
     assert err == ""
+    save_profile(make_profile(draft=SKIP_ONLY_DRAFT), path)
+    assert main(["profile", "validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out == f"OK: {path} (model tiny, task humaneval, 2 attention + 1 MLP sublayers skipped)\n"
 
 
 def _fake_loader(model, calls=None):
@@ -505,11 +637,19 @@ def test_cli_show(tmp_path, capsys):
     save_profile(make_profile(), path)
     assert main(["profile", "show", str(path)]) == 0
     out = capsys.readouterr().out
-    for fragment in ["model:     tiny (llama, 4 layers, sha256:abab", "task:      humaneval",
-                     "3 of 8 sublayers", "attention: 1, 2", "mlp:       2", "up to 8 tokens", "< 0.8",
+    for fragment in ["(skipsearch profile v2)", "model:     tiny (llama, 4 layers, sha256:abab",
+                     "task:      humaneval", "3 of 8 sublayers (layer", "attention: 1, 2", "mlp:       2",
+                     "draft:     layer skip up to 8 tokens", "< 0.8",
+                     "n-gram:    up to 10 tokens after the latest earlier occurrence of the context's last 4 down "
+                     "to 2 tokens",
+                     "each round a plain step, an n-gram draft or a layer-skip draft",
+                     "beats a plain step by x1.1",
+                     "per-token acceptance n-gram 0.5, layer skip 0.7, worth 4 drafted tokens",
+                     "verifying 1..3 tokens 1, 1.7, 2.2; one draft step 0.85",
                      "matchness: 0.81", "device: cpu (2 threads)", "tool_version: 0.1.0",
                      "command: ['skipsearch', 'search']",
-                     "metrics measured in float32 on cpu (2 threads); the profile is usable in any dtype"]:
+                     "metrics and the policy's costs measured in float32 on cpu (2 threads); the profile is usable "
+                     "in any dtype"]:
         assert fragment in out
 
 
@@ -518,8 +658,9 @@ def test_cli_show_says_what_the_metrics_were_measured_in(tmp_path, capsys):
     save_profile(make_profile(metrics=ProfileMetrics(speedup=1.4, device="NVIDIA H200 (cuda:0)", dtype="bfloat16")), path)
     assert main(["profile", "show", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "metrics measured in bfloat16 on NVIDIA H200 (cuda:0); the profile is usable in any dtype\n" in out
-    save_profile(make_profile(metrics=ProfileMetrics(matchness=0.8)), path)
+    assert ("metrics and the policy's costs measured in bfloat16 on NVIDIA H200 (cuda:0); the profile is usable in "
+            "any dtype\n") in out
+    save_profile(make_profile(metrics=ProfileMetrics(matchness=0.8), draft=SKIP_ONLY_DRAFT), path)
     assert main(["profile", "show", str(path)]) == 0
     assert "metrics measured in an unrecorded dtype on an unrecorded device;" in capsys.readouterr().out
 
@@ -530,6 +671,32 @@ def test_cli_show_without_metrics_or_provenance(tmp_path, capsys):
     assert main(["profile", "show", str(path)]) == 0
     out = capsys.readouterr().out
     assert "attention: none" in out and "metrics:   none recorded" in out and "provenance: none recorded" in out
+    assert "0 of 8 sublayers: n-gram only" in out and "draft:" not in out  # the skipped model never drafts
+    assert "each round a plain step or an n-gram draft, whichever" in out
+    assert "per-token acceptance n-gram 0.5, worth 4" in out and "draft step" not in out
+
+
+def test_cli_show_a_skip_only_policy_and_a_version_1_file(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    save_profile(make_profile(draft=SKIP_ONLY_DRAFT), path)
+    assert main(["profile", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "n-gram:    none\npolicy:    none: the skip set drafts every round\n" in out
+    save_profile(make_profile(draft=dataclasses.replace(POLICY_DRAFT, ngram=None)), path)
+    assert main(["profile", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "each round a plain step or a layer-skip draft" in out
+    assert "layer skip 0.7" in out and "n-gram 0.5" not in out
+    save_profile(make_profile(skip=SkipSet(), draft=dataclasses.replace(POLICY_DRAFT, policy=None, costs=None)), path)
+    assert main(["profile", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "n-gram only" in out and "policy:    none: an n-gram draft every round whose context suffix" in out
+    assert main(["profile", "show", str(write(tmp_path, VERSION_1_TEXT, "v1.yaml"))]) == 0
+    out = capsys.readouterr().out
+    assert "(skipsearch profile v1)" in out and "policy:    none: the skip set drafts every round" in out
+    empty = write(tmp_path, VERSION_1_TEXT.replace("[1, 2], mlp: [2]", "[], mlp: []"), "empty.yaml")
+    assert main(["profile", "show", str(empty)]) == 0
+    assert "policy:    none, and nothing drafts: every token is a plain step" in capsys.readouterr().out
 
 
 # --- the embedded SmolLM2 ---------------------------------------------------------------------
@@ -549,7 +716,8 @@ def test_profile_against_embedded_smollm(smollm, tmp_path, capsys, monkeypatch):
     check_profile_for_model(load_profile(path), smollm.model, fingerprint=fingerprint)
     monkeypatch.setattr(profile_cmd, "load_model", lambda name, **options: smollm)
     assert main(["profile", "validate", str(path), "--model", "smollm2-135m"]) == 0
-    assert "4 attention + 2 MLP sublayers skipped; fits the loaded model smollm2-135m" in capsys.readouterr().out
+    assert ("4 attention + 2 MLP sublayers skipped + n-gram drafting; fits the loaded model smollm2-135m"
+            in capsys.readouterr().out)
 
     wrong = copy.deepcopy(profiles.profile_to_dict(profile))
     wrong["model"]["fingerprint"] = "sha256:" + "0" * 64
