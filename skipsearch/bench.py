@@ -2,10 +2,41 @@
 
 `run_bench` runs every method on every prompt in one process, interleaved (for each
 prompt, each method in turn), so drift in the machine's speed hits all methods alike. The
-baseline is greedy `model.generate`; every other method's output is checked against its
-tokens (`lossless.classify`: identical, a tie flip in bfloat16/float16, or an error), and
-the skipsearch methods get a predicted speedup from a cost model measured
-on the same device, to set beside the measured one.
+methods, in the table's order:
+
+- `generate`: greedy `model.generate`, the baseline;
+- `prompt lookup N`: `generate(prompt_lookup_num_tokens=N)` for each N of
+  `prompt_lookup_num_tokens`; the table keeps the fastest ("prompt lookup (best N=…)");
+- `early-exit E`: `generate(assistant_early_exit=E)` for each E of `early_exit_layers`; the
+  table keeps the fastest ("assistant_early_exit (best E=…)");
+- skipsearch's decoder (`decoding.decode`, each row with the fallback to plain decoding and a
+  `FallbackMemory` carried across prompts as a runtime would, unless its name says otherwise):
+  `NO_SKIP` (nothing to draft with: the decoder's overhead); `SKIP_ONLY` and
+  `SKIP_ONLY_NO_FALLBACK` (the skip set drafts every round, no policy; only with a skip set);
+  `NGRAM_ONLY` (no skip set, n-gram drafts from `ngram`, chosen each round by the cost-model
+  policy with default `PolicySettings` and the bench's measured costs relative to a plain
+  step; without a cost model the fixed rule: the whole n-gram draft whenever there is one);
+  `PROFILE_POLICY` (only with `policy` or `policy_ngram`: the skip set, `policy_ngram` and
+  the policy, deciding with `policy_costs`, else with the bench's relative costs, else by the
+  fixed rule).
+
+Every method's output is checked against the baseline's tokens (`lossless.classify`:
+identical, a tie flip in bfloat16/float16, or an error). Skipsearch rows count their rounds
+by drafter (n-gram, layer skip) and their plain steps, and get a predicted speedup from a
+cost model measured on the same device (`cost_repeats` > 0), to set beside the measured one
+(`MethodRow.predicted_by` says which):
+
+- rows without n-gram drafting (`NO_SKIP`, `SKIP_ONLY`, `SKIP_ONLY_NO_FALLBACK`, a profile
+  policy without n-grams): `costs.predicted_speedup_from_stats`, the cost model applied to
+  the run's own counts ("counts");
+- rows with n-gram drafting and no skip set (`NGRAM_ONLY`, a profile policy of n-grams only):
+  `costs.replay_drafting` of the policy over `generate`'s output for each prompt with the
+  bench's relative costs ("replay"). It is exact for n-gram drafts (they only depend on the
+  context), but it replays the policy alone: the decoder's probe steps and fallback are not
+  in it;
+- a profile policy with both a skip set and n-grams: none. Replaying its layer-skip drafts
+  needs the skipped model's per-position confidences (the search's proxy trace), which the
+  bench does not compute, and the run's own counts mix two drafters whose rounds cost differently.
 
 This module knows nothing about tokenizers, task files, printing or output files: it takes
 prompt ids and returns rows; the CLI (`skipsearch bench`) does the rest.
@@ -23,21 +54,28 @@ from typing import Callable
 import torch
 
 from . import forward
-from .costs import CostModel, measure_costs, predicted_speedup_from_stats
+from .costs import CostModel, ReplayPrompt, measure_costs, predicted_speedup_from_stats, relative_costs, replay_drafting
 from .decoding import DecodeSettings, DecodeStats, FallbackMemory, decode
-from .timing import synchronize
+from .drafting import NgramSettings, PolicySettings, RelativeCosts
 from .errors import SkipsearchError
 from .lossless import KINDS, Divergence, classify
 from .skipping import SkipSet, decoder_layers
+from .timing import synchronize
 
 log = logging.getLogger(__name__)
 
 BASELINE = "generate"
 NO_SKIP = "skipsearch (no skip)"
-PROFILE = "skipsearch (profile)"
-PROFILE_NO_FALLBACK = "skipsearch (profile, no fallback)"
+SKIP_ONLY = "skipsearch (skip only)"
+SKIP_ONLY_NO_FALLBACK = "skipsearch (skip only, no fallback)"
+NGRAM_ONLY = "skipsearch (n-gram only)"
+PROFILE_POLICY = "skipsearch (profile policy)"
+# the skip-only rows' earlier names
+PROFILE, PROFILE_NO_FALLBACK = SKIP_ONLY, SKIP_ONLY_NO_FALLBACK
 EARLY_EXIT = "early-exit"
 PROMPT_LOOKUP = "prompt lookup"
+# how a row's predicted speedup was computed (MethodRow.predicted_by)
+BY_COUNTS, BY_REPLAY = "counts", "replay"
 
 
 @dataclass(frozen=True)
@@ -49,14 +87,23 @@ class BenchPrompt:
 @dataclass(frozen=True)
 class BenchSettings:
     max_new_tokens: int = 96
-    # the skip set to draft with; None benchmarks only the no-skip overhead
+    # the skip set to draft with; None benchmarks no layer-skip drafting
     skip_set: SkipSet | None = None
     max_draft_tokens: int = 8
     confidence_threshold: float = 0.8
     # layers E for generate(assistant_early_exit=E); () leaves early exit out
     early_exit_layers: tuple[int, ...] = (4, 8, 12, 16, 20, 24)
-    # n-gram candidates per step for generate(prompt_lookup_num_tokens=...); 0 leaves prompt lookup out
-    prompt_lookup_num_tokens: int = 5
+    # n-gram candidates per step for generate(prompt_lookup_num_tokens=N), one method per N; () leaves
+    # prompt lookup out (an int is taken as one value, 0 as none)
+    prompt_lookup_num_tokens: tuple[int, ...] = (3, 5, 10)
+    # the n-gram drafter of the n-gram-only row; None leaves that row out
+    ngram: NgramSettings | None = field(default_factory=NgramSettings)
+    # a profile's drafting policy, for the profile-policy row (the skip set drafting beside
+    # policy_ngram, chosen each round by the policy); the row runs when either is set
+    policy_ngram: NgramSettings | None = None
+    policy: PolicySettings | None = None
+    # the costs the profile's policy decides with (relative to a plain step); None: the bench's
+    policy_costs: RelativeCosts | None = None
     # repeats per configuration when measuring the cost model; 0 leaves predictions out
     cost_repeats: int = 5
     # new tokens of the warm-up run of each method on the first prompt; 0 skips the warm-up
@@ -65,6 +112,11 @@ class BenchSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        lookup = self.prompt_lookup_num_tokens
+        if isinstance(lookup, int) and not isinstance(lookup, bool):
+            lookup = (lookup,) if lookup else ()
+        object.__setattr__(self, "prompt_lookup_num_tokens", tuple(lookup))
+        object.__setattr__(self, "early_exit_layers", tuple(self.early_exit_layers))
         checks = [
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.max_draft_tokens >= 1, f"max_draft_tokens must be >= 1, got {self.max_draft_tokens}"),
@@ -72,8 +124,15 @@ class BenchSettings:
              f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}"),
             (all(e >= 1 for e in self.early_exit_layers),
              f"early-exit layers must be >= 1, got {list(self.early_exit_layers)}"),
-            (self.prompt_lookup_num_tokens >= 0,
-             f"prompt_lookup_num_tokens must be >= 0 (0 leaves it out), got {self.prompt_lookup_num_tokens}"),
+            (all(n >= 1 for n in self.prompt_lookup_num_tokens),
+             (f"prompt_lookup_num_tokens must be >= 1 each (() leaves prompt lookup out), "
+              f"got {list(self.prompt_lookup_num_tokens)}")),
+            (len(set(self.prompt_lookup_num_tokens)) == len(self.prompt_lookup_num_tokens),
+             f"prompt_lookup_num_tokens has duplicates: {list(self.prompt_lookup_num_tokens)}"),
+            (len(set(self.early_exit_layers)) == len(self.early_exit_layers),
+             f"early-exit layers have duplicates: {list(self.early_exit_layers)}"),
+            (not self.has_policy or self.policy_ngram is not None or bool(self.skip_set),
+             "the profile's policy drafts nothing: no skip set and no n-gram drafter (policy_ngram)"),
             (self.cost_repeats >= 0, f"cost_repeats must be >= 0 (0 leaves predictions out), got {self.cost_repeats}"),
             (self.warmup_tokens >= 0, f"warmup_tokens must be >= 0 (0 skips the warm-up), got {self.warmup_tokens}"),
         ]
@@ -81,12 +140,27 @@ class BenchSettings:
             if not ok:
                 raise SkipsearchError(message)
 
+    @property
+    def has_policy(self) -> bool:
+        """Whether the profile-policy row runs."""
+        return self.policy is not None or self.policy_ngram is not None
+
+    @property
+    def max_verified(self) -> int:
+        """The most tokens any skipsearch row drafts in one round: the cost model's verify
+        passes go one further (the pending token)."""
+        ngrams = [n.max_tokens for n in (self.ngram, self.policy_ngram if self.has_policy else None) if n]
+        return max([self.max_draft_tokens, *ngrams])
+
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["skip_set"] = None if self.skip_set is None else {
             "attention": list(self.skip_set.attention), "mlp": list(self.skip_set.mlp)
         }
         out["early_exit_layers"] = list(self.early_exit_layers)
+        out["prompt_lookup_num_tokens"] = list(self.prompt_lookup_num_tokens)
+        if self.policy_costs is not None:
+            out["policy_costs"]["verify"] = list(self.policy_costs.verify)
         return out
 
 
@@ -126,13 +200,21 @@ class MethodRow:
     ratio: float  # tokens_per_s / the baseline's
     acceptance_rate: float | None = None  # share of drafted tokens accepted (skipsearch methods)
     mean_accepted_tokens: float | None = None  # tokens committed per verify round (skipsearch methods)
-    predicted_speedup: float | None = None  # the cost model's, from this row's counts (skipsearch methods)
+    # the cost model's prediction (skipsearch methods; None where it cannot be computed) and how:
+    # BY_COUNTS (from this row's counts) or BY_REPLAY (the policy replayed over generate's outputs)
+    predicted_speedup: float | None = None
+    predicted_by: str | None = None
     # prompts whose output is identical to the baseline's / differs by a tie flip / by an error;
     # None for the baseline
     identical: int | None = None
     tie_flips: int | None = None
     errors: int | None = None
     fell_back: int | None = None  # prompts on which the decoder switched to plain decoding
+    # skipsearch methods, over all prompts: verify rounds of n-gram drafts, of layer-skip drafts,
+    # and full-model steps without a draft (probe, fallback, the policy's plain choice)
+    ngram_rounds: int | None = None
+    layer_skip_rounds: int | None = None
+    plain_steps: int | None = None
 
     @property
     def measured_speedup(self) -> float:
@@ -146,8 +228,8 @@ class MethodRow:
 
 @dataclass
 class BenchResult:
-    rows: list[MethodRow]  # the table: early exit reduced to its fastest layer
-    all_rows: list[MethodRow]  # every method, every early-exit layer
+    rows: list[MethodRow]  # the table: early exit and prompt lookup each reduced to their fastest value
+    all_rows: list[MethodRow]  # every method, every early-exit layer and prompt-lookup length
     runs: list[PromptRun]  # per prompt and method, in the order they ran
     costs: CostModel | None = None
     settings: BenchSettings = field(default_factory=BenchSettings)
@@ -175,10 +257,18 @@ class _Method:
     # (prompt ids, max new tokens) -> (generated ids, decode stats or None); untimed
     generate: Callable[[list[int], int], tuple[list[int], DecodeStats | None]]
     memory: FallbackMemory | None = None  # the fallback's verdict carried across prompts, as a runtime would
+    verify_tokens: int = 9  # the longest verify pass it runs: the lossless check's multi-token pass
+    # skipsearch methods: what the draft skips and the decoder's settings (max_new_tokens aside)
+    skip_set: SkipSet | None = None
+    decode_settings: DecodeSettings | None = None
 
 
 def early_exit_name(layer: int) -> str:
     return f"{EARLY_EXIT} {layer}"
+
+
+def prompt_lookup_name(num_tokens: int) -> str:
+    return f"{PROMPT_LOOKUP} {num_tokens}"
 
 
 def _hf_generate(model, **extra) -> Callable[[list[int], int], tuple[list[int], None]]:
@@ -210,22 +300,21 @@ def _hf_generate(model, **extra) -> Callable[[list[int], int], tuple[list[int], 
     return run
 
 
-def _skipsearch_decode(model, skip_set: SkipSet, settings: BenchSettings, fallback: bool,
-                       memory: FallbackMemory | None = None):
+def _skipsearch(model, name: str, skip_set: SkipSet, settings: DecodeSettings, remember: bool) -> _Method:
+    """A skipsearch row: `decode` with these settings; `remember` carries the fallback's verdict
+    across prompts in a FallbackMemory."""
+    memory = FallbackMemory() if remember and settings.fallback else None
+
     def run(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], DecodeStats]:
-        decode_settings = DecodeSettings(
-            max_new_tokens=max_new_tokens,
-            max_draft_tokens=settings.max_draft_tokens,
-            confidence_threshold=settings.confidence_threshold,
-            fallback=fallback,
-        )
-        result = decode(model, prompt_ids, skip_set, decode_settings, memory=memory)
+        result = decode(model, prompt_ids, skip_set,
+                        dataclasses.replace(settings, max_new_tokens=max_new_tokens), memory=memory)
         return result.token_ids, result.stats
 
-    return run
+    longest = max(settings.max_draft_tokens, settings.ngram.max_tokens if settings.ngram else 0)
+    return _Method(name, run, memory, verify_tokens=longest + 1, skip_set=skip_set, decode_settings=settings)
 
 
-def _methods(model, settings: BenchSettings) -> list[_Method]:
+def _check_methods(model, settings: BenchSettings) -> None:
     num_layers = len(decoder_layers(model))
     bad = [e for e in settings.early_exit_layers if e >= num_layers]
     if bad:
@@ -233,25 +322,48 @@ def _methods(model, settings: BenchSettings) -> list[_Method]:
             f"early-exit layers {bad} are out of range for a model with {num_layers} decoder layers; "
             f"use 1..{num_layers - 1}"
         )
-    methods = [
-        _Method(BASELINE, _hf_generate(model)),
-        _Method(NO_SKIP, _skipsearch_decode(model, SkipSet(), settings, fallback=True)),
-    ]
-    if settings.skip_set is not None and len(settings.skip_set):
+    if settings.skip_set is not None:
         settings.skip_set.check_against(num_layers)
-        memory = FallbackMemory()
-        methods += [
-            _Method(PROFILE, _skipsearch_decode(model, settings.skip_set, settings, fallback=True, memory=memory),
-                    memory),
-            _Method(PROFILE_NO_FALLBACK, _skipsearch_decode(model, settings.skip_set, settings, fallback=False)),
-        ]
+
+
+def _methods(model, settings: BenchSettings, costs: CostModel | None) -> list[_Method]:
+    """Every method in the table's order; `costs` (the bench's cost model) is what the policy rows
+    decide with when they have no costs of their own."""
+    _check_methods(model, settings)
+    skip_set = settings.skip_set or SkipSet()
+    plain_verify = settings.max_draft_tokens + 1
+    methods = [_Method(BASELINE, _hf_generate(model), verify_tokens=plain_verify)]
     methods += [
-        _Method(early_exit_name(e), _hf_generate(model, assistant_early_exit=e)) for e in settings.early_exit_layers
+        _Method(prompt_lookup_name(n), _hf_generate(model, prompt_lookup_num_tokens=n), verify_tokens=n + 1)
+        for n in settings.prompt_lookup_num_tokens
     ]
-    if settings.prompt_lookup_num_tokens:
-        methods.append(
-            _Method(PROMPT_LOOKUP, _hf_generate(model, prompt_lookup_num_tokens=settings.prompt_lookup_num_tokens))
-        )
+    methods += [
+        _Method(early_exit_name(e), _hf_generate(model, assistant_early_exit=e), verify_tokens=plain_verify)
+        for e in settings.early_exit_layers
+    ]
+    base = DecodeSettings(max_new_tokens=settings.max_new_tokens, max_draft_tokens=settings.max_draft_tokens,
+                          confidence_threshold=settings.confidence_threshold)
+    methods.append(_skipsearch(model, NO_SKIP, SkipSet(), base, remember=False))
+    if len(skip_set):
+        methods += [
+            _skipsearch(model, SKIP_ONLY, skip_set, base, remember=True),
+            _skipsearch(model, SKIP_ONLY_NO_FALLBACK, skip_set, dataclasses.replace(base, fallback=False),
+                        remember=False),
+        ]
+    if settings.ngram is not None:
+        ngram_costs = None if costs is None else relative_costs(costs, SkipSet())
+        methods.append(_skipsearch(model, NGRAM_ONLY, SkipSet(),
+                                   dataclasses.replace(base, ngram=settings.ngram, costs=ngram_costs,
+                                                       policy=PolicySettings()),
+                                   remember=True))
+    if settings.has_policy:
+        policy_costs = settings.policy_costs
+        if policy_costs is None and costs is not None:
+            policy_costs = relative_costs(costs, skip_set)
+        methods.append(_skipsearch(model, PROFILE_POLICY, skip_set,
+                                   dataclasses.replace(base, ngram=settings.policy_ngram, costs=policy_costs,
+                                                       policy=settings.policy or PolicySettings()),
+                                   remember=True))
     return methods
 
 
@@ -263,29 +375,45 @@ def _timed(method: _Method, prompt_ids: list[int], max_new_tokens: int, device: 
     return token_ids, stats, time.perf_counter() - start
 
 
+def _prediction(method: _Method, stats: DecodeStats, costs: CostModel | None,
+                replay: list[ReplayPrompt]) -> tuple[float | None, str | None]:
+    """(predicted speedup, how) of a skipsearch row; (None, None) where it cannot be computed
+    (see the module docstring)."""
+    if costs is None:
+        return None, None
+    if method.decode_settings.ngram is None:
+        return predicted_speedup_from_stats(costs, method.skip_set, stats), BY_COUNTS
+    if len(method.skip_set):
+        return None, None  # layer-skip drafts cannot be replayed without the proxy's trace
+    _, speedup = replay_drafting(replay, method.decode_settings, layer_skip=False,
+                                 costs=relative_costs(costs, method.skip_set))
+    return speedup, BY_REPLAY
 
-def _summarise(method: str, runs: list[PromptRun], baseline_tokens_per_s: float | None,
-               costs: CostModel | None, skip_set: SkipSet) -> MethodRow:
+
+def _summarise(method: _Method, runs: list[PromptRun], baseline_tokens_per_s: float | None,
+               costs: CostModel | None, replay: list[ReplayPrompt]) -> MethodRow:
     new_tokens = sum(len(r.token_ids) for r in runs)
     time_s = sum(r.time_s for r in runs)
     tokens_per_s = new_tokens / time_s if time_s else 0.0
     row = MethodRow(
-        method=method,
+        method=method.name,
         new_tokens=new_tokens,
         time_s=time_s,
         tokens_per_s=tokens_per_s,
         ratio=tokens_per_s / baseline_tokens_per_s if baseline_tokens_per_s else 1.0,
     )
-    if method != BASELINE:
+    if method.name != BASELINE:
         kinds = [r.divergence.kind for r in runs]
         row.identical, row.tie_flips, row.errors = (kinds.count(kind) for kind in KINDS)
-    if runs and runs[0].stats is not None:
+    if method.decode_settings is not None:
         stats = DecodeStats.total([r.stats for r in runs])
         row.acceptance_rate = stats.acceptance_rate if stats.drafted_tokens else None
         row.mean_accepted_tokens = stats.mean_accepted_tokens if stats.rounds else None
         row.fell_back = sum(bool(r.stats.fell_back) for r in runs)
-        if costs is not None:
-            row.predicted_speedup = predicted_speedup_from_stats(costs, skip_set, stats)
+        row.ngram_rounds = stats.ngram_rounds
+        row.layer_skip_rounds = stats.rounds - stats.ngram_rounds
+        row.plain_steps = stats.plain_steps
+        row.predicted_speedup, row.predicted_by = _prediction(method, stats, costs, replay)
     return row
 
 
@@ -293,7 +421,7 @@ def _cost_context(prompts: list[BenchPrompt], settings: BenchSettings, max_posit
     """The context length at which decoding spends most of its steps: a typical prompt plus half the output."""
     context = int(statistics.median(len(p.token_ids) for p in prompts)) + settings.max_new_tokens // 2
     if max_positions is not None:
-        context = min(context, max_positions - settings.max_draft_tokens - 1)
+        context = min(context, max_positions - settings.max_verified - 1)
     return max(context, 1)
 
 
@@ -309,15 +437,15 @@ def run_bench(
     if any(not p.token_ids for p in prompts):
         raise SkipsearchError("a benchmark prompt is empty; give at least one token per prompt")
     device = forward.input_device(model)
-    methods = _methods(model, settings)
-    skip_set = settings.skip_set or SkipSet()
+    _check_methods(model, settings)  # before the cost model: bad settings fail at once
 
     costs = None
     if settings.cost_repeats:
         context = _cost_context(prompts, settings, getattr(model.config, "max_position_embeddings", None))
         log.info("measuring the cost model (context %d tokens, %d repeats)", context, settings.cost_repeats)
-        costs = measure_costs(model, context_tokens=context, max_verify_tokens=settings.max_draft_tokens + 1,
+        costs = measure_costs(model, context_tokens=context, max_verify_tokens=settings.max_verified + 1,
                               repeats=settings.cost_repeats, seed=settings.seed)
+    methods = _methods(model, settings, costs)
 
     if settings.warmup_tokens:
         warmup_tokens = min(settings.warmup_tokens, settings.max_new_tokens)
@@ -328,6 +456,7 @@ def run_bench(
 
     total = len(prompts) * len(methods)
     runs: list[PromptRun] = []
+    replay: list[ReplayPrompt] = []  # each prompt with generate's output: what the policy rows' replay runs over
     for prompt in prompts:
         reference: list[int] | None = None
         for method in methods:
@@ -335,9 +464,10 @@ def run_bench(
             run = PromptRun(method=method.name, prompt_id=prompt.id, token_ids=token_ids, time_s=elapsed, stats=stats)
             if method.name == BASELINE:
                 reference = token_ids
+                replay.append(ReplayPrompt(tuple(prompt.token_ids), tuple(token_ids)))
             else:
                 run.divergence = classify(model, list(prompt.token_ids), reference, token_ids,
-                                          verify_tokens=settings.max_draft_tokens + 1)
+                                          verify_tokens=method.verify_tokens)
                 if stats is not None and run.divergence.kind == "error":
                     log.warning("%s on prompt %s differs from generate's output (%s): the lossless guarantee failed",
                                 method.name, prompt.id, run.divergence.describe())
@@ -345,26 +475,37 @@ def run_bench(
             if progress is not None:
                 progress(len(runs), total, f"{prompt.id}: {method.name}")
 
-    baseline = _summarise(BASELINE, [r for r in runs if r.method == BASELINE], None, costs, skip_set)
+    baseline = _summarise(methods[0], [r for r in runs if r.method == BASELINE], None, costs, replay)
     all_rows = [baseline] + [
-        _summarise(m.name, [r for r in runs if r.method == m.name], baseline.tokens_per_s, costs,
-                   SkipSet() if m.name == NO_SKIP else skip_set)
-        for m in methods
-        if m.name != BASELINE
+        _summarise(m, [r for r in runs if r.method == m.name], baseline.tokens_per_s, costs, replay)
+        for m in methods[1:]
     ]
     return BenchResult(rows=_table_rows(all_rows, settings), all_rows=all_rows, runs=runs, costs=costs,
                        settings=settings)
 
 
+def _families(settings: BenchSettings) -> list[tuple[dict[str, int], Callable[[int], str]]]:
+    """Methods run at several values of one parameter: (method name -> value, the table's label of the best)."""
+    return [
+        ({early_exit_name(e): e for e in settings.early_exit_layers},
+         lambda e: f"assistant_early_exit (best E={e})"),
+        ({prompt_lookup_name(n): n for n in settings.prompt_lookup_num_tokens},
+         lambda n: f"{PROMPT_LOOKUP} (best N={n})"),
+    ]
+
+
 def _table_rows(all_rows: list[MethodRow], settings: BenchSettings) -> list[MethodRow]:
-    """All rows but early exit, which is reduced to its fastest layer, in the early-exit rows' place."""
-    early_names = {early_exit_name(e): e for e in settings.early_exit_layers}
-    early = [row for row in all_rows if row.method in early_names]
+    """All rows, but each family of one method at several values (early exit's layers, prompt
+    lookup's lengths) reduced to its fastest value, in the place of the family's first row."""
     rows = []
     for row in all_rows:
-        if row.method not in early_names:
+        family = next(((names, label) for names, label in _families(settings) if row.method in names), None)
+        if family is None:
             rows.append(row)
-        elif row is early[0]:
-            best = max(early, key=lambda r: r.tokens_per_s)
-            rows.append(dataclasses.replace(best, method=f"assistant_early_exit (best E={early_names[best.method]})"))
+            continue
+        names, label = family
+        members = [r for r in all_rows if r.method in names]
+        if row is members[0]:
+            best = max(members, key=lambda r: r.tokens_per_s)
+            rows.append(dataclasses.replace(best, method=label(names[best.method])))
     return rows

@@ -1,5 +1,6 @@
-"""`skipsearch bench`: self-speculative decoding with a skip set beside transformers' greedy
-`generate`, early exit and prompt lookup, on the same prompts in one process.
+"""`skipsearch bench`: self-speculative decoding (a skip set, n-gram drafts, a profile's policy)
+beside transformers' greedy `generate`, prompt lookup and early exit, on the same prompts in one
+process (the rows: `skipsearch.bench`).
 
 Prints a table and writes `<out-dir>/bench-<model>-<task>.csv` and `.json` (the JSON also
 holds the settings, device, versions, the command and every per-prompt run). Exits with
@@ -27,6 +28,7 @@ import torch
 from .. import __version__
 from ..bench import BASELINE, BenchPrompt, BenchResult, BenchSettings, run_bench
 from ..costs import describe_device
+from ..drafting import NgramSettings
 from ..errors import SkipsearchError
 from ..models import DEFAULT_MODEL, load_model
 from ..profiles import check_profile_for_model, load_profile
@@ -35,19 +37,24 @@ from ..tasks import check_prompt_fits, format_prompt, load_task, split_prompts
 from .model_options import add_model_options, device_map_argument, model_options
 
 DEFAULT_EARLY_EXIT_LAYERS = (4, 8, 12, 16, 20, 24)
+DEFAULT_PROMPT_LOOKUP_NUM_TOKENS = (3, 5, 10)
 DEFAULT_MAX_DRAFT_TOKENS = 8
 DEFAULT_CONFIDENCE_THRESHOLD = 0.8
 CSV_COLUMNS = ("method", "tokens_per_s", "ratio", "acceptance_rate", "mean_accepted_tokens", "predicted_speedup",
-               "measured_speedup", "identical", "tie_flips", "errors", "new_tokens", "time_s", "fell_back")
+               "measured_speedup", "identical", "tie_flips", "errors", "new_tokens", "time_s", "fell_back",
+               "ngram_rounds", "layer_skip_rounds", "plain_steps", "predicted_by")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark a skip set against generate, early exit and prompt lookup",
-        description="Run greedy transformers generate (the baseline), skipsearch's decoder without and with "
-        "a skip set, generate(assistant_early_exit=E) and prompt lookup on the same prompts, interleaved, "
-        "and report tokens/s, speedup, acceptance and the cost model's predicted speedup.",
+        help="benchmark a skip set, n-gram drafting and a profile's policy against generate, prompt lookup "
+        "and early exit",
+        description="Run greedy transformers generate (the baseline), generate(prompt_lookup_num_tokens=N), "
+        "generate(assistant_early_exit=E), and skipsearch's decoder with nothing to draft, with the skip set "
+        "drafting every round, with n-gram drafts only (the cost-model policy) and with the profile's policy "
+        "(when the profile has one) on the same prompts, interleaved, and report tokens/s, speedup, "
+        "acceptance, rounds per drafter and the cost model's predicted speedup.",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"embedded name, hub id, model folder or .gguf file (default {DEFAULT_MODEL})")
@@ -71,6 +78,9 @@ def register(subparsers) -> None:
     parser.add_argument("--early-exit-layers", metavar="LAYERS",
                         help="layers E for generate(assistant_early_exit=E), e.g. 4,8; 'none' leaves early exit out "
                         "(default 4,8,12,16,20,24, those the model has)")
+    parser.add_argument("--prompt-lookup-num-tokens", metavar="NS",
+                        help="values N for generate(prompt_lookup_num_tokens=N), each run, the fastest shown, e.g. "
+                        "3,5,10; 'none' leaves prompt lookup out (default 3,5,10)")
     parser.add_argument("--cost-repeats", type=int, default=5, metavar="N",
                         help="timings per configuration for the cost model; 0 leaves out predicted speedups (default 5)")
     parser.add_argument("--out-dir", default="reports", metavar="DIR", help="where the CSV and JSON go (default reports)")
@@ -134,6 +144,23 @@ def _early_exit_layers(args, num_layers: int) -> tuple[int, ...]:
     return parse_layers(args.early_exit_layers, "--early-exit-layers")
 
 
+def _prompt_lookup_num_tokens(args) -> tuple[int, ...]:
+    text = args.prompt_lookup_num_tokens
+    if text is None:
+        return DEFAULT_PROMPT_LOOKUP_NUM_TOKENS
+    if text.strip().lower() == "none":
+        return ()
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise SkipsearchError(f"--prompt-lookup-num-tokens takes comma-separated counts >= 1 such as 3,5,10, or "
+                              f"'none'; got {text!r}")
+    return values
+
+
 def _command_line(args) -> str:
     """The command with every option spelled out, defaults included: enough to rerun it."""
     parts = ["skipsearch", "bench", "--model", args.model]
@@ -143,6 +170,7 @@ def _command_line(args) -> str:
                         ("--max-draft-tokens", args.max_draft_tokens),
                         ("--confidence-threshold", args.confidence_threshold), ("--data", args.data),
                         ("--category", args.category), ("--early-exit-layers", args.early_exit_layers),
+                        ("--prompt-lookup-num-tokens", args.prompt_lookup_num_tokens),
                         ("--threads", args.threads), ("--attn-implementation", args.attn_implementation)):
         if value not in (None, ""):
             parts += [flag, str(value)]
@@ -177,12 +205,26 @@ def _csv_text(result: BenchResult) -> str:
     return buffer.getvalue()
 
 
+def _describe_ngram(ngram: NgramSettings | None) -> str:
+    if ngram is None:
+        return "none"
+    return f"{ngram.min_n}-{ngram.max_n} tokens matched, up to {ngram.max_tokens} drafted"
+
+
+def _describe_policy(settings: BenchSettings) -> str:
+    if not settings.has_policy:
+        return ""
+    costs = "the profile's costs" if settings.policy_costs is not None else "the costs measured here"
+    return f"; profile policy: n-grams {_describe_ngram(settings.policy_ngram)}, {costs}"
+
+
 def _fmt(value, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
 def table_lines(result: BenchResult) -> list[str]:
-    header = ("method", "tokens/s", "speedup", "predicted", "acceptance", "accepted/round", "identical/tie/error")
+    header = ("method", "tokens/s", "speedup", "predicted", "acceptance", "accepted/round",
+              "rounds ngram/skip/plain", "identical/tie/error")
     body = [
         (
             row.method,
@@ -191,6 +233,7 @@ def table_lines(result: BenchResult) -> list[str]:
             _fmt(row.predicted_speedup, ".2f", "x"),
             _fmt(row.acceptance_rate, ".2f"),
             _fmt(row.mean_accepted_tokens, ".2f"),
+            "-" if row.ngram_rounds is None else f"{row.ngram_rounds}/{row.layer_skip_rounds}/{row.plain_steps}",
             "baseline" if row.method == BASELINE else f"{row.identical}/{row.tie_flips}/{row.errors}",
         )
         for row in result.rows
@@ -217,10 +260,16 @@ def run(args) -> int:
     model = loaded.model
     num_layers = len(decoder_layers(model))
     max_draft_tokens, threshold = DEFAULT_MAX_DRAFT_TOKENS, DEFAULT_CONFIDENCE_THRESHOLD
+    # the profile's policy: its n-gram drafter also drafts the n-gram-only row
+    ngram, policy = NgramSettings(), {}
     if profile is not None:
         check_profile_for_model(profile, model)
         skip_set = profile.skip
-        max_draft_tokens, threshold = profile.draft.max_draft_tokens, profile.draft.confidence_threshold
+        draft = profile.draft
+        max_draft_tokens, threshold = draft.max_draft_tokens, draft.confidence_threshold
+        ngram = draft.ngram or ngram
+        if draft.ngram is not None or draft.policy is not None:
+            policy = {"policy_ngram": draft.ngram, "policy": draft.policy, "policy_costs": draft.costs}
     skip_set.check_against(num_layers)
     settings = BenchSettings(
         max_new_tokens=args.max_new_tokens,
@@ -228,7 +277,10 @@ def run(args) -> int:
         max_draft_tokens=args.max_draft_tokens if args.max_draft_tokens is not None else max_draft_tokens,
         confidence_threshold=args.confidence_threshold if args.confidence_threshold is not None else threshold,
         early_exit_layers=_early_exit_layers(args, num_layers),
+        prompt_lookup_num_tokens=_prompt_lookup_num_tokens(args),
+        ngram=ngram,
         cost_repeats=args.cost_repeats,
+        **policy,
         seed=args.seed,
     )
 
@@ -276,11 +328,14 @@ def run(args) -> int:
 
     print(f"{args.model} on {task.name}: {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
           f"{report['device']}, {loaded.dtype}; skip {skip_set.describe()}, "
-          f"up to {settings.max_draft_tokens} draft tokens, confidence {settings.confidence_threshold:g}")
+          f"up to {settings.max_draft_tokens} draft tokens, confidence {settings.confidence_threshold:g}; "
+          f"n-grams {_describe_ngram(settings.ngram)}{_describe_policy(settings)}")
     print("\n".join(table_lines(result)))
-    print("speedup: tokens/s against generate, measured; predicted: the cost model from the run's own "
-          "acceptance and draft lengths; identical/tie/error: prompts whose output equals generate's, differs "
-          "by a near-tie of the top two tokens (bfloat16/float16 only), or differs otherwise")
+    print("speedup: tokens/s against generate, measured; predicted: the cost model from the run's own counts, "
+          "or for rows drafting n-grams without a skip set from replaying the policy over generate's outputs "
+          "('-' for a policy with both drafters: its layer-skip drafts cannot be replayed here); rounds: verify "
+          "rounds of n-gram / layer-skip drafts and plain steps; identical/tie/error: prompts whose output equals "
+          "generate's, differs by a near-tie of the top two tokens (bfloat16/float16 only), or differs otherwise")
     print(f"wrote {csv_path} and {json_path}")
     if result.mismatches:
         where = "; ".join(f"{r.method} on {r.prompt_id}: {r.divergence.describe()}" for r in result.mismatches)
