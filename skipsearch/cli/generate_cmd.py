@@ -11,6 +11,7 @@ from ..models import DEFAULT_MODEL, load_model
 from ..profiles import check_profile_for_model, load_profile
 from ..skipping import SkipSet
 from ..tasks import check_prompt_fits, format_prompt
+from ..verdicts import load_memory, save_memory, verdict_key
 from .model_options import add_model_options, model_options
 
 
@@ -36,8 +37,10 @@ def add_skip_arguments(parser) -> None:
                              "(default: the profile's, else 0.8; 0 never stops early)")
 
 
-def resolve_skip(args, model) -> tuple[SkipSet, int, float]:
-    """The skip set and draft settings from --profile or the explicit lists; flags win over the profile."""
+def resolve_skip(args, model) -> tuple[SkipSet, int, float, dict]:
+    """The skip set and draft settings from --profile or the explicit lists; flags win over the
+    profile. The last item holds a profile's policy as DecodeSettings fields (ngram, costs, policy)."""
+    policy = {}
     if args.profile:
         if args.skip_mlp:
             raise SkipsearchError("--skip-mlp cannot be combined with --profile; use one or the other")
@@ -45,6 +48,9 @@ def resolve_skip(args, model) -> tuple[SkipSet, int, float]:
         check_profile_for_model(profile, model)
         skip_set = profile.skip
         draft_tokens, threshold = profile.draft.max_draft_tokens, profile.draft.confidence_threshold
+        policy = {"ngram": profile.draft.ngram}
+        if profile.draft.policy is not None and profile.draft.costs is not None:
+            policy.update(costs=profile.draft.costs, policy=profile.draft.policy)
     else:
         skip_set = SkipSet(attention=parse_layer_list(args.skip_attention, "--skip-attention"),
                            mlp=parse_layer_list(args.skip_mlp, "--skip-mlp"))
@@ -54,7 +60,7 @@ def resolve_skip(args, model) -> tuple[SkipSet, int, float]:
         draft_tokens = args.max_draft_tokens
     if args.confidence_threshold is not None:
         threshold = args.confidence_threshold
-    return skip_set, draft_tokens, threshold
+    return skip_set, draft_tokens, threshold, policy
 
 
 def register(subparsers) -> None:
@@ -81,12 +87,15 @@ def register(subparsers) -> None:
 def run(args) -> int:
     loaded = load_model(args.model, **model_options(args))
     model, tokenizer = loaded.model, loaded.tokenizer
-    skip_set, draft_tokens, threshold = resolve_skip(args, model)
+    skip_set, draft_tokens, threshold, policy = resolve_skip(args, model)
     settings = DecodeSettings(
         max_new_tokens=args.max_new_tokens, max_draft_tokens=draft_tokens, confidence_threshold=threshold,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-        fallback=not args.no_fallback,
+        fallback=not args.no_fallback, **policy,
     )
+    # the fallback's verdict outlives the process: a losing policy is proved slower once, not per call
+    key = verdict_key(args.model, loaded.dtype, str(loaded.device), skip_set, settings)
+    memory = load_memory(key) if settings.fallback else None
     prompt_ids = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     check_prompt_fits(prompt_ids, getattr(model.config, "max_position_embeddings", None), args.max_new_tokens, "--prompt")
 
@@ -102,7 +111,9 @@ def run(args) -> int:
             sys.stdout.flush()
             printed[0] = len(text)
 
-    result = decode(model, prompt_ids, skip_set, settings, on_tokens=stream)
+    result = decode(model, prompt_ids, skip_set, settings, on_tokens=stream, memory=memory)
+    if memory is not None:
+        save_memory(key, memory)
     stats = result.stats.to_dict()
     if args.json:
         text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
@@ -111,7 +122,8 @@ def run(args) -> int:
     print()
     print(
         f"[{stats['new_tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s, "
-        f"{skip_set.describe()}, rounds {stats['rounds']}, acceptance {stats['acceptance_rate']:.2f}, "
+        f"{skip_set.describe()}, rounds {stats['rounds']} ({stats['ngram_rounds']} n-gram), "
+        f"acceptance {stats['acceptance_rate']:.2f}, "
         f"mean accepted {stats['mean_accepted_tokens']:.2f}"
         + (f", fell back to plain decoding at token {stats['fallback_at_token']}" if stats["fell_back"] else "")
         + "]",
