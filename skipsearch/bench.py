@@ -310,8 +310,8 @@ def _skipsearch(model, name: str, skip_set: SkipSet, settings: DecodeSettings, r
                         dataclasses.replace(settings, max_new_tokens=max_new_tokens), memory=memory)
         return result.token_ids, result.stats
 
-    longest = max(settings.max_draft_tokens, settings.ngram.max_tokens if settings.ngram else 0)
-    return _Method(name, run, memory, verify_tokens=longest + 1, skip_set=skip_set, decode_settings=settings)
+    return _Method(name, run, memory, verify_tokens=settings.longest_draft + 1, skip_set=skip_set,
+                   decode_settings=settings)
 
 
 def _check_methods(model, settings: BenchSettings) -> None:

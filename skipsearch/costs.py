@@ -345,14 +345,13 @@ def replay_drafting(prompts: Sequence[ReplayPrompt], settings: DecodeSettings, l
     n-gram drafts are exact.
     """
     stats, cost, tokens = DecodeStats(), 0.0, 0
-    longest = max(settings.max_draft_tokens, settings.ngram.max_tokens if settings.ngram else 0)
     for prompt in prompts:
         continuation = prompt.continuation
         policy = DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip, settings.max_draft_tokens)
         index = NgramIndex(settings.ngram, prompt.prompt_ids + continuation[:1]) if settings.ngram else None
         committed = 1  # the prefill's token
         while committed < len(continuation):
-            budget = min(longest, len(continuation) - committed - 1)
+            budget = min(settings.longest_draft, len(continuation) - committed - 1)
             proposal, match = index.propose() if index is not None else ([], 0)
             choice = policy.choose(budget, proposal, match)
             drafted = accepted = steps = 0

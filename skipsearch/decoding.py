@@ -103,6 +103,11 @@ class DecodeSettings:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def longest_draft(self) -> int:
+        """The most tokens one round may draft, by either drafter."""
+        return max(self.max_draft_tokens, self.ngram.max_tokens if self.ngram else 0)
+
 
 @dataclass
 class DecodeStats:
@@ -396,9 +401,7 @@ def decode(
         while not done:
             length = len(prompt_ids) + len(generated) - 1  # positions with full-model KV
             pending = generated[-1]
-            budget = min(settings.max_draft_tokens if index is None else max(settings.max_draft_tokens,
-                                                                             settings.ngram.max_tokens),
-                         settings.max_new_tokens - len(generated) - 1)
+            budget = min(settings.longest_draft, settings.max_new_tokens - len(generated) - 1)
             probing = len(plain_step_times) < settings.probe_steps and settings.fallback
             choice = Choice(PLAIN)
             if speculate and not probing:
