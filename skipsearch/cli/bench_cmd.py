@@ -14,12 +14,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import re
 import shlex
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from ..bench import BASELINE, BenchPrompt, BenchResult, BenchSettings, run_bench
 from ..costs import describe_device
 from ..drafting import NgramSettings
 from ..errors import SkipsearchError
+from ..files import write_atomic
 from ..models import DEFAULT_MODEL, load_model
 from ..profiles import check_profile_for_model, load_profile
 from ..skipping import SkipSet, decoder_layers
@@ -182,20 +181,6 @@ def _command_line(args) -> str:
     return shlex.join(parts)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except OSError as exc:
-        raise SkipsearchError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-
-
 def _csv_text(result: BenchResult) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -323,8 +308,8 @@ def run(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"bench-{_model_slug(args.model)}-{_slug(task.name)}"
     csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
-    _write_atomic(csv_path, _csv_text(result))
-    _write_atomic(json_path, json.dumps(report, indent=2) + "\n")
+    write_atomic(csv_path, _csv_text(result))
+    write_atomic(json_path, json.dumps(report, indent=2) + "\n")
 
     print(f"{args.model} on {task.name}: {len(prompts)} prompts x {args.max_new_tokens} new tokens, "
           f"{report['device']}, {loaded.dtype}; skip {skip_set.describe()}, "
