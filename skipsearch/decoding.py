@@ -77,8 +77,12 @@ class DecodeSettings:
     fallback: bool = True
     # plain steps timed at the start of a call: the speed drafting has to beat
     probe_steps: int = 2
-    # rounds measured before the fallback may trigger
+    # rounds measured before the fallback may trigger; with a cost-model policy (costs given) it
+    # waits `policy_fallback_rounds` instead: the policy's first rounds explore on its priors and
+    # learn from them, and only judging it later keeps a drafter that pays (policies that cannot
+    # pay are refused by the policy itself)
     fallback_min_rounds: int = 2
+    policy_fallback_rounds: int = 8
     # draft from the context's n-grams too (prompt lookup); None drafts with the skip set only
     ngram: NgramSettings | None = None
     # what the drafting policy decides with: costs relative to a plain step (None: no choice,
@@ -102,6 +106,10 @@ class DecodeSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def fallback_rounds(self) -> int:
+        return self.fallback_min_rounds if self.costs is None else self.policy_fallback_rounds
 
     @property
     def longest_draft(self) -> int:
@@ -447,7 +455,7 @@ def decode(
             if (
                 settings.fallback
                 and plain_step_times
-                and spec_attempts >= settings.fallback_min_rounds
+                and spec_attempts >= settings.fallback_rounds
                 and spec_time / spec_tokens > sorted(plain_step_times)[len(plain_step_times) // 2]
             ):
                 speculate = False
@@ -457,7 +465,7 @@ def decode(
         synchronize(device)
         stats.total_time_s = time.perf_counter() - start
     stats.new_tokens = len(generated)
-    judged = stats.fell_back or spec_attempts >= settings.fallback_min_rounds  # a short call says nothing
+    judged = stats.fell_back or spec_attempts >= settings.fallback_rounds  # a short call says nothing
     if memory is not None and settings.fallback and not remembered and judged:
         memory.record(stats.fell_back)
     return DecodeResult(token_ids=generated, stats=stats)

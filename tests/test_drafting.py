@@ -196,3 +196,10 @@ def test_a_sampled_ngram_draft_is_a_point_mass_that_keeps_the_full_models_distri
     monkeypatch.setattr(decoding, "_verify", accept_every_draft)
     wrong_tv = 0.5 * (empirical_two_token_distribution(model, prompt, None, settings, 3000) - exact).abs().sum().item()
     assert wrong_tv > 2 * tolerance
+
+
+def test_with_a_policy_the_fallback_waits_for_more_rounds():
+    """Under a cost-model policy the fallback judges after `policy_fallback_rounds`, so the
+    policy's first rounds, drafted on its priors, do not end a policy that pays once it learnt."""
+    assert DecodeSettings(fallback_min_rounds=2).fallback_rounds == 2
+    assert DecodeSettings(fallback_min_rounds=2, costs=GPU, policy_fallback_rounds=8).fallback_rounds == 8
