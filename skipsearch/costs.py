@@ -23,7 +23,7 @@ import torch
 
 from . import forward
 from .decoding import DecodeSettings, DecodeStats, crop_cache
-from .drafting import (LAYER_SKIP, NGRAM, DraftPolicy, NgramIndex, NgramSettings, PolicySettings, RelativeCosts,
+from .drafting import (NGRAM, PLAIN, DraftPolicy, NgramIndex, NgramSettings, PolicySettings, RelativeCosts,
                        count_round, round_cost)
 from .errors import SkipsearchError
 from .skipping import SkipSet, decoder_layers, skipping
@@ -333,37 +333,55 @@ class ReplayPrompt:
     trace: tuple[tuple[float, bool], ...] = ()
 
 
+def ngram_proposals(prompt: ReplayPrompt, ngram: NgramSettings) -> list[tuple[list[int], int]]:
+    """The n-gram drafter's proposal after each committed prefix of the continuation (index i:
+    after its first i + 1 tokens). Replay commits the continuation whatever the rounds drafted,
+    so these are the same for every policy, and replaying many policies computes them once."""
+    index = NgramIndex(ngram, prompt.prompt_ids + prompt.continuation[:1])
+    proposals = [index.propose()]
+    for token in prompt.continuation[1:]:
+        index.extend((token,))
+        proposals.append(index.propose())
+    return proposals
+
+
 def replay_drafting(prompts: Sequence[ReplayPrompt], settings: DecodeSettings, layer_skip: bool,
-                    costs: RelativeCosts) -> tuple[DecodeStats, float]:
+                    costs: RelativeCosts, proposals: Sequence[list] | None = None) -> tuple[DecodeStats, float]:
     """Replay the decoder's rounds over reference continuations: (the counts decoding would
     make, the predicted speedup over plain decoding by `costs`, prefill left out).
 
     The rounds follow the decoder's rules through the same `DraftPolicy` and `count_round`: the
     same budget per round, the n-gram drafter on the same context, the layer-skip drafter
     stopping where the proxy's confidence falls below the threshold, drafts after a wrong one
-    still drafted. Layer-skip drafts are judged by the proxy, which saw the true prefix;
-    n-gram drafts are exact.
+    still drafted. Layer-skip drafts are judged by the proxy, which saw the true prefix (also
+    after a wrong n-gram draft, whose continuation is rejected anyway); n-gram drafts are exact.
+    `proposals` (per prompt, from `ngram_proposals` with the settings' n-grams) saves
+    recomputing them.
     """
     stats, cost, tokens = DecodeStats(), 0.0, 0
-    for prompt in prompts:
+    for number, prompt in enumerate(prompts):
         continuation = prompt.continuation
         policy = DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip, settings.max_draft_tokens)
-        index = NgramIndex(settings.ngram, prompt.prompt_ids + continuation[:1]) if settings.ngram else None
+        proposed = None
+        if settings.ngram is not None:
+            proposed = proposals[number] if proposals is not None else ngram_proposals(prompt, settings.ngram)
         committed = 1  # the prefill's token
         while committed < len(continuation):
             budget = min(settings.longest_draft, len(continuation) - committed - 1)
-            proposal, match = index.propose() if index is not None else ([], 0)
+            proposal, match = proposed[committed - 1] if proposed is not None else ([], 0)
             choice = policy.choose(budget, proposal, match)
             drafted = accepted = steps = 0
-            if choice.kind == NGRAM:
+            if choice.tokens:  # the n-gram draft, alone or continued
                 drafted = len(choice.tokens)
                 truth = continuation[committed:committed + drafted]
                 while accepted < drafted and choice.tokens[accepted] == truth[accepted]:
                     accepted += 1
-            elif choice.kind == LAYER_SKIP:
-                wrong = False
-                # trace[i] is the draft after continuation[i]: the round's pending token is committed - 1
-                for confidence, right in prompt.trace[committed - 1:committed - 1 + choice.draft_tokens]:
+            if choice.kind not in (PLAIN, NGRAM):
+                wrong = accepted < drafted
+                # trace[i] is the draft after continuation[i]: the round's pending token is committed - 1,
+                # and the skipped model drafts on after the n-gram tokens
+                first = committed - 1 + drafted
+                for confidence, right in prompt.trace[first:first + choice.draft_tokens]:
                     steps += 1
                     if confidence < settings.confidence_threshold:
                         break
@@ -372,16 +390,16 @@ def replay_drafting(prompts: Sequence[ReplayPrompt], settings: DecodeSettings, l
                     accepted += not wrong
             count_round(stats, choice, drafted, accepted, steps)
             policy.record(choice, drafted, accepted)
-            cost += round_cost(costs, drafted, steps)
+            cost += round_cost(costs, choice, drafted, steps)
             new = continuation[committed:committed + accepted + 1]
             committed += len(new)
             tokens += len(new)
-            if index is not None:
-                index.extend(new)
     return stats, (tokens / cost if cost else 1.0)
 
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
+# a cost-model policy sizes its drafts itself; the threshold only stops a layer-skip draft early
+POLICY_THRESHOLDS = (0.0, 0.5, 0.8)
 # n-gram drafting a policy may add: off, then a few (min_n, max_n, max_tokens) of prompt lookup
 NGRAM_CHOICES = (None, NgramSettings(2, 4, 10), NgramSettings(3, 5, 10), NgramSettings(1, 3, 6))
 MARGINS = (1.0, 1.1)
@@ -394,7 +412,7 @@ def best_draft_settings(costs: CostModel, skip_set: SkipSet, prompts: Sequence[R
 
     Always tried: the fixed rule (the skip set drafts every round) at every draft length and
     threshold. With `policies`, also the cost-model policy with each n-gram choice and margin
-    (with an empty skip set, n-gram drafting alone)."""
+    (with an empty skip set, n-gram drafting alone) at the `POLICY_THRESHOLDS` among `thresholds`."""
     relative = relative_costs(costs, skip_set)
     layer_skip = len(skip_set) > 0
     candidates = []
@@ -406,15 +424,17 @@ def best_draft_settings(costs: CostModel, skip_set: SkipSet, prompts: Sequence[R
             if ngram is None and not layer_skip:
                 continue
             for margin in MARGINS:
-                for threshold in (thresholds if layer_skip else (0.0,)):
+                for threshold in (([t for t in thresholds if t in POLICY_THRESHOLDS] or thresholds)
+                                  if layer_skip else (0.0,)):
                     candidates.append(DecodeSettings(max_new_tokens=1, max_draft_tokens=max_gamma,
                                                      confidence_threshold=threshold, ngram=ngram, costs=relative,
                                                      policy=PolicySettings(margin=margin)))
     if not candidates:
         raise SkipsearchError("nothing to draft with: an empty skip set needs n-gram drafting (policies)")
+    proposals = {ngram: [ngram_proposals(prompt, ngram) for prompt in prompts] for ngram in NGRAM_CHOICES if ngram}
     best = None
     for candidate in candidates:
-        stats, speedup = replay_drafting(prompts, candidate, layer_skip, relative)
+        stats, speedup = replay_drafting(prompts, candidate, layer_skip, relative, proposals.get(candidate.ngram))
         if best is None or speedup > best[1]:
             best = (candidate, speedup, stats)
     return best

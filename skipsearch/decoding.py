@@ -113,8 +113,10 @@ class DecodeSettings:
 
     @property
     def longest_draft(self) -> int:
-        """The most tokens one round may draft, by either drafter."""
-        return max(self.max_draft_tokens, self.ngram.max_tokens if self.ngram else 0)
+        """The most tokens one round may draft: an n-gram draft the skipped model continues (the
+        policy keeps each drafter to its own limit, and every round to the verify passes its
+        costs cover)."""
+        return self.max_draft_tokens + (self.ngram.max_tokens if self.ngram else 0)
 
 
 @dataclass
@@ -129,6 +131,8 @@ class DecodeStats:
     ngram_rounds: int = 0
     ngram_drafted_tokens: int = 0
     ngram_accepted_tokens: int = 0
+    # rounds whose n-gram draft the skipped model continued (neither n-gram nor layer-skip rounds)
+    ngram_layer_skip_rounds: int = 0
     prefill_time_s: float = 0.0
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
@@ -153,6 +157,11 @@ class DecodeStats:
     def acceptance_rate(self) -> float:
         """Share of drafted tokens the full model accepted."""
         return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def layer_skip_rounds(self) -> int:
+        """Rounds drafted by the skipped model alone."""
+        return self.rounds - self.ngram_rounds - self.ngram_layer_skip_rounds
 
     @property
     def mean_accepted_tokens(self) -> float:
@@ -244,21 +253,23 @@ def _sample(probs: torch.Tensor, usable: torch.Tensor, generator) -> torch.Tenso
     return torch.where(usable, torch.multinomial(safe, 1, generator=generator)[0], -1)
 
 
-def _draft(forward_step: _Forward, skip_set: SkipSet, model, pending: int, start: int, budget: int,
+def _draft(forward_step: _Forward, skip_set: SkipSet, model, context: list[int], start: int, budget: int,
            settings: DecodeSettings, generator, stop_ids: set[int]) -> tuple[list[int], list[torch.Tensor], int]:
-    """Draft up to `budget` tokens after `pending`; returns the tokens, when sampling their q,
-    and the number of forward passes it took.
+    """Draft up to `budget` tokens after `context` (the pending token, and the n-gram draft's
+    tokens where the skipped model continues one), read in one pass from position `start`;
+    returns the tokens, when sampling their q, and the number of forward passes it took.
 
     Each step moves one number to the host: the drafted token, or -1 where the draft stops
     (not confident enough, or logits that are not finite, which fail every comparison)."""
     tokens: list[int] = []
     draft_probs: list[torch.Tensor] = []
-    token = pending
+    inputs, position = list(context), start
     steps = 0
     threshold = settings.confidence_threshold
     with skipping(model, skip_set):
-        for step in range(budget):
-            logits = forward_step([token], start + step)[-1]  # (vocab,)
+        for _ in range(budget):
+            logits = forward_step(inputs, position, logits_to_keep=1)[-1]  # (vocab,)
+            position += len(inputs)
             steps += 1
             if settings.greedy:
                 if threshold > 0:
@@ -276,6 +287,7 @@ def _draft(forward_step: _Forward, skip_set: SkipSet, model, pending: int, start
             if not settings.greedy:
                 draft_probs.append(probs)
             tokens.append(token)
+            inputs = [token]
             if token in stop_ids:
                 break
     return tokens, draft_probs, steps
@@ -428,13 +440,14 @@ def decode(
                 continue
 
             round_start = time.perf_counter()
-            if choice.kind == NGRAM:
-                drafts, steps = list(choice.tokens), 0
-                # a proposal from the context is a point mass: accepted with probability p(token)
-                draft_probs = [] if settings.greedy else [_point_mass(token, logits) for token in drafts]
-            else:
-                drafts, draft_probs, steps = _draft(step, skip_set, model, pending, length, choice.draft_tokens,
-                                                    settings, generator, stop_ids)
+            # a proposal from the context is a point mass: accepted with probability p(token)
+            drafts = list(choice.tokens)
+            draft_probs = [] if settings.greedy else [_point_mass(token, logits) for token in drafts]
+            steps = 0
+            if choice.kind != NGRAM:
+                more, more_probs, steps = _draft(step, skip_set, model, [pending] + drafts, length,
+                                                 choice.draft_tokens, settings, generator, stop_ids)
+                drafts, draft_probs = drafts + more, draft_probs + more_probs
                 crop_cache(cache, length)
             synchronize(device)
             verify_start = time.perf_counter()

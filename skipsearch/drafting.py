@@ -6,10 +6,13 @@ Two drafters propose tokens after the current context:
   earlier occurrence (up to `max_tokens`). It needs no model call, and its index grows with
   each committed token, so a round's work grows with the new tokens, not with the context;
 - the **layer-skip drafter**: the model with a skip set left out, token by token, stopping
-  when its confidence falls below the threshold (the decoder runs it; see `decoding`).
+  when its confidence falls below the threshold (the decoder runs it; see `decoding`);
+- both in one round: the n-gram draft, **continued by the skipped model**, which reads the
+  pending token and the n-gram tokens in one pass and drafts on from there.
 
 Each round the `DraftPolicy` predicts, for every option — a plain step, the n-gram draft cut
-to its best length, a layer-skip draft of its best length — how many tokens per second it
+to its best length, a layer-skip draft of its best length, that n-gram draft continued by
+the skipped model for its best number of tokens — how many tokens per second it
 commits: expected tokens (each drafted token accepted independently with the drafter's
 running acceptance estimate) over the cost of the round (draft steps plus verifying the
 drafted tokens, from measured costs relative to a plain step). It takes the best option if
@@ -34,8 +37,8 @@ from typing import Sequence
 
 from .errors import SkipsearchError
 
-PLAIN, NGRAM, LAYER_SKIP = "plain", "ngram", "layer_skip"
-DRAFTERS = (NGRAM, LAYER_SKIP)
+PLAIN, NGRAM, LAYER_SKIP, NGRAM_LAYER_SKIP = "plain", "ngram", "layer_skip", "ngram_layer_skip"
+DRAFTERS = (NGRAM, LAYER_SKIP, NGRAM_LAYER_SKIP)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class RelativeCosts:
 
     def verify_cost(self, tokens: int) -> float:
         return self.verify[min(tokens, len(self.verify)) - 1]
+
+    def draft_pass_cost(self, tokens: int) -> float:
+        """One pass of the skipped model over `tokens` new tokens: a draft step, scaled with the
+        number of tokens as the full model's pass is."""
+        return self.draft_step * self.verify_cost(tokens)
 
 
 @dataclass(frozen=True)
@@ -154,11 +162,12 @@ def expected_tokens(acceptance: float, drafted: int) -> float:
 @dataclass(frozen=True)
 class Choice:
     """What one round does: a plain step, or verify `tokens` from the n-gram drafter, or draft up
-    to `draft_tokens` with the skipped model. `rate` is the predicted tokens per plain step."""
+    to `draft_tokens` with the skipped model, or both: `tokens`, then up to `draft_tokens` more
+    from the skipped model. `rate` is the predicted tokens per plain step."""
 
     kind: str
     tokens: tuple[int, ...] = ()  # the n-gram draft, cut to its best length
-    draft_tokens: int = 0  # the layer-skip draft's most tokens
+    draft_tokens: int = 0  # the most tokens the skipped model drafts (after `tokens`)
     match: int = 0  # the matched suffix length of an n-gram draft
     rate: float = 1.0
 
@@ -178,8 +187,12 @@ class DraftPolicy:
     def _best_length(self, acceptance: float, longest: int, step_cost: float) -> tuple[int, float]:
         """The draft length in 1..longest with the most tokens per plain step, and that rate."""
         best = (0, 0.0)
+        verify = self.costs.verify  # longest < len(verify): the caller keeps drafts within the measured passes
+        tokens, power = 1.0, 1.0  # expected_tokens(acceptance, k), summed term by term
         for k in range(1, longest + 1):
-            rate = expected_tokens(acceptance, k) / (k * step_cost + self.costs.verify_cost(k + 1))
+            power *= acceptance
+            tokens += power
+            rate = tokens / (k * step_cost + verify[k])
             if rate > best[1]:
                 best = (k, rate)
         return best
@@ -210,16 +223,44 @@ class DraftPolicy:
             length, rate = self._best_length(self.layer_skip_estimate.value, min(self.max_draft_tokens, limit),
                                              self.costs.draft_step)
             options.append(Choice(LAYER_SKIP, draft_tokens=length, rate=rate))
+        if proposal and self.layer_skip and len(options[0].tokens) < limit:
+            options.append(self._continued(options[0], limit))
         for option in options:
             if option.rate > best.rate * (self.settings.margin if best.kind == PLAIN else 1.0):
                 best = option
         return best
+
+    def _continued(self, ngram: Choice, limit: int) -> Choice:
+        """The n-gram draft `ngram` continued by the skipped model for its best number of tokens
+        (within `limit` drafted in all): each continued token counts only if every token before
+        it, the n-gram ones included, is accepted."""
+        ngram_acceptance = self.ngram_estimates[ngram.match].value
+        skip_acceptance = self.layer_skip_estimate.value
+        k = len(ngram.tokens)
+        all_ngram = ngram_acceptance ** k  # every n-gram token accepted
+        ngram_expected = expected_tokens(ngram_acceptance, k) - 1.0
+        verify, step = self.costs.verify, self.costs.draft_step
+        pass_cost = self.costs.draft_pass_cost(k + 1)
+        best_m, best_rate = 0, 0.0
+        continued, power = 0.0, 1.0  # expected_tokens(skip_acceptance, m) - 1, summed term by term
+        for m in range(1, min(self.max_draft_tokens, limit - k) + 1):
+            power *= skip_acceptance
+            continued += power
+            rate = (1.0 + ngram_expected + all_ngram * continued) / (pass_cost + (m - 1) * step + verify[k + m])
+            if rate > best_rate:
+                best_m, best_rate = m, rate
+        return Choice(NGRAM_LAYER_SKIP, tokens=ngram.tokens, draft_tokens=best_m, match=ngram.match, rate=best_rate)
 
     def record(self, choice: Choice, drafted: int, accepted: int) -> None:
         if choice.kind == NGRAM:
             self.ngram_estimates[choice.match].record(drafted, accepted)
         elif choice.kind == LAYER_SKIP and drafted:
             self.layer_skip_estimate.record(drafted, accepted)
+        elif choice.kind == NGRAM_LAYER_SKIP:
+            k = len(choice.tokens)
+            self.ngram_estimates[choice.match].record(k, min(accepted, k))
+            if accepted >= k and drafted > k:  # the continuation is judged only where the n-grams held
+                self.layer_skip_estimate.record(drafted - k, accepted - k)
 
 
 def count_round(stats, choice: Choice, drafted: int, accepted: int, draft_steps: int) -> None:
@@ -237,9 +278,15 @@ def count_round(stats, choice: Choice, drafted: int, accepted: int, draft_steps:
         stats.ngram_rounds += 1
         stats.ngram_drafted_tokens += drafted
         stats.ngram_accepted_tokens += accepted
+    elif choice.kind == NGRAM_LAYER_SKIP:
+        stats.ngram_layer_skip_rounds += 1
 
 
-def round_cost(costs: RelativeCosts, drafted: int, draft_steps: int) -> float:
-    """A round's cost in plain steps: the skipped model's passes, then the full model over the
+def round_cost(costs: RelativeCosts, choice: Choice, drafted: int, draft_steps: int) -> float:
+    """A round's cost in plain steps: the skipped model's passes (the first over the pending token
+    and the n-gram tokens where it continues an n-gram draft), then the full model over the
     pending token and the drafts (a plain step when nothing was drafted)."""
-    return draft_steps * costs.draft_step + costs.verify_cost(drafted + 1)
+    drafting = draft_steps * costs.draft_step
+    if choice.kind == NGRAM_LAYER_SKIP and draft_steps:
+        drafting += costs.draft_pass_cost(len(choice.tokens) + 1) - costs.draft_step
+    return drafting + costs.verify_cost(drafted + 1)

@@ -101,7 +101,7 @@ class RescoredPoint:
     mean_accepted_tokens: float
     # held-out outputs against plain decoding, "identical / tie flips / errors"; "" before the check existed
     lossless: str = ""
-    # which drafter carried the held-out rounds: "n-gram / layer-skip / plain steps"; "" before policies
+    # which drafter carried the held-out rounds: "n-gram / layer-skip / both / plain steps"; "" before policies
     rounds: str = ""
     search_predicted_speedup: float | None = None  # what the search predicted on its own prompts
 
@@ -328,7 +328,8 @@ def _rounds_cell(rescored: dict) -> str:
     if "ngram_rounds" not in rescored:
         return ""
     ngram, rounds = rescored.get("ngram_rounds") or 0, rescored.get("rounds") or 0
-    return f"{ngram} / {rounds - ngram} / {rescored.get('plain_steps') or 0}"
+    both = rescored.get("ngram_layer_skip_rounds") or 0
+    return f"{ngram} / {rounds - ngram - both} / {both} / {rescored.get('plain_steps') or 0}"
 
 
 def _lossless_cell(counts) -> str:
@@ -431,7 +432,7 @@ def render_report(data: ReportData, figures: list) -> str:
                               "predicted on search prompts": r.search_predicted_speedup,
                               "predicted on held-out": r.predicted_speedup, "measured speedup": r.speedup,
                               "identical / tie flips / errors": r.lossless,
-                              "rounds n-gram / layer-skip / plain": r.rounds}
+                              "rounds n-gram / layer-skip / both / plain": r.rounds}
                              for r in data.rescored]))
     if data.compare_rows:
         parts.append("<h2>Comparison of search methods</h2>")

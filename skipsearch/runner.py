@@ -252,10 +252,11 @@ class Measurement:
     trial: int | None = None
     # held-out outputs against plain decoding: identical / tie_flip / error (see `lossless`)
     lossless: dict = field(default_factory=dict)
-    # while decoding the held-out prompts: verify rounds, the n-gram drafter's share of them, and
-    # full-model steps without a draft
+    # while decoding the held-out prompts: verify rounds, the n-gram drafter's share of them, the
+    # share of n-gram drafts the skipped model continued, and full-model steps without a draft
     rounds: int = 0
     ngram_rounds: int = 0
+    ngram_layer_skip_rounds: int = 0
     plain_steps: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -322,7 +323,8 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
         speedup=tokens_per_s / plain_tokens_per_s,
         predicted_speedup=predicted,
         tokens_per_s=tokens_per_s, plain_tokens_per_s=plain_tokens_per_s, trial=trial, lossless=counts.to_dict(),
-        rounds=totals.rounds, ngram_rounds=totals.ngram_rounds, plain_steps=totals.plain_steps,
+        rounds=totals.rounds, ngram_rounds=totals.ngram_rounds,
+        ngram_layer_skip_rounds=totals.ngram_layer_skip_rounds, plain_steps=totals.plain_steps,
         # the cost model over the run's own counts: tells cost-model error from replay error
         extra={"predicted_from_run": predicted_speedup_from_stats(setup.costs, skip_set, totals)},
     )

@@ -126,6 +126,7 @@ class Evaluation:
             "predicted_speedup": self.predicted_speedup,
             "predicted_acceptance": self.stats.acceptance_rate,
             "ngram_rounds": self.stats.ngram_rounds,
+            "ngram_layer_skip_rounds": self.stats.ngram_layer_skip_rounds,
             "rounds": self.stats.rounds,
         }
 

@@ -92,7 +92,7 @@ def test_cache_rollback_after_rejection_at_every_draft_position(tiny_model, reje
         forward(prompt, 0)
         pending = truth[0]
         # run a real draft with a skipped attention layer so the layers' lengths diverge
-        _, _, steps = decoding._draft(forward, SkipSet(attention=(1,), mlp=(2,)), tiny_model, pending, length, gamma,
+        _, _, steps = decoding._draft(forward, SkipSet(attention=(1,), mlp=(2,)), tiny_model, [pending], length, gamma,
                         DecodeSettings(confidence_threshold=0.0), None, set())
         assert steps == gamma
         assert len({layer.get_seq_length() for layer in cache.layers}) == 2

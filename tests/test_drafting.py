@@ -1,6 +1,7 @@
 """The drafting policy: the n-gram drafter's index, the cost-model choice, and one set of rules
 shared by the decoder and the search's replay."""
 
+import dataclasses
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from skipsearch.skipping import SkipSet
 
 CPU = RelativeCosts(verify=(1.0, 1.7, 2.2, 1.9, 1.8, 2.0, 2.1, 1.9, 2.0, 2.1, 2.2), draft_step=0.8)
 GPU = RelativeCosts(verify=tuple(1.0 + 0.01 * n for n in range(11)), draft_step=0.5)
+CHEAP = dataclasses.replace(GPU, draft_step=0.15)  # a skip set that leaves out most of the model
 
 
 def _longest_earlier_match(tokens, settings):
@@ -125,16 +127,21 @@ def _repeating_prompt(length=24, period=7, offset=3):
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
-@pytest.mark.parametrize("costs", [None, GPU, CPU], ids=["fixed", "gpu-costs", "cpu-costs"])
+@pytest.mark.parametrize("costs", [None, GPU, CPU, CHEAP], ids=["fixed", "gpu-costs", "cpu-costs", "cheap-drafts"])
 def test_greedy_with_ngram_drafts_is_identical_to_generate(family, costs):
     model = make_tiny(family)
+    continued = 0
     for prompt in (_repeating_prompt(), _repeating_prompt(30, 5, 9), [4, 8, 15, 16, 23, 42]):
         expected = generate_greedy(model, prompt, 16)
         for skip_set in (None, SkipSet(attention=(2,)), SkipSet(mlp=(0, 3))):
             settings = DecodeSettings(max_new_tokens=16, max_draft_tokens=4, confidence_threshold=0.0, fallback=False,
                                       ngram=NgramSettings(min_n=1, max_n=3, max_tokens=6), costs=costs,
                                       policy=PolicySettings(ngram_prior=0.9, layer_skip_prior=0.5))
-            assert decode(model, prompt, skip_set, settings).token_ids == expected, (prompt, skip_set)
+            result = decode(model, prompt, skip_set, settings)
+            assert result.token_ids == expected, (prompt, skip_set)
+            continued += result.stats.ngram_layer_skip_rounds
+    if costs is CHEAP:  # the skipped model continued n-gram drafts, wrong ones included
+        assert continued > 0
 
 
 def _perfect_draft_model():
@@ -144,7 +151,8 @@ def _perfect_draft_model():
     return model, SkipSet(mlp=(len(model.model.layers) - 1,))
 
 
-@pytest.mark.parametrize("mode", ["ngram only", "layer skip", "hybrid, gpu costs", "hybrid, cpu costs", "fixed"])
+@pytest.mark.parametrize("mode", ["ngram only", "layer skip", "hybrid, gpu costs", "hybrid, cpu costs",
+                                  "continued, cheap drafts", "fixed"])
 def test_decoder_and_replay_count_the_same_rounds(mode):
     """The search's prediction replays the decoder's own rules: over the tokens the decoder
     produced, the counts agree exactly (the perfect draft model makes the proxy's outcomes the
@@ -156,11 +164,15 @@ def test_decoder_and_replay_count_the_same_rounds(mode):
         "layer skip": dict(costs=GPU),
         "hybrid, gpu costs": dict(ngram=ngram, costs=GPU),
         "hybrid, cpu costs": dict(ngram=ngram, costs=CPU),
+        # short, trusted n-gram drafts and draft steps at a seventh of a plain step: continuing pays
+        "continued, cheap drafts": dict(ngram=NgramSettings(min_n=1, max_n=3, max_tokens=2),
+                                        costs=CHEAP,
+                                        policy=PolicySettings(ngram_prior=0.95, layer_skip_prior=0.7)),
         "fixed": dict(ngram=ngram),
     }[mode]
     skip = SkipSet() if mode == "ngram only" else skip_set
     decoding = DecodeSettings(max_new_tokens=24, max_draft_tokens=4, confidence_threshold=0.0, fallback=False,
-                              policy=PolicySettings(ngram_prior=0.7, layer_skip_prior=0.7), **settings)
+                              **{"policy": PolicySettings(ngram_prior=0.7, layer_skip_prior=0.7), **settings})
     prompts = [_repeating_prompt(), _repeating_prompt(20, 4, 11)]
     outputs = [decode(model, prompt, skip, decoding) for prompt in prompts]
     references = [Reference(str(i), tuple(p), tuple(o.token_ids)) for i, (p, o) in enumerate(zip(prompts, outputs))]
@@ -168,15 +180,19 @@ def test_decoder_and_replay_count_the_same_rounds(mode):
     replayed, _ = replay_drafting(replay_prompts, decoding, len(skip) > 0, GPU)
     measured = DecodeStats.total([o.stats for o in outputs])
     fields = ("rounds", "drafted_tokens", "accepted_tokens", "draft_steps", "plain_steps", "ngram_rounds",
-              "ngram_drafted_tokens", "ngram_accepted_tokens")
+              "ngram_drafted_tokens", "ngram_accepted_tokens", "ngram_layer_skip_rounds")
     assert {f: getattr(replayed, f) for f in fields} == {f: getattr(measured, f) for f in fields}
-    if "ngram" in mode or "hybrid" in mode:
-        assert measured.ngram_rounds > 0 or mode == "hybrid, cpu costs"
+    if mode == "ngram only":
+        assert measured.ngram_rounds > 0
+    if mode == "continued, cheap drafts":
+        assert measured.ngram_layer_skip_rounds > 0 and measured.layer_skip_rounds > 0
 
 
-def test_a_sampled_ngram_draft_is_a_point_mass_that_keeps_the_full_models_distribution(monkeypatch):
+@pytest.mark.parametrize("continued", [False, True], ids=["ngram", "ngram continued by the skip set"])
+def test_a_sampled_ngram_draft_is_a_point_mass_that_keeps_the_full_models_distribution(monkeypatch, continued):
     """Speculative sampling with an n-gram proposal: accept it with probability p(token), else
-    sample p without it. The second token always comes out of an n-gram round here."""
+    sample p without it. The second token always comes out of an n-gram round here, alone or
+    continued by the skipped model (whose draft then follows the point mass)."""
     from skipsearch import decoding
     from skipsearch.decoding import warp
 
@@ -184,18 +200,27 @@ def test_a_sampled_ngram_draft_is_a_point_mass_that_keeps_the_full_models_distri
     prompt = [0, 3, 1, 4, 2, 5, 3, 0, 4, 1, 5, 2]  # every token occurs, followed by another
     settings = DecodeSettings(max_new_tokens=3, confidence_threshold=0.0, temperature=1.0, top_k=5, fallback=False,
                               ngram=NgramSettings(min_n=1, max_n=1, max_tokens=1))
+    skip_set = None
+    if continued:  # room for one more token, and costs under which continuing pays from the first round
+        skip_set = SkipSet(mlp=(1,))
+        settings = dataclasses.replace(settings, max_new_tokens=4, costs=CHEAP,
+                                       policy=PolicySettings(ngram_prior=0.95, layer_skip_prior=0.9))
     exact = exact_two_token_distribution(model, prompt, settings)
     tolerance = 0.06
-    assert decode(model, prompt, None, settings).stats.ngram_rounds == 1
-    tv = 0.5 * (empirical_two_token_distribution(model, prompt, None, settings, 3000) - exact).abs().sum().item()
+    stats = decode(model, prompt, skip_set, settings).stats
+    if continued:  # the first round (a rejection may leave room for an n-gram round after it)
+        assert stats.ngram_layer_skip_rounds == 1
+    else:
+        assert stats.ngram_rounds == 1
+    tv = 0.5 * (empirical_two_token_distribution(model, prompt, skip_set, settings, 3000) - exact).abs().sum().item()
     assert tv < tolerance
 
     def accept_every_draft(logits, drafts, draft_probs, settings, generator):
         return len(drafts), int(torch.multinomial(warp(logits, settings)[-1], 1, generator=generator))
 
     monkeypatch.setattr(decoding, "_verify", accept_every_draft)
-    wrong_tv = 0.5 * (empirical_two_token_distribution(model, prompt, None, settings, 3000) - exact).abs().sum().item()
-    assert wrong_tv > 2 * tolerance
+    wrong = empirical_two_token_distribution(model, prompt, skip_set, settings, 3000)
+    assert 0.5 * (wrong - exact).abs().sum().item() > 2 * tolerance
 
 
 def test_with_a_policy_the_fallback_waits_for_more_rounds():

@@ -161,9 +161,10 @@ def _policy_line(measurement) -> str:
              "n-gram drafts (min_n {}, max_n {}, up to {} tokens)".format(*ngram) if ngram else "no n-gram drafts",
              f"cost-model choice (margin {measurement.policy_margin:g})" if measurement.policy_margin is not None
              else "the skip set drafts every round"]
-    layer_skip = measurement.rounds - measurement.ngram_rounds
+    both = measurement.ngram_layer_skip_rounds
+    layer_skip = measurement.rounds - measurement.ngram_rounds - both
     return (", ".join(parts) + f"; held-out rounds: {measurement.ngram_rounds} n-gram, {layer_skip} layer-skip, "
-            f"{measurement.plain_steps} plain steps")
+            f"{both} n-gram continued by the skip set, {measurement.plain_steps} plain steps")
 
 
 def _interrupt(processes: list[subprocess.Popen]) -> None:
