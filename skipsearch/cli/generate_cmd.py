@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
+from ..costs import relative_costs
 from ..decoding import DecodeSettings, decode
+from ..device_costs import costs_here
 from ..errors import SkipsearchError
 from ..models import DEFAULT_MODEL, load_model
-from ..profiles import check_profile_for_model, load_profile
+from ..profiles import check_profile_for_model, decode_fields, load_profile
 from ..skipping import SkipSet
 from ..tasks import check_prompt_fits, format_prompt
 from ..verdicts import load_memory, save_memory, verdict_key
-from .model_options import add_model_options, model_options
+from .model_options import POLICY_COSTS, add_model_options, model_options
 
 
 def parse_layer_list(text: str, flag: str) -> tuple[int, ...]:
@@ -35,6 +38,10 @@ def add_skip_arguments(parser) -> None:
     parser.add_argument("--confidence-threshold", type=float, metavar="P",
                         help="stop drafting when the draft's top-1 probability is below P "
                              "(default: the profile's, else 0.8; 0 never stops early)")
+    parser.add_argument("--policy-costs", choices=POLICY_COSTS, default="here",
+                        help="what a profile's drafting policy weighs its options by: 'here' (default) times this "
+                             "device's forward passes once and caches them; 'profile' uses the costs the search "
+                             "stored, timed on its machine")
 
 
 def resolve_skip(args, model) -> tuple[SkipSet, int, float, dict]:
@@ -47,10 +54,8 @@ def resolve_skip(args, model) -> tuple[SkipSet, int, float, dict]:
         profile = load_profile(args.profile)
         check_profile_for_model(profile, model)
         skip_set = profile.skip
-        draft_tokens, threshold = profile.draft.max_draft_tokens, profile.draft.confidence_threshold
-        policy = {"ngram": profile.draft.ngram}
-        if profile.draft.policy is not None and profile.draft.costs is not None:
-            policy.update(costs=profile.draft.costs, policy=profile.draft.policy)
+        policy = decode_fields(profile)
+        draft_tokens, threshold = policy.pop("max_draft_tokens"), policy.pop("confidence_threshold")
     else:
         skip_set = SkipSet(attention=parse_layer_list(args.skip_attention, "--skip-attention"),
                            mlp=parse_layer_list(args.skip_mlp, "--skip-mlp"))
@@ -88,16 +93,20 @@ def run(args) -> int:
     loaded = load_model(args.model, **model_options(args))
     model, tokenizer = loaded.model, loaded.tokenizer
     skip_set, draft_tokens, threshold, policy = resolve_skip(args, model)
+    prompt_ids = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
+    check_prompt_fits(prompt_ids, getattr(model.config, "max_position_embeddings", None), args.max_new_tokens, "--prompt")
     settings = DecodeSettings(
         max_new_tokens=args.max_new_tokens, max_draft_tokens=draft_tokens, confidence_threshold=threshold,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
         fallback=not args.no_fallback, **policy,
     )
+    if settings.costs is not None and args.policy_costs == "here":
+        # the context decoding spends most of its steps at: the prompt and half the output
+        here = costs_here(model, len(prompt_ids) + args.max_new_tokens // 2, settings.longest_draft + 1)
+        settings = dataclasses.replace(settings, costs=relative_costs(here, skip_set))
     # the fallback's verdict outlives the process: a losing policy is proved slower once, not per call
     key = verdict_key(args.model, loaded.dtype, str(loaded.device), skip_set, settings)
     memory = load_memory(key) if settings.fallback else None
-    prompt_ids = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
-    check_prompt_fits(prompt_ids, getattr(model.config, "max_position_embeddings", None), args.max_new_tokens, "--prompt")
 
     stream = None
     if not args.json:
@@ -122,7 +131,8 @@ def run(args) -> int:
     print()
     print(
         f"[{stats['new_tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s, "
-        f"{skip_set.describe()}, rounds {stats['rounds']} ({stats['ngram_rounds']} n-gram), "
+        f"{skip_set.describe()}, rounds {stats['rounds']} ({stats['ngram_rounds']} n-gram, "
+        f"{stats['ngram_layer_skip_rounds']} n-gram continued by the skip set), "
         f"acceptance {stats['acceptance_rate']:.2f}, "
         f"mean accepted {stats['mean_accepted_tokens']:.2f}"
         + (f", fell back to plain decoding at token {stats['fallback_at_token']}" if stats["fell_back"] else "")

@@ -9,6 +9,8 @@ from ..errors import SkipsearchError
 from ..models import ATTN_IMPLEMENTATIONS, DEVICE_MAP_EXPECTED, DEVICE_MAP_STRATEGIES, DTYPE_CHOICES, is_device_map
 
 OPTIONS = ("dtype", "device", "device_map", "attn_implementation")
+# --policy-costs of the commands that decode with a profile: what its drafting policy weighs by
+POLICY_COSTS = ("here", "profile")
 EXAMPLE_MAP = '{"model.embed_tokens": 0, "model.layers": 0, "": "cpu"}'
 
 
