@@ -49,7 +49,7 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -61,6 +61,9 @@ from .errors import SkipsearchError
 from .lossless import KINDS, Divergence, classify
 from .skipping import SkipSet, decoder_layers
 from .timing import synchronize
+
+if TYPE_CHECKING:
+    from .profiles import Profile
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,9 @@ class BenchSettings:
     warmup_tokens: int = 8
     # seed of the cost model's random context ids (greedy decoding itself draws nothing)
     seed: int = 0
+    # the profile itself, for the generate(custom_generate=...) row (see the end of this module);
+    # None leaves that row out
+    profile: Profile | None = None
 
     def __post_init__(self) -> None:
         lookup = self.prompt_lookup_num_tokens
@@ -211,9 +217,11 @@ class MethodRow:
     errors: int | None = None
     fell_back: int | None = None  # prompts on which the decoder switched to plain decoding
     # skipsearch methods, over all prompts: verify rounds of n-gram drafts, of layer-skip drafts,
-    # and full-model steps without a draft (probe, fallback, the policy's plain choice)
+    # of n-gram drafts the skipped model continued, and full-model steps without a draft (probe,
+    # fallback, the policy's plain choice)
     ngram_rounds: int | None = None
     layer_skip_rounds: int | None = None
+    ngram_layer_skip_rounds: int | None = None
     plain_steps: int | None = None
 
     @property
@@ -364,6 +372,7 @@ def _methods(model, settings: BenchSettings, costs: CostModel | None) -> list[_M
                                    dataclasses.replace(base, ngram=settings.policy_ngram, costs=policy_costs,
                                                        policy=settings.policy or PolicySettings()),
                                    remember=True))
+    methods += _custom_generate_methods(model, settings)
     return methods
 
 
@@ -411,7 +420,8 @@ def _summarise(method: _Method, runs: list[PromptRun], baseline_tokens_per_s: fl
         row.mean_accepted_tokens = stats.mean_accepted_tokens if stats.rounds else None
         row.fell_back = sum(bool(r.stats.fell_back) for r in runs)
         row.ngram_rounds = stats.ngram_rounds
-        row.layer_skip_rounds = stats.rounds - stats.ngram_rounds
+        row.layer_skip_rounds = stats.layer_skip_rounds
+        row.ngram_layer_skip_rounds = stats.ngram_layer_skip_rounds
         row.plain_steps = stats.plain_steps
         row.predicted_speedup, row.predicted_by = _prediction(method, stats, costs, replay)
     return row
@@ -509,3 +519,37 @@ def _table_rows(all_rows: list[MethodRow], settings: BenchSettings) -> list[Meth
             best = max(members, key=lambda r: r.tokens_per_s)
             rows.append(dataclasses.replace(best, method=label(names[best.method])))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The generate(custom_generate=...) row: transformers' own `generate` running skipsearch.hf's
+# decoding method with the profile (BenchSettings.profile), as a deployment would call it. It
+# decides with the profile's own policy and costs, carries the fallback's verdict across prompts
+# in a FallbackMemory, and reports the decoder's counts like the skipsearch rows. Kept in this one
+# block apart from the rows above.
+
+CUSTOM_GENERATE = "generate custom_generate (profile)"
+
+
+def _custom_generate_methods(model, settings: BenchSettings) -> list[_Method]:
+    """The row, when the bench has a profile; the bench's draft-length and threshold apply as to
+    the other rows."""
+    if settings.profile is None:
+        return []
+    from . import hf
+
+    profile = settings.profile
+    decode_settings = hf.decode_settings(profile, max_draft_tokens=settings.max_draft_tokens,
+                                         confidence_threshold=settings.confidence_threshold)
+    memory = FallbackMemory()
+
+    def run(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], DecodeStats]:
+        stats = DecodeStats()  # filled by the call
+        call = _hf_generate(model, custom_generate=hf.self_speculative, skip_profile=profile,
+                            max_draft_tokens=settings.max_draft_tokens,
+                            confidence_threshold=settings.confidence_threshold, fallback_memory=memory,
+                            skip_stats=stats)
+        return call(prompt_ids, max_new_tokens)[0], stats
+
+    return [_Method(CUSTOM_GENERATE, run, memory, verify_tokens=decode_settings.longest_draft + 1,
+                    skip_set=profile.skip, decode_settings=decode_settings)]

@@ -9,7 +9,8 @@ written as version 2.
 
 `parse_profile` checks a loaded mapping and reports the first problem as one line naming the
 file, the field path and what is expected. `load_profile` and `save_profile` read and
-atomically write files; `check_profile_for_model` refuses a profile made for another model.
+atomically write files; `check_profile_for_model` refuses a profile made for another model;
+`decode_fields` turns the drafting policy into the decoder's settings.
 `profile.schema.json`, next to this module, describes both versions for other runtimes.
 
 This module knows nothing about searching, decoding or measuring: metrics, costs and
@@ -476,6 +477,19 @@ def check_profile_for_model(profile: Profile, model: torch.nn.Module, fingerprin
                 f"profile for {expected.name!r} does not fit the loaded model: {key} expected {want}, got {got}; "
                 "search a profile for this model, or load the model the profile was made for"
             )
+
+
+def decode_fields(profile: Profile) -> dict[str, Any]:
+    """The profile's drafting policy as `decoding.DecodeSettings` fields: `max_draft_tokens`,
+    `confidence_threshold` and `ngram`, and `costs` and `policy` where it has a policy (without
+    one the decoder's fixed choice applies). Every runtime that decodes with a profile reads it
+    through this one function."""
+    draft = profile.draft
+    fields: dict[str, Any] = {"max_draft_tokens": draft.max_draft_tokens,
+                              "confidence_threshold": draft.confidence_threshold, "ngram": draft.ngram}
+    if draft.policy is not None and draft.costs is not None:
+        fields.update(costs=draft.costs, policy=draft.policy)
+    return fields
 
 
 def profile_schema() -> dict[str, Any]:

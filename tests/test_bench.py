@@ -157,9 +157,9 @@ def test_bench_rows_and_lossless_check(no_eos_model, fixed_costs):
     assert by_method[NGRAM_ONLY]["layer_skip_rounds"] == "0" and by_method[NGRAM_ONLY]["predicted_by"] == BY_REPLAY
     assert by_method[BASELINE]["ngram_rounds"] == ""
     lines = table_lines(result)
-    assert "rounds ngram/skip/plain" in lines[0]
+    assert "rounds ngram/skip/both/plain" in lines[0]
     ngram_line = next(line for line in lines if line.startswith(NGRAM_ONLY))
-    assert f" {ngram.ngram_rounds}/0/{ngram.plain_steps} " in ngram_line
+    assert f" {ngram.ngram_rounds}/0/0/{ngram.plain_steps} " in ngram_line
 
 
 def _recording_decode(monkeypatch) -> list:
@@ -350,11 +350,15 @@ def test_bench_command_takes_the_profile_s_policy(tiny_model, tmp_path, monkeypa
     save_profile(Profile(model=model, task="t", skip=SkipSet(attention=(1,)), draft=hybrid), tmp_path / "v2.yaml")
     settings = _bench_settings_from_cli(["--profile", str(tmp_path / "v2.yaml"), "--early-exit-layers", "none",
                                          "--prompt-lookup-num-tokens", "4,7"], tiny_model, tmp_path, monkeypatch)
+    assert settings.prompt_lookup_num_tokens == (4, 7) and settings.early_exit_layers == ()
     assert settings.skip_set == SkipSet(attention=(1,)) and settings.has_policy
     assert (settings.max_draft_tokens, settings.confidence_threshold) == (6, 0.5)
     assert settings.ngram == settings.policy_ngram == NgramSettings(1, 3, 6)  # the n-gram row drafts as the profile
-    assert settings.policy == PolicySettings(margin=1.1) and settings.policy_costs == PROFILE_COSTS
-    assert settings.prompt_lookup_num_tokens == (4, 7) and settings.early_exit_layers == ()
+    # by default the policy decides with the costs the bench times; the profile's only when asked
+    assert settings.policy == PolicySettings(margin=1.1) and settings.policy_costs is None
+    settings = _bench_settings_from_cli(["--profile", str(tmp_path / "v2.yaml"), "--policy-costs", "profile"],
+                                        tiny_model, tmp_path, monkeypatch)
+    assert settings.policy_costs == PROFILE_COSTS
 
     save_profile(Profile(model=model, task="t", skip=SkipSet(mlp=(2,)), draft=DraftSettings(8, 0.8)),
                  tmp_path / "v1.yaml")
@@ -377,7 +381,7 @@ def test_bench_command_writes_csv_and_json(smollm, tmp_path, monkeypatch, capsys
     assert code == 0
     out = capsys.readouterr().out
     assert "assistant_early_exit (best E=8)" in out and "prompt lookup (best N=" in out
-    assert SKIP_ONLY_NO_FALLBACK in out and NGRAM_ONLY in out and "rounds ngram/skip/plain" in out
+    assert SKIP_ONLY_NO_FALLBACK in out and NGRAM_ONLY in out and "rounds ngram/skip/both/plain" in out
 
     csv_path = tmp_path / "reports" / "bench-smollm2-135m-humaneval.csv"
     json_path = csv_path.with_suffix(".json")

@@ -33,7 +33,7 @@ from ..models import DEFAULT_MODEL, load_model
 from ..profiles import check_profile_for_model, load_profile
 from ..skipping import SkipSet, decoder_layers
 from ..tasks import check_prompt_fits, format_prompt, load_task, split_prompts
-from .model_options import add_model_options, device_map_argument, model_options
+from .model_options import POLICY_COSTS, add_model_options, device_map_argument, model_options
 
 DEFAULT_EARLY_EXIT_LAYERS = (4, 8, 12, 16, 20, 24)
 DEFAULT_PROMPT_LOOKUP_NUM_TOKENS = (3, 5, 10)
@@ -41,7 +41,7 @@ DEFAULT_MAX_DRAFT_TOKENS = 8
 DEFAULT_CONFIDENCE_THRESHOLD = 0.8
 CSV_COLUMNS = ("method", "tokens_per_s", "ratio", "acceptance_rate", "mean_accepted_tokens", "predicted_speedup",
                "measured_speedup", "identical", "tie_flips", "errors", "new_tokens", "time_s", "fell_back",
-               "ngram_rounds", "layer_skip_rounds", "plain_steps", "predicted_by")
+               "ngram_rounds", "layer_skip_rounds", "ngram_layer_skip_rounds", "plain_steps", "predicted_by")
 
 
 def register(subparsers) -> None:
@@ -82,6 +82,9 @@ def register(subparsers) -> None:
                         "3,5,10; 'none' leaves prompt lookup out (default 3,5,10)")
     parser.add_argument("--cost-repeats", type=int, default=5, metavar="N",
                         help="timings per configuration for the cost model; 0 leaves out predicted speedups (default 5)")
+    parser.add_argument("--policy-costs", choices=POLICY_COSTS, default="here",
+                        help="what the profile's drafting policy weighs its options by: 'here' (default) the cost "
+                        "model this bench times, beside the methods it compares; 'profile' the costs the search stored")
     parser.add_argument("--out-dir", default="reports", metavar="DIR", help="where the CSV and JSON go (default reports)")
     add_model_options(parser)
     parser.add_argument("--threads", type=int, metavar="N",
@@ -170,7 +173,8 @@ def _command_line(args) -> str:
                         ("--confidence-threshold", args.confidence_threshold), ("--data", args.data),
                         ("--category", args.category), ("--early-exit-layers", args.early_exit_layers),
                         ("--prompt-lookup-num-tokens", args.prompt_lookup_num_tokens),
-                        ("--threads", args.threads), ("--attn-implementation", args.attn_implementation)):
+                        ("--threads", args.threads), ("--attn-implementation", args.attn_implementation),
+                        ("--policy-costs", args.policy_costs if args.profile else None)):
         if value not in (None, ""):
             parts += [flag, str(value)]
     if args.device_map is not None:
@@ -209,7 +213,7 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 def table_lines(result: BenchResult) -> list[str]:
     header = ("method", "tokens/s", "speedup", "predicted", "acceptance", "accepted/round",
-              "rounds ngram/skip/plain", "identical/tie/error")
+              "rounds ngram/skip/both/plain", "identical/tie/error")
     body = [
         (
             row.method,
@@ -218,7 +222,7 @@ def table_lines(result: BenchResult) -> list[str]:
             _fmt(row.predicted_speedup, ".2f", "x"),
             _fmt(row.acceptance_rate, ".2f"),
             _fmt(row.mean_accepted_tokens, ".2f"),
-            "-" if row.ngram_rounds is None else f"{row.ngram_rounds}/{row.layer_skip_rounds}/{row.plain_steps}",
+            "-" if row.ngram_rounds is None else f"{row.ngram_rounds}/{row.layer_skip_rounds}/{row.ngram_layer_skip_rounds}/{row.plain_steps}",
             "baseline" if row.method == BASELINE else f"{row.identical}/{row.tie_flips}/{row.errors}",
         )
         for row in result.rows
@@ -254,7 +258,10 @@ def run(args) -> int:
         max_draft_tokens, threshold = draft.max_draft_tokens, draft.confidence_threshold
         ngram = draft.ngram or ngram
         if draft.ngram is not None or draft.policy is not None:
-            policy = {"policy_ngram": draft.ngram, "policy": draft.policy, "policy_costs": draft.costs}
+            # without a cost model of its own (--cost-repeats 0) the bench can only use the profile's
+            here = args.policy_costs == "here" and args.cost_repeats > 0
+            policy = {"policy_ngram": draft.ngram, "policy": draft.policy,
+                      "policy_costs": None if here else draft.costs}
     skip_set.check_against(num_layers)
     settings = BenchSettings(
         max_new_tokens=args.max_new_tokens,
@@ -267,6 +274,7 @@ def run(args) -> int:
         cost_repeats=args.cost_repeats,
         **policy,
         seed=args.seed,
+        profile=profile,  # the generate(custom_generate=...) row
     )
 
     max_positions = getattr(model.config, "max_position_embeddings", None)
@@ -319,7 +327,7 @@ def run(args) -> int:
     print("speedup: tokens/s against generate, measured; predicted: the cost model from the run's own counts, "
           "or for rows drafting n-grams without a skip set from replaying the policy over generate's outputs "
           "('-' for a policy with both drafters: its layer-skip drafts cannot be replayed here); rounds: verify "
-          "rounds of n-gram / layer-skip drafts and plain steps; identical/tie/error: prompts whose output equals "
+          "rounds of n-gram drafts / layer-skip drafts / n-gram drafts the skip set continued / plain steps; identical/tie/error: prompts whose output equals "
           "generate's, differs by a near-tie of the top two tokens (bfloat16/float16 only), or differs otherwise")
     print(f"wrote {csv_path} and {json_path}")
     if result.mismatches:

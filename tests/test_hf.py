@@ -1,0 +1,478 @@
+"""skipsearch inside transformers' generate: `custom_generate=skipsearch.hf.self_speculative`, the
+folder `skipsearch export-hf` writes, streaming, and the bench row.
+
+Greedy output must be `generate(do_sample=False)`'s token for token (float32) with generate's own
+logits processors and stopping criteria; sampled output must follow generate's distribution."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria,
+                          StoppingCriteriaList, TemperatureLogitsWarper, TextIteratorStreamer, TopKLogitsWarper)
+
+from conftest import QWEN3_SLIDING, SLIDING_WINDOW, make_tiny, make_tokenizer, random_skip_sets, sharp_tiny_model
+from skipsearch import hf
+from skipsearch.bench import CUSTOM_GENERATE, BenchPrompt, BenchSettings, run_bench
+from skipsearch.cli import main
+from skipsearch.decoding import DecodeStats
+from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.errors import SkipsearchError
+from skipsearch.hf import self_speculative
+from skipsearch.models import model_fingerprint
+from skipsearch.profiles import DraftSettings, Profile, ProfileModel, load_profile, save_profile
+from skipsearch.skipping import SkipSet, skipping
+
+VARIANTS = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {}),  # a sliding window in every layer
+    "qwen2": ("qwen2", {}),  # sliding layers from layer 2 on
+    "qwen3": ("qwen3", {}),
+    "qwen3-sliding": ("qwen3", QWEN3_SLIDING),
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def profile_for(model, skip_set: SkipSet, max_draft_tokens: int = 3, confidence_threshold: float = 0.0,
+                **draft) -> Profile:
+    config = model.config
+    return Profile(
+        model=ProfileModel("tiny", config.model_type, config.num_hidden_layers, model_fingerprint(model)),
+        task="test",
+        skip=skip_set,
+        draft=DraftSettings(max_draft_tokens=max_draft_tokens, confidence_threshold=confidence_threshold, **draft),
+    )
+
+
+def _ids(prompt: list[int]) -> torch.Tensor:
+    return torch.tensor([prompt])
+
+
+def _plain(model, prompt, **kwargs) -> list[int]:
+    return model.generate(_ids(prompt), do_sample=False, **kwargs)[0].tolist()
+
+
+def _ours(model, prompt, profile, **kwargs) -> list[int]:
+    kwargs.setdefault("fallback", False)  # keep drafting: timings must not decide what is tested
+    return model.generate(_ids(prompt), do_sample=False, custom_generate=self_speculative, skip_profile=profile,
+                          **kwargs)[0].tolist()
+
+
+def _prompts(count: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 128) for _ in range(rng.randint(SLIDING_WINDOW + 2, 2 * SLIDING_WINDOW + 2))]
+            for _ in range(count)]
+
+
+def _perfect_draft_model():
+    """Its last MLP adds nothing, so skipping it drafts exactly the full model: every draft is accepted."""
+    model = make_tiny("llama")
+    model.model.layers[-1].mlp.down_proj.weight.zero_()
+    return model, SkipSet(mlp=(3,))
+
+
+# ---------------------------------------------------------------------------------------------
+# greedy: generate(do_sample=False)'s output, token for token
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_greedy_equals_generate_on_every_family(name):
+    family, overrides = VARIANTS[name]
+    model = make_tiny(family, **overrides)
+    model.generation_config.eos_token_id = None  # run every token
+    skip_sets = [SkipSet(attention=(0,)), *random_skip_sets(4, 2, seed=7)]
+    processors = [{}, {"repetition_penalty": 1.8}, {"bad_words_ids": [[5], [7, 9]], "no_repeat_ngram_size": 2}]
+    for i, prompt in enumerate(_prompts(2, seed=3)):
+        for extra in processors:
+            expected = _plain(model, prompt, max_new_tokens=10, **extra)
+            for skip_set in skip_sets:
+                profile = profile_for(model, skip_set, max_draft_tokens=1 + i * 3)
+                assert _ours(model, prompt, profile, max_new_tokens=10, **extra) == expected, (skip_set, extra)
+
+
+def test_greedy_with_the_profile_s_policy_n_gram_and_layer_skip_drafts():
+    model = make_tiny("qwen2")
+    model.generation_config.eos_token_id = None
+    prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7]  # n-gram proposals from the start
+    cheap = RelativeCosts(verify=(1.0, 1.02, 1.04, 1.06, 1.08, 1.1, 1.12, 1.14), draft_step=0.2)
+    profile = profile_for(model, SkipSet(mlp=(3,)), max_draft_tokens=3, ngram=NgramSettings(min_n=1, max_n=3),
+                          policy=PolicySettings(), costs=cheap)
+    for extra in ({}, {"repetition_penalty": 1.3}):
+        stats = DecodeStats()
+        got = _ours(model, prompt, profile, max_new_tokens=16, skip_stats=stats, **extra)
+        assert got == _plain(model, prompt, max_new_tokens=16, **extra)
+        assert stats.rounds > 0 and stats.ngram_drafted_tokens + stats.drafted_tokens > 0
+
+
+def test_max_length_and_an_eos_inside_an_accepted_draft_stop_where_generate_stops():
+    model, skip_set = _perfect_draft_model()
+    prompt = [9, 4, 11]
+    profile = profile_for(model, skip_set, max_draft_tokens=6)
+    model.generation_config.eos_token_id = None
+    free_run = _plain(model, prompt, max_new_tokens=24)[len(prompt):]
+    assert _ours(model, prompt, profile, max_length=len(prompt) + 9) == _plain(model, prompt,
+                                                                                max_length=len(prompt) + 9)
+    checked = 0
+    for position in (3, 8, 13):
+        eos = free_run[position]
+        if eos in free_run[:position]:
+            continue
+        # every EOS id counts: one that never comes and the one that does
+        model.generation_config.eos_token_id = [127 if eos != 127 else 126, eos]
+        expected = _plain(model, prompt, max_new_tokens=24)
+        assert expected[-1] == eos and len(expected) == len(prompt) + position + 1
+        stats = DecodeStats()
+        assert _ours(model, prompt, profile, max_new_tokens=24, skip_stats=stats) == expected
+        assert stats.accepted_tokens > 0
+        checked += 1
+    assert checked
+
+
+class StopAtLength(StoppingCriteria):
+    def __init__(self, length: int):
+        self.length = length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, dtype=torch.bool)
+
+
+class StopAfterToken(StoppingCriteria):
+    def __init__(self, token: int, prompt_length: int):
+        self.token, self.prompt_length = token, prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return (input_ids[:, self.prompt_length:] == self.token).any(-1)
+
+
+def test_custom_stopping_criteria_stop_inside_an_accepted_draft():
+    model, skip_set = _perfect_draft_model()
+    model.generation_config.eos_token_id = None
+    prompt = [3, 8, 21, 5]
+    profile = profile_for(model, skip_set, max_draft_tokens=8)
+    free_run = _plain(model, prompt, max_new_tokens=20)[len(prompt):]
+    for criteria in (StopAtLength(len(prompt) + 7), StopAfterToken(free_run[5], len(prompt))):
+        kwargs = {"max_new_tokens": 20, "stopping_criteria": StoppingCriteriaList([criteria])}
+        expected = _plain(model, prompt, **kwargs)
+        assert len(expected) < len(prompt) + 20
+        stats = DecodeStats()
+        assert _ours(model, prompt, profile, skip_stats=stats, **kwargs) == expected
+        assert stats.accepted_tokens > 0
+
+
+def test_return_dict_with_scores_and_logits_as_generate():
+    model = make_tiny("llama")
+    model.generation_config.eos_token_id = None
+    prompt = [4, 5, 6, 7, 8]
+    profile = profile_for(model, SkipSet(attention=(2,)), max_draft_tokens=4)
+    kwargs = {"max_new_tokens": 8, "return_dict_in_generate": True, "output_scores": True, "output_logits": True,
+              "repetition_penalty": 1.5}
+    expected = model.generate(_ids(prompt), do_sample=False, **kwargs)
+    got = model.generate(_ids(prompt), do_sample=False, custom_generate=self_speculative, skip_profile=profile,
+                         fallback=False, **kwargs)
+    assert type(got) is type(expected)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert len(got.scores) == len(expected.scores) == 8 and len(got.logits) == 8
+    for ours, theirs in zip(got.scores + got.logits, expected.scores + expected.logits, strict=True):
+        assert ours.shape == theirs.shape == (1, 128)
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert got.cache.get_seq_length() == expected.cache.get_seq_length() == len(prompt) + 7
+
+
+@pytest.mark.integration
+def test_greedy_equals_generate_on_smollm(smollm):
+    model, tokenizer = smollm.model, smollm.tokenizer
+    profile = load_profile(REPO / "reports" / "humaneval-smollm2.profile.yaml")
+    messages = [{"role": "user", "content": "def fibonacci(n):"}]
+    prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+    for i, skip_set in enumerate([profile.skip, *random_skip_sets(30, 2, seed=5)]):
+        thin = SkipSet(attention=skip_set.attention[::4], mlp=skip_set.mlp[::6])  # so drafts get accepted
+        extra = {"repetition_penalty": 1.2} if i == 1 else {}
+        mine = dataclasses.replace(profile, skip=thin, draft=dataclasses.replace(profile.draft, max_draft_tokens=3))
+        assert _ours(model, prompt, mine, max_new_tokens=8, **extra) == _plain(model, prompt, max_new_tokens=8,
+                                                                                **extra), thin
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling: generate's distribution
+
+
+def _processors() -> LogitsProcessorList:
+    """What generate builds from repetition_penalty=1.3, temperature=0.8, top_k=5, in its order."""
+    return LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.3), TemperatureLogitsWarper(0.8),
+                                TopKLogitsWarper(5)])
+
+
+def _exact(model, prompt) -> torch.Tensor:
+    """P(t1, t2) of the model under those processors."""
+    processors = _processors()
+    with torch.inference_mode():
+        ids = _ids(prompt)
+        p1 = processors(ids, model(ids).logits[:, -1].float()).softmax(-1)[0]
+        vocab = p1.shape[0]
+        rows = [processors(_ids(prompt + [t]), model(_ids(prompt + [t])).logits[:, -1].float()) for t in range(vocab)]
+        p2 = torch.cat(rows).softmax(-1)
+    return p1[:, None] * p2
+
+
+def test_sampling_follows_generate_s_distribution():
+    model = sharp_tiny_model()
+    model.generation_config.eos_token_id = None
+    prompt = [1, 4, 2]
+    skip_set = SkipSet(attention=(1,), mlp=(0,))
+    exact = _exact(model, prompt)
+    with skipping(model, skip_set):
+        draft_only = _exact(model, prompt)  # what accepting every draft would give
+    # one token from the prefill, the second from a draft-and-verify round (accepted or resampled)
+    profile = profile_for(model, skip_set, max_draft_tokens=1)
+    samples = 600
+    counts = torch.zeros(6, 6)
+    for seed in range(samples):
+        torch.manual_seed(seed)
+        out = model.generate(_ids(prompt), do_sample=True, repetition_penalty=1.3, temperature=0.8, top_k=5,
+                             max_new_tokens=3, custom_generate=self_speculative, skip_profile=profile, fallback=False)
+        counts[out[0, 3], out[0, 4]] += 1
+    empirical = counts / samples
+    # by chance the total variation of 600 draws over these 36 cells is ~0.03; accepting every
+    # draft instead measured 0.16
+    tolerance = 0.07
+    assert 0.5 * (empirical - exact).abs().sum().item() < tolerance
+    assert 0.5 * (empirical - draft_only).abs().sum().item() > 2 * tolerance
+    # a fixed seed gives a fixed sample, as with generate
+    again = []
+    for _ in range(2):
+        torch.manual_seed(11)
+        again.append(model.generate(_ids(prompt), do_sample=True, top_k=5, max_new_tokens=8,
+                                    custom_generate=self_speculative, skip_profile=profile).tolist())
+    assert again[0] == again[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming
+
+
+class RecordingStreamer:
+    def __init__(self):
+        self.events: list = []
+
+    def put(self, value):
+        self.events.append(value.tolist())
+
+    def end(self):
+        self.events.append("end")
+
+
+def test_a_streamer_gets_the_prompt_then_the_committed_tokens_then_end():
+    model, skip_set = _perfect_draft_model()
+    model.generation_config.eos_token_id = None
+    prompt = [7, 3, 9]
+    streamer = RecordingStreamer()
+    out = _ours(model, prompt, profile_for(model, skip_set, max_draft_tokens=4), max_new_tokens=12,
+                streamer=streamer)
+    assert streamer.events[0] == [prompt] and streamer.events[-1] == "end"
+    assert streamer.events.count("end") == 1
+    chunks = streamer.events[1:-1]
+    assert [token for chunk in chunks for token in chunk] == out[len(prompt):]
+    assert any(len(chunk) > 1 for chunk in chunks)  # whole accepted drafts at once
+
+
+def test_text_iterator_streamer_in_a_thread():
+    model = make_tiny("llama", vocab_size=9)
+    model.generation_config.eos_token_id = None
+    tokenizer = make_tokenizer()
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60)
+    profile = profile_for(model, SkipSet(mlp=(3,)), max_draft_tokens=3)
+    result = {}
+
+    def run():
+        result["ids"] = _ours(model, [1, 7, 8], profile, max_new_tokens=10, streamer=streamer)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    text = "".join(streamer)
+    thread.join(timeout=60)
+    assert text.strip() == tokenizer.decode(result["ids"][3:], skip_special_tokens=True).strip()
+
+
+def test_a_failing_call_still_ends_the_streamer(tmp_path):
+    model = make_tiny("llama")
+    streamer = RecordingStreamer()
+    with pytest.raises(SkipsearchError):
+        _ours(model, [5, 6], tmp_path / "missing.yaml", max_new_tokens=4, streamer=streamer)
+    assert streamer.events == [[[5, 6]], "end"]
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one clear error
+
+
+def _one_line(message: str, *fragments: str) -> None:
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_a_profile_for_another_model_is_refused():
+    model = make_tiny("llama")
+    other = profile_for(make_tiny("llama", seed=1), SkipSet(mlp=(1,)))
+    with pytest.raises(SkipsearchError) as error:
+        _ours(model, [5, 6, 7], other, max_new_tokens=4)
+    _one_line(str(error.value), "does not fit the loaded model", "fingerprint")
+
+
+def test_a_malformed_profile_is_refused(tmp_path):
+    model = make_tiny("llama")
+    path = tmp_path / "bad.yaml"
+    save_profile(profile_for(model, SkipSet(mlp=(1,))), path)
+    path.write_text(path.read_text().replace("mlp: [1]", "mlp: [1, 9]"))
+    with pytest.raises(SkipsearchError) as error:
+        _ours(model, [5, 6, 7], path, max_new_tokens=4)
+    _one_line(str(error.value), "bad.yaml", "skip.mlp[1]", "out of range")
+    with pytest.raises(SkipsearchError) as error:
+        _ours(model, [5, 6, 7], None, max_new_tokens=4)
+    _one_line(str(error.value), "skip_profile")
+
+
+def test_batch_size_two_and_beam_search_are_refused():
+    model = make_tiny("llama")
+    profile = profile_for(model, SkipSet(mlp=(1,)))
+    with pytest.raises(SkipsearchError) as error:
+        model.generate(torch.tensor([[5, 6], [7, 8]]), custom_generate=self_speculative, skip_profile=profile,
+                       max_new_tokens=4)
+    _one_line(str(error.value), "batch size 2", "one sequence")
+    with pytest.raises(SkipsearchError) as error:
+        model.generate(_ids([5, 6]), num_beams=2, custom_generate=self_speculative, skip_profile=profile,
+                       max_new_tokens=4)
+    _one_line(str(error.value), "num_beams=2")
+
+
+def test_the_profile_is_loaded_and_checked_once(tmp_path, monkeypatch):
+    model = make_tiny("llama")
+    path = tmp_path / "p.yaml"
+    save_profile(profile_for(model, SkipSet(mlp=(1,))), path)
+    calls = {"fingerprint": 0, "load": 0}
+
+    def counting(name, function):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(hf, "model_fingerprint", counting("fingerprint", hf.model_fingerprint))
+    monkeypatch.setattr(hf, "load_profile", counting("load", hf.load_profile))
+    for _ in range(3):
+        _ours(model, [5, 6, 7], path, max_new_tokens=3)
+    assert calls == {"fingerprint": 1, "load": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# the exported folder
+
+
+SUBPROCESS = """
+import sys
+import torch
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+model.generation_config.eos_token_id = None
+ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+plain = model.generate(ids, do_sample=False, max_new_tokens=10)
+ours = model.generate(ids, do_sample=False, max_new_tokens=10, custom_generate=sys.argv[2],
+                      trust_remote_code=True, fallback=False)
+print("identical" if torch.equal(plain, ours) else f"different: {plain.tolist()} {ours.tolist()}")
+"""
+
+
+def test_the_exported_folder_runs_in_a_fresh_process(tmp_path, capsys):
+    model = make_tiny("llama")
+    model.save_pretrained(tmp_path / "model")
+    save_profile(profile_for(model, SkipSet(attention=(2,)), max_draft_tokens=3), tmp_path / "p.yaml")
+    folder = tmp_path / "export"
+    assert main(["export-hf", str(tmp_path / "p.yaml"), str(folder)]) == 0
+    assert "custom_generate" in capsys.readouterr().out
+    readme = (folder / "README.md").read_text()
+    assert readme.startswith("---\n") and "  - custom_generate\n" in readme.split("---")[1]
+    assert (folder / "custom_generate" / "requirements.txt").read_text().startswith("skipsearch>=")
+    assert load_profile(folder / "skip_profile.yaml") == load_profile(tmp_path / "p.yaml")
+
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(SUBPROCESS))
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)  # only the folder and the installed packages
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "model"), str(folder)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "identical", done.stdout
+
+
+def test_export_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
+    model = make_tiny("llama")
+    good = tmp_path / "p.yaml"
+    save_profile(profile_for(model, SkipSet(mlp=(1,))), good)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("skipsearch_profile: 2\nmodel: nope\n")
+
+    assert main(["export-hf", str(bad), str(tmp_path / "new")]) == 2
+    _one_line(capsys.readouterr().err.strip(), "skipsearch: error:", "bad.yaml")
+    assert not (tmp_path / "new").exists()
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "config.json").write_text("{}")
+    assert main(["export-hf", str(good), str(occupied)]) == 2
+    _one_line(capsys.readouterr().err.strip(), "not empty", "--force")
+    assert sorted(p.name for p in occupied.iterdir()) == ["config.json"]
+
+    # --force writes the export beside the files already there (a model's own folder)
+    assert main(["export-hf", str(good), str(occupied), "--force"]) == 0
+    assert (occupied / "config.json").read_text() == "{}"
+    assert (occupied / "custom_generate" / "generate.py").is_file()
+    assert not [p for p in occupied.rglob("*.tmp")]
+
+
+def test_the_exported_generate_embeds_the_profile(tmp_path):
+    model = make_tiny("llama")
+    profile = profile_for(model, SkipSet(mlp=(1,)))
+    save_profile(profile, tmp_path / "p.yaml")
+    assert main(["export-hf", str(tmp_path / "p.yaml"), str(tmp_path / "out")]) == 0
+    namespace: dict = {}
+    exec((tmp_path / "out" / "custom_generate" / "generate.py").read_text(), namespace)
+    assert hf._embedded(namespace["PROFILE_YAML"]) == profile
+    assert callable(namespace["generate"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the bench row
+
+
+def test_the_bench_has_a_custom_generate_row_only_with_a_profile():
+    model = make_tiny("llama")
+    model.generation_config.eos_token_id = None
+    profile = profile_for(model, SkipSet(mlp=(3,)), max_draft_tokens=3)
+    prompts = [BenchPrompt("a", [5, 6, 7, 8]), BenchPrompt("b", [9, 10, 11])]
+    common = {"max_new_tokens": 6, "skip_set": profile.skip, "max_draft_tokens": 3, "confidence_threshold": 0.0,
+              "early_exit_layers": (), "prompt_lookup_num_tokens": (), "ngram": None, "cost_repeats": 0,
+              "warmup_tokens": 2}
+    with_profile = run_bench(model, prompts, BenchSettings(**common, profile=profile))
+    row = next(r for r in with_profile.rows if r.method == CUSTOM_GENERATE)
+    assert (row.identical, row.errors, row.new_tokens) == (2, 0, 12)
+    assert row.plain_steps is not None
+    assert CUSTOM_GENERATE not in [r.method for r in run_bench(model, prompts, BenchSettings(**common)).rows]
