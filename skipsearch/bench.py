@@ -364,15 +364,15 @@ def _methods(model, settings: BenchSettings, costs: CostModel | None) -> list[_M
                                    dataclasses.replace(base, ngram=settings.ngram, costs=ngram_costs,
                                                        policy=PolicySettings()),
                                    remember=True))
+    policy_costs = settings.policy_costs
+    if policy_costs is None and costs is not None:
+        policy_costs = relative_costs(costs, skip_set)
     if settings.has_policy:
-        policy_costs = settings.policy_costs
-        if policy_costs is None and costs is not None:
-            policy_costs = relative_costs(costs, skip_set)
         methods.append(_skipsearch(model, PROFILE_POLICY, skip_set,
                                    dataclasses.replace(base, ngram=settings.policy_ngram, costs=policy_costs,
                                                        policy=settings.policy or PolicySettings()),
                                    remember=True))
-    methods += _custom_generate_methods(model, settings)
+    methods += _custom_generate_methods(model, settings, policy_costs)
     return methods
 
 
@@ -531,9 +531,9 @@ def _table_rows(all_rows: list[MethodRow], settings: BenchSettings) -> list[Meth
 CUSTOM_GENERATE = "generate custom_generate (profile)"
 
 
-def _custom_generate_methods(model, settings: BenchSettings) -> list[_Method]:
+def _custom_generate_methods(model, settings: BenchSettings, policy_costs: RelativeCosts | None) -> list[_Method]:
     """The row, when the bench has a profile; the bench's draft-length and threshold apply as to
-    the other rows."""
+    the other rows, and its policy decides with `policy_costs` as the profile-policy row does."""
     if settings.profile is None:
         return []
     from . import hf
@@ -541,6 +541,8 @@ def _custom_generate_methods(model, settings: BenchSettings) -> list[_Method]:
     profile = settings.profile
     decode_settings = hf.decode_settings(profile, max_draft_tokens=settings.max_draft_tokens,
                                          confidence_threshold=settings.confidence_threshold)
+    if policy_costs is not None and decode_settings.costs is not None:
+        decode_settings = dataclasses.replace(decode_settings, costs=policy_costs)
     memory = FallbackMemory()
 
     def run(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], DecodeStats]:
@@ -548,7 +550,7 @@ def _custom_generate_methods(model, settings: BenchSettings) -> list[_Method]:
         call = _hf_generate(model, custom_generate=hf.self_speculative, skip_profile=profile,
                             max_draft_tokens=settings.max_draft_tokens,
                             confidence_threshold=settings.confidence_threshold, fallback_memory=memory,
-                            skip_stats=stats)
+                            skip_stats=stats, policy_costs=policy_costs or "profile")
         return call(prompt_ids, max_new_tokens)[0], stats
 
     return [_Method(CUSTOM_GENERATE, run, memory, verify_tokens=decode_settings.longest_draft + 1,

@@ -59,7 +59,9 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from . import forward
 from .decoding import (DecodeSettings, DecodeStats, FallbackMemory, _choose, _draft, _Forward, _point_mass, _verify,
                        crop_cache)
-from .drafting import NGRAM, PLAIN, Choice, DraftPolicy, NgramIndex, count_round
+from .costs import relative_costs
+from .device_costs import costs_here
+from .drafting import NGRAM, PLAIN, Choice, DraftPolicy, NgramIndex, RelativeCosts, count_round
 from .errors import SkipsearchError
 from .models import model_fingerprint
 from .profiles import Profile, ProfileModel, check_profile_for_model, decode_fields, load_profile, parse_profile
@@ -324,6 +326,7 @@ def self_speculative(
     fallback: bool = True,
     fallback_memory: FallbackMemory | None = None,
     skip_stats: DecodeStats | None = None,
+    policy_costs: str | RelativeCosts = "here",
     **model_kwargs,
 ):
     """A `generate(custom_generate=...)` decoding method: self-speculative decoding with a profile.
@@ -333,12 +336,14 @@ def self_speculative(
     switch to plain decoding for the rest of a call once drafting proves slower (as
     `decoding.decode`); `fallback_memory`: the verdict carried across calls (default: one per
     model and policy, kept by this module). `skip_stats`: a fresh `DecodeStats` that this call fills
-    with its counts and times. The rest is what `generate` prepares and passes."""
+    with its counts and times. `policy_costs`: what a profile's drafting policy weighs its options
+    by: "here" (this device's costs, timed once and cached: `device_costs`), "profile" (the costs
+    the search stored) or given `RelativeCosts`. The rest is what `generate` prepares and passes."""
     streamer = _streamer_from_generate(streamer)
     try:
         return _self_speculative(model, input_ids, logits_processor, stopping_criteria, generation_config,
                                  synced_gpus, streamer, skip_profile, max_draft_tokens, confidence_threshold,
-                                 fallback, fallback_memory, skip_stats, model_kwargs)
+                                 fallback, fallback_memory, skip_stats, policy_costs, model_kwargs)
     finally:
         if streamer is not None:
             streamer.end()
@@ -346,7 +351,7 @@ def self_speculative(
 
 def _self_speculative(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
                       streamer, skip_profile, max_draft_tokens, confidence_threshold, fallback, fallback_memory,
-                      skip_stats, model_kwargs):
+                      skip_stats, policy_costs, model_kwargs):
     _check_call(model, input_ids, generation_config, synced_gpus, model_kwargs)
     if stopping_criteria is None:
         stopping_criteria = StoppingCriteriaList()
@@ -358,6 +363,14 @@ def _self_speculative(model, input_ids, logits_processor, stopping_criteria, gen
     max_length = generation_config.max_length or stopping_criteria.max_length
     device = forward.input_device(model)
     prompt = input_ids[0].tolist()
+    if settings.costs is not None and policy_costs != "profile":
+        if policy_costs == "here":
+            # the context decoding spends most of its steps at: the prompt and half the output
+            middle = len(prompt) + max(0, (max_length or len(prompt)) - len(prompt)) // 2
+            policy_costs = relative_costs(costs_here(model, middle, settings.longest_draft + 1), skip_set)
+        elif not isinstance(policy_costs, RelativeCosts):
+            raise SkipsearchError(f'policy_costs: expected "here", "profile" or RelativeCosts, got {policy_costs!r}')
+        settings = dataclasses.replace(settings, costs=policy_costs)
     stop_ids = _stop_ids(generation_config)
     keep = bool(generation_config.return_dict_in_generate)
 

@@ -107,7 +107,8 @@ def test_greedy_equals_generate_on_every_family(name):
                 assert _ours(model, prompt, profile, max_new_tokens=10, **extra) == expected, (skip_set, extra)
 
 
-def test_greedy_with_the_profile_s_policy_n_gram_and_layer_skip_drafts():
+def test_greedy_with_the_profile_s_policy_n_gram_and_layer_skip_drafts(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKIPSEARCH_CACHE", str(tmp_path))
     model = make_tiny("qwen2")
     model.generation_config.eos_token_id = None
     prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7]  # n-gram proposals from the start
@@ -116,9 +117,21 @@ def test_greedy_with_the_profile_s_policy_n_gram_and_layer_skip_drafts():
                           policy=PolicySettings(), costs=cheap)
     for extra in ({}, {"repetition_penalty": 1.3}):
         stats = DecodeStats()
-        got = _ours(model, prompt, profile, max_new_tokens=16, skip_stats=stats, **extra)
+        # the profile's cheap costs: the policy drafts
+        got = _ours(model, prompt, profile, max_new_tokens=16, skip_stats=stats, policy_costs="profile", **extra)
         assert got == _plain(model, prompt, max_new_tokens=16, **extra)
         assert stats.rounds > 0 and stats.ngram_drafted_tokens + stats.drafted_tokens > 0
+    # by default it decides with this device's costs, timed once into the cache
+    assert _ours(model, prompt, profile, max_new_tokens=16) == _plain(model, prompt, max_new_tokens=16)
+    assert len(list((tmp_path / "costs").glob("*.json"))) == 1
+    # costs that make drafting hopeless: every step plain
+    dear = RelativeCosts(verify=(1.0,) + (9.0,) * 7, draft_step=0.9)
+    stats = DecodeStats()
+    assert _ours(model, prompt, profile, max_new_tokens=16, skip_stats=stats, policy_costs=dear) == _plain(
+        model, prompt, max_new_tokens=16)
+    assert stats.rounds == 0
+    with pytest.raises(SkipsearchError, match="policy_costs"):
+        _ours(model, prompt, profile, max_new_tokens=4, policy_costs="elsewhere")
 
 
 def test_max_length_and_an_eos_inside_an_accepted_draft_stop_where_generate_stops():
