@@ -15,7 +15,7 @@ def test_a_bfloat16_search_completes_and_reports_the_lossless_check(tmp_path, ca
     study.write_text(yaml.safe_dump({
         "name": "bf16-demo",
         "model": {"name": "smollm2-135m", "device": "cpu"},
-        "task": {"source": "humaneval", "search_prompts": 2, "heldout_prompts": 2, "reference_tokens": 12},
+        "task": {"source": "humaneval", "search_prompts": 2, "heldout_prompts": 1, "reference_tokens": 12},
         # 16 eligible sublayers keep the ranking short: bfloat16 runs slowly on these CPUs
         "search": {"objective": "speedup", "trials": 4, "skip_budget": 2, "rescore_top": 2, "keep_first": 10,
                    "keep_last": 12},
@@ -24,10 +24,10 @@ def test_a_bfloat16_search_completes_and_reports_the_lossless_check(tmp_path, ca
     assert main(["search", str(study), "--dtype", "bfloat16", "--no-progress"]) == 0
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("lossless check"))
-    assert line.startswith("lossless check (bfloat16, 2 candidates x 2 held-out prompts against plain decoding): ")
+    assert line.startswith("lossless check (bfloat16, 2 candidates x 1 held-out prompts against plain decoding): ")
     counts = dict((kind, int(number)) for number, kind in
                   (part.split(" ", 1) for part in line.split(": ", 1)[1].split(", ")))
-    assert counts["errors"] == 0 and counts["identical"] + counts["tie flips"] == 4
+    assert counts["errors"] == 0 and counts["identical"] + counts["tie flips"] == 2
     assert any(line.startswith("drafting policy: ") and "held-out rounds" in line for line in out.splitlines())
     profile = load_profile(tmp_path / "bf16.profile.yaml")
     assert profile.metrics.dtype == "bfloat16"
