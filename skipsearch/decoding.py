@@ -108,6 +108,14 @@ class DecodeSettings:
         return self.temperature == 0.0
 
     @property
+    def remembers_verdicts(self) -> bool:
+        """Whether a `FallbackMemory` carries the fallback's verdict from call to call: for the fixed
+        rule only. A cost-model policy learns each drafter's acceptance within the call and its
+        n-gram drafts depend on the prompt, so one prompt's verdict says nothing about the next
+        (a translation prompt that copies nothing would stop n-gram drafts on those that copy)."""
+        return self.fallback and self.costs is None
+
+    @property
     def fallback_rounds(self) -> int:
         return self.fallback_min_rounds if self.costs is None else self.policy_fallback_rounds
 
@@ -361,7 +369,8 @@ def decode(
     """Generate after `prompt_ids`; with an empty or missing skip set this is plain decoding.
 
     With a `memory` shared by calls, a call that follows one that fell back decodes plainly
-    from the start (`fell_back` with `fallback_at_token` 0) until the memory rechecks."""
+    from the start (`fell_back` with `fallback_at_token` 0) until the memory rechecks; with the
+    fixed rule only (`DecodeSettings.remembers_verdicts`)."""
     if isinstance(prompt_ids, torch.Tensor):
         if prompt_ids.dim() == 2:
             if prompt_ids.shape[0] != 1:
@@ -386,7 +395,7 @@ def decode(
     cache = forward.new_cache()
     step = _Forward(model, cache, device)
     speculate = len(skip_set) > 0 or settings.ngram is not None
-    remembered = speculate and settings.fallback and memory is not None and memory.take_plain_call()
+    remembered = speculate and settings.remembers_verdicts and memory is not None and memory.take_plain_call()
     if remembered:
         speculate = False
         stats.fell_back, stats.fallback_at_token = True, 0
@@ -479,6 +488,6 @@ def decode(
         stats.total_time_s = time.perf_counter() - start
     stats.new_tokens = len(generated)
     judged = stats.fell_back or spec_attempts >= settings.fallback_rounds  # a short call says nothing
-    if memory is not None and settings.fallback and not remembered and judged:
+    if memory is not None and settings.remembers_verdicts and not remembered and judged:
         memory.record(stats.fell_back)
     return DecodeResult(token_ids=generated, stats=stats)

@@ -390,7 +390,7 @@ def _self_speculative(model, input_ids, logits_processor, stopping_criteria, gen
     if memory is None and settings.fallback:
         memory = _state(model).memories.setdefault((skip_set, settings), FallbackMemory())
     speculate = len(skip_set) > 0 or settings.ngram is not None
-    remembered = speculate and settings.fallback and memory is not None and memory.take_plain_call()
+    remembered = speculate and settings.remembers_verdicts and memory is not None and memory.take_plain_call()
     if remembered:
         speculate = False
         stats.fell_back, stats.fallback_at_token = True, 0
@@ -465,7 +465,7 @@ def _self_speculative(model, input_ids, logits_processor, stopping_criteria, gen
         stats.total_time_s = time.perf_counter() - start
     stats.new_tokens = output.new_tokens
     judged = stats.fell_back or spec_attempts >= settings.fallback_rounds  # a short call says nothing
-    if memory is not None and settings.fallback and not remembered and judged:
+    if memory is not None and settings.remembers_verdicts and not remembered and judged:
         memory.record(stats.fell_back)
 
     sequences = sequence.prefix(sequence.length).clone().to(input_ids.device)

@@ -228,3 +228,22 @@ def test_with_a_policy_the_fallback_waits_for_more_rounds():
     policy's first rounds, drafted on its priors, do not end a policy that pays once it learnt."""
     assert DecodeSettings(fallback_min_rounds=2).fallback_rounds == 2
     assert DecodeSettings(fallback_min_rounds=2, costs=GPU, policy_fallback_rounds=8).fallback_rounds == 8
+
+
+def test_a_policy_s_verdict_on_one_prompt_does_not_carry_to_the_next(monkeypatch):
+    """The fixed rule's fallback verdict carries across calls through a FallbackMemory; a cost-model
+    policy's does not, since its n-gram drafts depend on each prompt."""
+    from skipsearch.decoding import FallbackMemory
+
+    model = make_tiny_llama()
+    skip_set = SkipSet(attention=(0, 1, 2, 3), mlp=(0, 1, 2, 3))  # drafts that are always rejected
+    # a clock that ticks once per reading: a round (3 readings) of one token costs 2 plain steps
+    monkeypatch.setattr("skipsearch.decoding.time.perf_counter", iter(range(0, 10**9, 1)).__next__)
+    for costs, carried in ((None, True), (GPU, False)):
+        settings = DecodeSettings(max_new_tokens=40, max_draft_tokens=2, confidence_threshold=0.0, costs=costs,
+                                  fallback_min_rounds=1, policy_fallback_rounds=1)
+        memory = FallbackMemory()
+        first = decode(model, _repeating_prompt(), skip_set, settings, memory=memory).stats
+        second = decode(model, _repeating_prompt(), skip_set, settings, memory=memory).stats
+        assert first.fell_back and first.fallback_at_token > 0
+        assert (second.fallback_at_token == 0) is carried
