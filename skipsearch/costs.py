@@ -23,8 +23,17 @@ import torch
 
 from . import forward
 from .decoding import DecodeSettings, DecodeStats, crop_cache
-from .drafting import (NGRAM, PLAIN, DraftPolicy, NgramIndex, NgramSettings, PolicySettings, RelativeCosts,
-                       count_round, round_cost)
+from .drafting import (
+    NGRAM,
+    PLAIN,
+    DraftPolicy,
+    NgramIndex,
+    NgramSettings,
+    PolicySettings,
+    RelativeCosts,
+    count_round,
+    round_cost,
+)
 from .errors import SkipsearchError
 from .skipping import SkipSet, decoder_layers, skipping
 from .timing import Stopwatch

@@ -27,8 +27,17 @@ import torch
 from transformers import DynamicCache
 
 from . import forward
-from .drafting import (NGRAM, PLAIN, Choice, DraftPolicy, NgramIndex, NgramSettings, PolicySettings, RelativeCosts,
-                       count_round)
+from .drafting import (
+    NGRAM,
+    PLAIN,
+    Choice,
+    DraftPolicy,
+    NgramIndex,
+    NgramSettings,
+    PolicySettings,
+    RelativeCosts,
+    count_round,
+)
 from .errors import SkipsearchError
 from .skipping import SkipSet, skipping
 from .timing import synchronize

@@ -57,9 +57,18 @@ from transformers import GenerationMixin, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from . import forward
-from .decoding import (DecodeSettings, DecodeStats, FallbackMemory, _choose, _draft, _Forward, _point_mass, _verify,
-                       crop_cache)
 from .costs import relative_costs
+from .decoding import (
+    DecodeSettings,
+    DecodeStats,
+    FallbackMemory,
+    _choose,
+    _draft,
+    _Forward,
+    _point_mass,
+    _verify,
+    crop_cache,
+)
 from .device_costs import costs_here
 from .drafting import NGRAM, PLAIN, Choice, DraftPolicy, NgramIndex, RelativeCosts, count_round
 from .errors import SkipsearchError

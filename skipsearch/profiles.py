@@ -27,7 +27,6 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +37,7 @@ import yaml
 
 from .drafting import NgramSettings, PolicySettings, RelativeCosts
 from .errors import SkipsearchError
+from .files import write_atomic
 from .models import model_fingerprint
 from .skipping import SUBLAYER_KINDS, SkipSet
 
@@ -439,26 +439,7 @@ def dump_profile(profile: Profile) -> str:
 
 def save_profile(profile: Profile, path: str | os.PathLike) -> None:
     """Write the profile atomically: readers see the old file or the new one, never a partial one."""
-    target = Path(path)
-    folder = target.parent
-    if not folder.is_dir():
-        raise SkipsearchError(f"output folder {folder} does not exist; create it or choose another path")
-    if target.is_dir():
-        raise SkipsearchError(f"{target} is a directory; give a file path such as {target / 'profile.yaml'}")
-    text = dump_profile(profile)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes the file private; a profile is meant to be shared
-        os.replace(temp_name, target)
-    except OSError as exc:
-        raise SkipsearchError(f"cannot write profile {target}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
+    write_atomic(path, dump_profile(profile), what="profile")
 
 
 def check_profile_for_model(profile: Profile, model: torch.nn.Module, fingerprint: str | None = None) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .decoding import DecodeSettings, decode
+from .files import write_atomic
 from .models import attention_of, cache_root, dtype_name
 
 
@@ -32,18 +31,6 @@ class Reference:
 def _cache_file(fingerprint: str, numerics: list[str], task: str, prompt_ids: list[int], length: int) -> Path:
     key = json.dumps([fingerprint, *numerics, task, list(prompt_ids), length]).encode()
     return cache_root() / "references" / f"{hashlib.sha256(key).hexdigest()}.json"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def reference_continuations(
@@ -64,6 +51,7 @@ def reference_continuations(
         except (OSError, ValueError, KeyError):
             result = decode(model, prompt_ids, None, DecodeSettings(max_new_tokens=length, fallback=False))
             continuation = result.token_ids
-            _write_atomically(path, json.dumps({"prompt_id": prompt_id, "continuation": continuation}))
+            write_atomic(path, json.dumps({"prompt_id": prompt_id, "continuation": continuation}),
+                         what="reference cache", make_folder=True)
         references.append(Reference(prompt_id, tuple(prompt_ids), tuple(continuation)))
     return references

@@ -17,7 +17,6 @@ import csv
 import html
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import optuna
 import yaml
 
 from .errors import SkipsearchError
+from .files import write_atomic
 from .report_figures import build_figures
 
 __all__ = [
@@ -224,9 +224,9 @@ def _layer_heat(study: optuna.Study, name: str, objective: str, trials: list, nu
                 counts[(kind, int(layer))] = counts.get((kind, int(layer)), 0) + 1
     importance = {(str(kind), int(layer)): float(value) for kind, layer, value in study.user_attrs.get("importance") or ()}
     layers = list(range(num_layers))
-    share = {kind: [counts[(kind, l)] / len(best) if (kind, l) in counts and best else None for l in layers]
+    share = {kind: [counts[(kind, i)] / len(best) if (kind, i) in counts and best else None for i in layers]
              for kind in KINDS}
-    imp = {kind: [importance.get((kind, l)) for l in layers] for kind in KINDS}
+    imp = {kind: [importance.get((kind, i)) for i in layers] for kind in KINDS}
     return LayerHeat(name, layers, len(best), share, imp)
 
 
@@ -448,22 +448,4 @@ def render_report(data: ReportData, figures: list) -> str:
 
 def write_report(path: str | os.PathLike, text: str) -> Path:
     """Replace `path` atomically (readers see the old page or the new one); its folder must exist."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise SkipsearchError(f"output folder {path.parent} does not exist; create it or choose another path")
-    if path.is_dir():
-        raise SkipsearchError(f"{path} is a directory; give a file path such as {path / 'report.html'}")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes the file private; a report is meant to be shared
-        os.replace(temp_name, path)
-    except OSError as exc:
-        raise SkipsearchError(f"cannot write report {path}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-    return path
+    return write_atomic(path, text, what="report")

@@ -18,20 +18,43 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .baselines import evenly_spaced, importance_ranking, least_important
-from .costs import (NGRAM_CHOICES, THRESHOLDS, CostModel, measure_costs, predicted_speedup_from_stats,
-                    relative_costs, replay_drafting)
+from .costs import (
+    NGRAM_CHOICES,
+    THRESHOLDS,
+    CostModel,
+    measure_costs,
+    predicted_speedup_from_stats,
+    relative_costs,
+    replay_drafting,
+)
 from .decoding import DecodeSettings, DecodeStats, decode
 from .drafting import NgramSettings, PolicySettings, RelativeCosts
 from .errors import SkipsearchError
 from .lossless import LosslessCounts, classify
 from .models import LoadedModel, load_model, model_fingerprint
 from .neighbours import LocalSearch
-from .profiles import (DraftSettings, Profile, ProfileMetrics, ProfileModel, check_profile_for_model, load_profile,
-                       save_profile)
+from .profiles import (
+    DraftSettings,
+    Profile,
+    ProfileMetrics,
+    ProfileModel,
+    check_profile_for_model,
+    load_profile,
+    save_profile,
+)
 from .references import Reference, reference_continuations
 from .scoring import ProxyScorer
-from .search import (SkipObjective, best_trials, completed_trials, enqueue_warm_starts, make_sampler,
-                     open_study, run_trials, trial_counts, trial_skip_set)
+from .search import (
+    SkipObjective,
+    best_trials,
+    completed_trials,
+    enqueue_warm_starts,
+    make_sampler,
+    open_study,
+    run_trials,
+    trial_counts,
+    trial_skip_set,
+)
 from .skipping import SkipSet, eligible_sublayers
 from .storages import redact
 from .studies import StudyConfig, resolve_skip_budget

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 import torch
 from transformers import (
@@ -145,3 +148,43 @@ def smollm():
     from skipsearch.models import load_model
 
     return load_model("smollm2-135m", dtype="float32", device="cpu")
+
+
+# ---------------------------------------------------------------------------- toy studies
+
+WORDS = ["hello", "world"]
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKIPSEARCH_CACHE", str(tmp_path / "cache"))
+
+
+def toy_task_file(tmp_path, n=6):
+    rng = random.Random(0)
+    path = tmp_path / "task.jsonl"
+    with open(path, "w") as out:
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS) for _ in range(3 + i))
+            out.write(json.dumps({"question_id": i, "category": "toy", "turns": [text]}) + "\n")
+    return path
+
+
+def study_config(tmp_path, **search):
+    """A three-trial speedup study of a six-prompt toy task, for runs on `tiny_loaded()`."""
+    from skipsearch.studies import parse_study
+
+    return parse_study({
+        "name": "toy",
+        "task": {"source": "specbench", "data": str(toy_task_file(tmp_path)), "search_prompts": 3,
+                 "heldout_prompts": 2, "reference_tokens": 10, "chat_template": False},
+        "search": {"objective": "speedup", "trials": 3, "skip_budget": 2, **search},
+        "draft": {"max_draft_tokens": 3},
+        "output": {"profile": str(tmp_path / "toy.profile.yaml")},
+    }, "test")
+
+
+def tiny_loaded():
+    from skipsearch.models import LoadedModel
+
+    return LoadedModel(model=make_tiny_llama(), tokenizer=make_tokenizer(), name="tiny", source="memory")

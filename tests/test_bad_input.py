@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GPT2Config
 
-from conftest import make_tiny_llama, make_tokenizer
 from skipsearch import DraftSettings, Profile, ProfileModel, SkipSet, model_fingerprint, save_profile
 from skipsearch.cli import main
 from skipsearch.errors import SkipsearchError
 from skipsearch.storages import check_storage, redact
+
+from conftest import make_tiny_llama, make_tokenizer
 
 SECRET = "hunter2"
 

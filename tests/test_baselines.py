@@ -170,7 +170,7 @@ def test_all_baselines_on_a_tiny_llama():
         references.append(Reference(f"p{index}", tuple(prompt), tuple(result.token_ids)))
     scorer = ProxyScorer(model, references)
     eligible = eligible_sublayers(4)
-    for name, method in BASELINES.items():
+    for method in BASELINES.values():
         before = scorer.evaluations
         result = method(scorer.score, eligible, 2, 12, 0)
         assert len(result.best) == 2 and set(result.best.sublayers) <= set(eligible)

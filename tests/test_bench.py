@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-from conftest import make_tokenizer
 
 from skipsearch import bench
 from skipsearch.bench import (
@@ -34,6 +33,8 @@ from skipsearch.costs import CostModel, relative_costs
 from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
 from skipsearch.errors import SkipsearchError
 from skipsearch.skipping import SkipSet, eligible_sublayers
+
+from conftest import make_tokenizer
 
 SKIPSEARCH_ROWS = [NO_SKIP, SKIP_ONLY, SKIP_ONLY_NO_FALLBACK, NGRAM_ONLY]
 

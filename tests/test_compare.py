@@ -2,11 +2,11 @@ from skipsearch import runner
 from skipsearch.cli import main
 from skipsearch.compare import compare_methods
 
-from test_search import _config, _tiny_loaded, isolated_cache  # noqa: F401  (fixture)
+from conftest import study_config, tiny_loaded
 
 
 def test_every_method_runs_on_the_same_budget(tmp_path, isolated_cache):
-    setup = runner.prepare(_config(tmp_path), progress=False, loaded=_tiny_loaded())
+    setup = runner.prepare(study_config(tmp_path), progress=False, loaded=tiny_loaded())
     comparison = compare_methods(setup, budget=6, seed=0)
     rows = comparison.rows
     assert comparison.proxy_cost_ratio > 0

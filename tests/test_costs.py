@@ -214,8 +214,9 @@ def test_offloaded_layers_are_timed_on_their_own(tmp_path, monkeypatch):
     timed apart from the layers on the execution device, and each group shares its cost."""
     from accelerate import dispatch_model
 
-    from conftest import make_tiny_llama
     from skipsearch import costs as costs_module
+
+    from conftest import make_tiny_llama
 
     timed = set()
     real_skipping = costs_module.skipping

@@ -9,12 +9,13 @@ import random
 import pytest
 import torch
 
-from conftest import generate_greedy, make_tiny_llama, random_skip_sets
 from skipsearch.costs import layer_groups, measure_costs
 from skipsearch.decoding import DecodeSettings, decode
 from skipsearch.lossless import LosslessCounts, classify
 from skipsearch.skipping import SkipSet
 from skipsearch.timing import Stopwatch
+
+from conftest import generate_greedy, make_tiny_llama, random_skip_sets
 
 pytestmark = [
     pytest.mark.cuda,

@@ -4,13 +4,20 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import (empirical_two_token_distribution, exact_two_token_distribution, generate_greedy, make_tiny_llama,
-                      random_skip_sets, sharp_tiny_model)
 from skipsearch import decoding
 from skipsearch.decoding import DecodeSettings, DecodeStats, FallbackMemory, crop_cache, decode, warp
 from skipsearch.errors import SkipsearchError
 from skipsearch.forward import cache_keyword
 from skipsearch.skipping import SkipSet, eligible_sublayers, skipping
+
+from conftest import (
+    empirical_two_token_distribution,
+    exact_two_token_distribution,
+    generate_greedy,
+    make_tiny_llama,
+    random_skip_sets,
+    sharp_tiny_model,
+)
 
 
 def _perfect_draft_model(seed=0):

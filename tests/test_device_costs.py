@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from conftest import make_tiny_llama, make_tokenizer
 from skipsearch import device_costs
 from skipsearch.cli import main
 from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
 from skipsearch.models import model_fingerprint
 from skipsearch.profiles import DraftSettings, Profile, ProfileModel, save_profile
 from skipsearch.skipping import SkipSet
+
+from conftest import make_tiny_llama, make_tokenizer
 
 
 @pytest.fixture

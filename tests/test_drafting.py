@@ -2,19 +2,37 @@
 shared by the decoder and the search's replay."""
 
 import dataclasses
+
 import pytest
 import torch
 
-from conftest import (empirical_two_token_distribution, exact_two_token_distribution, generate_greedy, make_tiny,
-                      make_tiny_llama, sharp_tiny_model)
 from skipsearch.costs import replay_drafting
 from skipsearch.decoding import DecodeSettings, DecodeStats, decode
-from skipsearch.drafting import (LAYER_SKIP, NGRAM, PLAIN, DraftPolicy, Estimate, NgramIndex, NgramSettings,
-                                 PolicySettings, RelativeCosts, expected_tokens)
+from skipsearch.drafting import (
+    LAYER_SKIP,
+    NGRAM,
+    PLAIN,
+    DraftPolicy,
+    Estimate,
+    NgramIndex,
+    NgramSettings,
+    PolicySettings,
+    RelativeCosts,
+    expected_tokens,
+)
 from skipsearch.errors import SkipsearchError
 from skipsearch.references import Reference
 from skipsearch.scoring import ProxyScorer
 from skipsearch.skipping import SkipSet
+
+from conftest import (
+    empirical_two_token_distribution,
+    exact_two_token_distribution,
+    generate_greedy,
+    make_tiny,
+    make_tiny_llama,
+    sharp_tiny_model,
+)
 
 CPU = RelativeCosts(verify=(1.0, 1.7, 2.2, 1.9, 1.8, 2.0, 2.1, 1.9, 2.0, 2.1, 2.2), draft_step=0.8)
 GPU = RelativeCosts(verify=tuple(1.0 + 0.01 * n for n in range(11)), draft_step=0.5)

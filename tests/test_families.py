@@ -9,13 +9,14 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PhiConfig, PhiForCausalLM
 
-from conftest import QWEN3_SLIDING, SLIDING_WINDOW, generate_greedy, make_tiny
 from skipsearch import forward
 from skipsearch.decoding import DecodeSettings, crop_cache, decode
 from skipsearch.errors import SkipsearchError
 from skipsearch.references import Reference
 from skipsearch.scoring import ProxyScorer, mask_kinds, score_from_scratch
 from skipsearch.skipping import SkipSet, eligible_sublayers, skipping
+
+from conftest import QWEN3_SLIDING, SLIDING_WINDOW, generate_greedy, make_tiny
 
 # (family, config overrides, the same weights without a window)
 VARIANTS = {

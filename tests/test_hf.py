@@ -17,10 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria,
-                          StoppingCriteriaList, TemperatureLogitsWarper, TextIteratorStreamer, TopKLogitsWarper)
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TextIteratorStreamer,
+    TopKLogitsWarper,
+)
 
-from conftest import QWEN3_SLIDING, SLIDING_WINDOW, make_tiny, make_tokenizer, random_skip_sets, sharp_tiny_model
 from skipsearch import hf
 from skipsearch.bench import CUSTOM_GENERATE, BenchPrompt, BenchSettings, run_bench
 from skipsearch.cli import main
@@ -31,6 +37,8 @@ from skipsearch.hf import self_speculative
 from skipsearch.models import model_fingerprint
 from skipsearch.profiles import DraftSettings, Profile, ProfileModel, load_profile, save_profile
 from skipsearch.skipping import SkipSet, skipping
+
+from conftest import QWEN3_SLIDING, SLIDING_WINDOW, make_tiny, make_tokenizer, random_skip_sets, sharp_tiny_model
 
 VARIANTS = {
     "llama": ("llama", {}),

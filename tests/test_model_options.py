@@ -79,8 +79,8 @@ def test_bad_choices_are_one_line(capsys, flag, value):
 
 @pytest.mark.parametrize("argv", [["generate", "--prompt", "hi"], ["bench"], ["profile", "validate", "p.yaml", "--model", "m"]])
 def test_the_options_reach_load_model(argv, monkeypatch, tmp_path, capsys):
-    from skipsearch.cli import bench_cmd, generate_cmd, profile_cmd
     from skipsearch import DraftSettings, Profile, ProfileModel, SkipSet, save_profile
+    from skipsearch.cli import bench_cmd, generate_cmd, profile_cmd
 
     monkeypatch.chdir(tmp_path)
     save_profile(Profile(model=ProfileModel("m", "llama", 4, "sha256:" + "0" * 64), task="t",

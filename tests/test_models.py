@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_llama, make_tokenizer
 from skipsearch import models
 from skipsearch.errors import SkipsearchError
 from skipsearch.models import embedded_model_path, load_model, model_fingerprint, resolve_device
 from skipsearch.tasks import format_prompt
+
+from conftest import make_tiny_llama, make_tokenizer
 
 
 def test_embedded_model_is_found_without_importing_its_package():

@@ -8,12 +8,13 @@ import random
 import pytest
 import torch
 
-from conftest import generate_greedy, make_tiny_llama
 from skipsearch import decoding, forward, lossless
 from skipsearch.decoding import DecodeSettings, decode
 from skipsearch.errors import SkipsearchError
 from skipsearch.lossless import Divergence, LosslessCounts, classify, tie_tolerance
 from skipsearch.skipping import SkipSet
+
+from conftest import generate_greedy, make_tiny_llama
 
 
 @contextlib.contextmanager

@@ -9,8 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skipsearch import DraftSettings, Profile, ProfileMetrics, ProfileModel, SkipSet, SkipsearchError
-from skipsearch import profiles
+from skipsearch import DraftSettings, Profile, ProfileMetrics, ProfileModel, SkipsearchError, SkipSet, profiles
 from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

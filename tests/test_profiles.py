@@ -10,26 +10,27 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import make_tiny_llama
 
 from skipsearch import (
     DraftSettings,
     Profile,
     ProfileMetrics,
     ProfileModel,
-    SkipSet,
     SkipsearchError,
+    SkipSet,
     check_profile_for_model,
     load_profile,
     model_fingerprint,
     parse_profile,
     profile_schema,
+    profiles,
     save_profile,
 )
-from skipsearch import profiles
 from skipsearch.cli import main
 from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
 from skipsearch.models import LoadedModel
+
+from conftest import make_tiny_llama
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_FINGERPRINT = "sha256:" + "ab" * 32

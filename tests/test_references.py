@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from conftest import make_tiny_llama
 from skipsearch import references
 from skipsearch.models import model_fingerprint
+
+from conftest import make_tiny_llama
 
 
 def test_the_cache_is_keyed_by_dtype_and_attention_implementation(tmp_path, monkeypatch):

@@ -44,11 +44,11 @@ def make_study(objective: str = "speedup", name: str = "demo", n_trials: int = 3
             chosen = sorted(eligible, key=lambda s: -params[f"{s[0]}.{s[1]}"])[:k]
         else:
             chosen = [s for s in eligible if params[f"{s[0]}.{s[1]}"] > 0.5]
-        attention = sorted(l for kind, l in chosen if kind == "attention")
-        mlp = sorted(l for kind, l in chosen if kind == "mlp")
+        attention = sorted(layer for kind, layer in chosen if kind == "attention")
+        mlp = sorted(layer for kind, layer in chosen if kind == "mlp")
         matchness = max(0.05, 1.0 - sum(harm[s] for s in chosen) - 0.02 * rng.random())
-        cost = (fixed + sum(attn_cost) - sum(attn_cost[l] for l in attention) + sum(mlp_cost)
-                - sum(mlp_cost[l] for l in mlp)) / plain
+        cost = (fixed + sum(attn_cost) - sum(attn_cost[layer] for layer in attention) + sum(mlp_cost)
+                - sum(mlp_cost[layer] for layer in mlp)) / plain
         speedup = (1 + matchness * 2) / (1 + 2 * cost)
         attrs = {"skip_attention": attention, "skip_mlp": mlp, "skipped": len(chosen), "matchness": matchness,
                  "expected_acceptance": matchness ** 1.5, "draft_cost": cost, "draft_tokens": 2,

@@ -1,58 +1,24 @@
 import dataclasses
-import json
 import random
 
 import optuna
 import pytest
 
-from conftest import make_tiny_llama, make_tokenizer
 from skipsearch import runner
 from skipsearch.costs import CostModel
 from skipsearch.decoding import DecodeSettings, decode
 from skipsearch.errors import SkipsearchError
-from skipsearch.models import LoadedModel
 from skipsearch.profiles import check_profile_for_model, load_profile
 from skipsearch.references import Reference
 from skipsearch.scoring import ProxyScorer, score_from_scratch
 from skipsearch.search import open_study, params_for, skip_set_from_params
 from skipsearch.skipping import SkipSet, eligible_sublayers
-from skipsearch.studies import parse_study
 
-WORDS = ["hello", "world"]
-
-
-@pytest.fixture
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SKIPSEARCH_CACHE", str(tmp_path / "cache"))
-
-
-def _task_file(tmp_path, n=6):
-    rng = random.Random(0)
-    path = tmp_path / "task.jsonl"
-    with open(path, "w") as out:
-        for i in range(n):
-            text = " ".join(rng.choice(WORDS) for _ in range(3 + i))
-            out.write(json.dumps({"question_id": i, "category": "toy", "turns": [text]}) + "\n")
-    return path
-
-
-def _config(tmp_path, **search):
-    return parse_study({
-        "name": "toy",
-        "task": {"source": "specbench", "data": str(_task_file(tmp_path)), "search_prompts": 3,
-                 "heldout_prompts": 2, "reference_tokens": 10, "chat_template": False},
-        "search": {"objective": "speedup", "trials": 3, "skip_budget": 2, **search},
-        "draft": {"max_draft_tokens": 3},
-        "output": {"profile": str(tmp_path / "toy.profile.yaml")},
-    }, "test")
-
-
-def _tiny_loaded():
-    return LoadedModel(model=make_tiny_llama(), tokenizer=make_tokenizer(), name="tiny", source="memory")
+from conftest import study_config, tiny_loaded
 
 
 def _run(tmp_path, config, storage):
-    setup = runner.prepare(config, progress=False, loaded=_tiny_loaded())
+    setup = runner.prepare(config, progress=False, loaded=tiny_loaded())
     study = runner.open_configured_study(config, storage)
     runner.prepare_study(setup, study, progress=False)
     runner.run_search(setup, study, progress=False)
@@ -60,7 +26,7 @@ def _run(tmp_path, config, storage):
 
 
 def test_a_short_study_writes_a_valid_profile(tmp_path, isolated_cache):
-    config = _config(tmp_path)
+    config = study_config(tmp_path)
     storage = f"sqlite:///{tmp_path / 'toy.db'}"
     setup, study = _run(tmp_path, config, storage)
     assert len(runner.completed_trials(study)) == 3
@@ -76,7 +42,7 @@ def test_a_short_study_writes_a_valid_profile(tmp_path, isolated_cache):
 
 
 def test_rescoring_predicts_from_costs_timed_on_the_rescoring_machine(tmp_path, isolated_cache):
-    setup, study = _run(tmp_path, _config(tmp_path), f"sqlite:///{tmp_path / 'r.db'}")
+    setup, study = _run(tmp_path, study_config(tmp_path), f"sqlite:///{tmp_path / 'r.db'}")
     shared = setup.costs
     # as if the costs the study's workers share had been timed where verify passes are 1000x dearer
     slow_verify = [shared.verify[0]] + [v * 1000 for v in shared.verify[1:]]
@@ -89,7 +55,7 @@ def test_rescoring_predicts_from_costs_timed_on_the_rescoring_machine(tmp_path, 
 
 
 def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
-    setup, study = _run(tmp_path, _config(tmp_path, objective="matchness", trials=2), f"sqlite:///{tmp_path / 'w.db'}")
+    setup, study = _run(tmp_path, study_config(tmp_path, objective="matchness", trials=2), f"sqlite:///{tmp_path / 'w.db'}")
     trials = study.get_trials()
     assert all(t.user_attrs.get("warm_start") for t in trials[:2])
     ranking = [((kind, layer), value) for kind, layer, value in study.user_attrs["importance"]]
@@ -102,18 +68,18 @@ def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
 
 def test_resuming_adds_trials_instead_of_starting_over(tmp_path, isolated_cache):
     storage = f"sqlite:///{tmp_path / 'resume.db'}"
-    _run(tmp_path, _config(tmp_path, trials=3), storage)
-    _, study = _run(tmp_path, _config(tmp_path, trials=5), storage)
+    _run(tmp_path, study_config(tmp_path, trials=3), storage)
+    _, study = _run(tmp_path, study_config(tmp_path, trials=5), storage)
     assert len(runner.completed_trials(study)) == 5
     assert len({t.number for t in study.trials}) == len(study.trials) == 5
 
 
 def test_references_are_cached_on_disk(tmp_path, isolated_cache):
-    config = _config(tmp_path)
-    first = runner.prepare(config, progress=False, loaded=_tiny_loaded())
+    config = study_config(tmp_path)
+    first = runner.prepare(config, progress=False, loaded=tiny_loaded())
     files = list((tmp_path / "cache" / "references").glob("*.json"))
     assert len(files) == 5
-    second = runner.prepare(config, progress=False, loaded=_tiny_loaded())
+    second = runner.prepare(config, progress=False, loaded=tiny_loaded())
     assert first.search_refs == second.search_refs
 
 

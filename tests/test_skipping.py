@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from skipsearch import SkipSet, SkipsearchError, eligible_sublayers, skipping
+from skipsearch import SkipsearchError, SkipSet, eligible_sublayers, skipping
 from skipsearch.forward import cache_keyword
 
 
@@ -118,8 +118,9 @@ def test_skipping_composes_with_accelerate_offloading(tmp_path, how):
     so a lost hook would fail loudly)."""
     import random
 
-    from conftest import make_tiny_llama
     from skipsearch.decoding import DecodeSettings, decode
+
+    from conftest import make_tiny_llama
 
     plain = make_tiny_llama()
     model = _offload(make_tiny_llama(), how, tmp_path)
@@ -147,9 +148,10 @@ def test_skipping_composes_with_accelerate_offloading(tmp_path, how):
 def test_the_proxy_scores_an_offloaded_model_as_the_plain_one(tmp_path):
     """The proxy calls decoder layers, the final norm and the LM head directly: through
     accelerate's hooks, which bring offloaded weights in, as the model's own forward does."""
-    from conftest import generate_greedy, make_tiny_llama, random_skip_sets
     from skipsearch.references import Reference
     from skipsearch.scoring import ProxyScorer
+
+    from conftest import generate_greedy, make_tiny_llama, random_skip_sets
 
     plain = make_tiny_llama()
     offloaded = _offload(make_tiny_llama(), "dispatch with disk offload", tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_tokenizer
 
 from skipsearch.errors import SkipsearchError
 from skipsearch.tasks import (
@@ -18,6 +17,8 @@ from skipsearch.tasks import (
     load_task,
     split_prompts,
 )
+
+from conftest import make_tokenizer
 
 SPECBENCH_RECORDS = [
     {"question_id": 1, "category": "summarization", "turns": ["Summarise this text.", "Shorter."]},

@@ -6,13 +6,14 @@ import pytest
 from skipsearch import reports, runner
 from skipsearch.errors import SkipsearchError
 from skipsearch.transfer import TransferTask, check_same_model, measure_transfer
-from test_search import _config, _tiny_loaded, isolated_cache  # noqa: F401 (fixture)
+
+from conftest import study_config, tiny_loaded
 
 
 def _task(tmp_path, name, loaded):
     folder = tmp_path / name
     folder.mkdir()
-    config = replace(_config(folder), name=name)
+    config = replace(study_config(folder), name=name)
     setup = runner.prepare(config, progress=False, loaded=loaded)
     study = runner.open_configured_study(config, optuna.storages.InMemoryStorage())
     runner.prepare_study(setup, study, progress=False)
@@ -22,7 +23,7 @@ def _task(tmp_path, name, loaded):
 
 
 def test_every_profile_is_measured_on_every_task_and_kept_in_the_studies(tmp_path, isolated_cache):
-    loaded = _tiny_loaded()
+    loaded = tiny_loaded()
     tasks = [_task(tmp_path, "a", loaded), _task(tmp_path, "b", loaded)]
     # a second task label for the same toy prompts
     config = tasks[1].setup.config
@@ -41,7 +42,7 @@ def test_every_profile_is_measured_on_every_task_and_kept_in_the_studies(tmp_pat
 
 
 def test_profiles_of_another_model_do_not_transfer(tmp_path, isolated_cache):
-    loaded = _tiny_loaded()
+    loaded = tiny_loaded()
     tasks = [_task(tmp_path, "a", loaded), _task(tmp_path, "b", loaded)]
     profile = tasks[1].profile
     tasks[1].profile = replace(profile, model=replace(profile.model, fingerprint="sha256:" + "0" * 64))

@@ -3,8 +3,9 @@ proving itself slower once, and the next fresh processes decode plainly from the
 
 import json
 
-from conftest import make_tiny_llama, make_tokenizer
 from skipsearch.cli import main
+
+from conftest import make_tiny_llama, make_tokenizer
 
 
 def _generate(folder, capsys, *flags):

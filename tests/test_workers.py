@@ -26,10 +26,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from conftest import make_tiny_llama, make_tokenizer
 from skipsearch.cli import main
 from skipsearch.search import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
 from skipsearch.storages import open_storage
+
+from conftest import make_tiny_llama, make_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240  # seconds a whole worker run may take on a loaded 2-core machine

@@ -12,7 +12,18 @@ import sys
 
 from .. import __version__
 from ..errors import SkipsearchError
-from . import bench_cmd, compare_cmd, export_hf_cmd, generate_cmd, models_cmd, profile_cmd, report_cmd, search_cmd, tasks_cmd, validate_cmd
+from . import (
+    bench_cmd,
+    compare_cmd,
+    export_hf_cmd,
+    generate_cmd,
+    models_cmd,
+    profile_cmd,
+    report_cmd,
+    search_cmd,
+    tasks_cmd,
+    validate_cmd,
+)
 
 COMMAND_MODULES = [models_cmd, generate_cmd, search_cmd, compare_cmd, profile_cmd, tasks_cmd, validate_cmd, bench_cmd, report_cmd,
                    export_hf_cmd]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import optuna
@@ -15,6 +13,7 @@ from tqdm.auto import tqdm
 from .. import runner
 from ..baselines import BASELINES
 from ..compare import CompareRow, compare_methods
+from ..files import write_atomic
 from ..reports import compare_csv_path
 from .search_cmd import add_study_overrides, configured
 
@@ -45,10 +44,7 @@ def _write_csv(rows: list[CompareRow], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=[f.name for f in dataclasses.fields(CompareRow)])
     writer.writeheader()
     writer.writerows(dataclasses.asdict(row) for row in rows)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(handle, "w", newline="") as out:
-        out.write(buffer.getvalue())
-    os.replace(temporary, path)
+    write_atomic(path, buffer.getvalue(), what="comparison table")
 
 
 def run(args) -> int:

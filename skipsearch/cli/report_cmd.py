@@ -11,8 +11,8 @@ from .. import reports, runner
 from ..errors import SkipsearchError
 from ..profiles import Profile, load_profile
 from ..storages import open_storage, redact, storage_file
-from ..transfer import TransferTask, measure_transfer
 from ..studies import StudyConfig, apply_overrides, default_storage_url, load_study, output_paths
+from ..transfer import TransferTask, measure_transfer
 from .model_options import add_model_options, model_options
 
 

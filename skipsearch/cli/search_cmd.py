@@ -25,15 +25,22 @@ from tqdm.auto import tqdm
 
 from .. import runner
 from ..bench import PROFILE_POLICY, PROMPT_LOOKUP, SKIP_ONLY, BenchPrompt, BenchSettings, run_bench
-from . import report_cmd
 from ..errors import SkipsearchError
 from ..lossless import KINDS, LosslessCounts
 from ..models import runs_on_cuda
 from ..profiles import load_profile
 from ..search import OBJECTIVES, SAMPLERS, Interrupts, trial_counts
 from ..storages import check_storage, redact
-from ..studies import (ModelConfig, StudyConfig, apply_overrides, default_storage_url, load_study, output_paths,
-                       parse_skip_budget)
+from ..studies import (
+    ModelConfig,
+    StudyConfig,
+    apply_overrides,
+    default_storage_url,
+    load_study,
+    output_paths,
+    parse_skip_budget,
+)
+from . import report_cmd
 from .model_options import add_model_options, device_map_argument, model_options
 
 log = logging.getLogger(__name__)
