@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean gpu-check gpu-wheels
+.PHONY: demo test lint install clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/skipsearch search studies/demo.yaml
 
-test: $(STAMP)
+# ruff's settings are in pyproject.toml; `make test` lints first
+lint: $(STAMP)
+	$(BIN)/ruff check skipsearch tests tools
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
 
 # On a GPU machine with torch, transformers and accelerate but no network: no venv, no install

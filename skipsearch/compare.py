@@ -44,7 +44,8 @@ def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> M
     """skipsearch's own search at fixed k within `budget` proxy evaluations."""
     scorer = setup.scorer
     started = time.perf_counter()
-    study = open_study("compare", optuna.storages.InMemoryStorage(), "matchness", make_sampler(sampler, seed, "matchness"))
+    study = open_study("compare", optuna.storages.InMemoryStorage(), "matchness",
+                       make_sampler(sampler, seed, "matchness"))
     ranking = importance(setup, study, progress=False)
     enqueue_warm_starts(study, warm_start_sets(setup, ranking), setup.eligible)
     objective = SkipObjective(scorer.score, setup.costs, setup.eligible, "matchness", setup.k,
@@ -104,5 +105,6 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
                                round(result.best_score.matchness, 4), round(heldout.matchness, 4),
                                round(measured.acceptance_rate, 4), round(measured.predicted_speedup, 3),
                                round(measured.speedup, 3), result.best.describe(),
-                               measured.lossless["identical"], measured.lossless["tie_flip"], measured.lossless["error"]))
+                               measured.lossless["identical"], measured.lossless["tie_flip"],
+                               measured.lossless["error"]))
     return Comparison(rows, proxy_seconds / max(evaluations, 1), full_seconds / max(evaluations, 1))

@@ -222,7 +222,8 @@ def _layer_heat(study: optuna.Study, name: str, objective: str, trials: list, nu
         for kind in KINDS:
             for layer in trial.user_attrs.get(f"skip_{kind}", ()):
                 counts[(kind, int(layer))] = counts.get((kind, int(layer)), 0) + 1
-    importance = {(str(kind), int(layer)): float(value) for kind, layer, value in study.user_attrs.get("importance") or ()}
+    importance = {(str(kind), int(layer)): float(value)
+                  for kind, layer, value in study.user_attrs.get("importance") or ()}
     layers = list(range(num_layers))
     share = {kind: [counts[(kind, i)] / len(best) if (kind, i) in counts and best else None for i in layers]
              for kind in KINDS}
@@ -315,7 +316,8 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
                 _float(trial.user_attrs.get("predicted_speedup")) if trial else None))
         data.tasks.append(TaskSummary(
             name, summary.task,
-            max((_float(r.get("acceptance_rate")) for r in rescored if _float(r.get("acceptance_rate")) is not None), default=None),
+            max((_float(r.get("acceptance_rate")) for r in rescored
+                 if _float(r.get("acceptance_rate")) is not None), default=None),
             max((_float(r.get("speedup")) for r in rescored if _float(r.get("speedup")) is not None), default=None),
             max((_float(r.get("predicted_speedup")) for r in rescored
                  if _float(r.get("predicted_speedup")) is not None), default=None)))
@@ -350,7 +352,8 @@ def _summary(study, name, objective, sampler, n_trials, profile: dict, config) -
     budget = study.user_attrs.get("skip_budget")
     return StudySummary(name, objective, sampler, n_trials, budget if isinstance(budget, int) else None,
                         None if model_name is None else str(model_name), None if task is None else str(task),
-                        _text(costs.get("device") or metrics.get("device")), _text(costs.get("dtype") or metrics.get("dtype")))
+                        _text(costs.get("device") or metrics.get("device")),
+                        _text(costs.get("dtype") or metrics.get("dtype")))
 
 
 def _text(value: Any) -> str | None:

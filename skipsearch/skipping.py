@@ -4,9 +4,10 @@ A `SkipSet` names the decoder layers whose attention block and/or MLP block are 
 while drafting. `skipping(model, skip_set)` switches those blocks off and back on at exit,
 also after an exception. A block is switched through a small bypass that wraps whatever
 `forward` its modules had, so hooks that accelerate (device maps, offloading) or another
-library put there keep working and stay in place. No weights are copied: the draft model *is* the full model with some residual
-branches not taken. A skipped attention block adds nothing to the residual stream and
-writes no key/value entries for its layer; a skipped MLP block adds nothing.
+library put there keep working and stay in place. No weights are copied: the draft model
+*is* the full model with some residual branches not taken. A skipped attention block adds
+nothing to the residual stream and writes no key/value entries for its layer; a skipped MLP
+block adds nothing.
 
 This module knows nothing about decoding, caches or search.
 """

@@ -97,7 +97,8 @@ def check_storage(url: str) -> None:
         dialect.import_dbapi()
     except ImportError:
         extra = " with: pip install 'skipsearch[postgres]'" if parsed.get_backend_name() == "postgresql" else ""
-        raise SkipsearchError(f"storage {shown} needs the database driver {parsed.drivername!r}; install it{extra}") from None
+        raise SkipsearchError(f"storage {shown} needs the database driver {parsed.drivername!r}; "
+                              f"install it{extra}") from None
     connect_args = {"connect_timeout": CONNECT_TIMEOUT} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
     engine = sqlalchemy.create_engine(parsed, connect_args=connect_args)
     try:

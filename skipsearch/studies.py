@@ -232,7 +232,8 @@ def _parse_section(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     prefix = f"{path}." if path else ""
     for key in data:
         if key not in known:
-            errors.append(f"{prefix}{_show.repr(key) if not isinstance(key, str) else key}: unknown key; {_keys_hint(key, known)}")
+            errors.append(f"{prefix}{_show.repr(key) if not isinstance(key, str) else key}: unknown key; "
+                          f"{_keys_hint(key, known)}")
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -365,7 +366,8 @@ def apply_overrides(
     attn_implementation: Any = None,
 ) -> StudyConfig:
     """The study with command-line values (None = not given) replaced, validated again."""
-    search_changes = {"trials": trials, "sampler": sampler, "objective": objective, "skip_budget": skip_budget, "seed": seed}
+    search_changes = {"trials": trials, "sampler": sampler, "objective": objective, "skip_budget": skip_budget,
+                      "seed": seed}
     task_changes = {"data": data, "category": category}
     model_changes = {"dtype": dtype, "device": device, "device_map": device_map,
                      "attn_implementation": attn_implementation}

@@ -85,9 +85,11 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise SkipsearchError(f"{path}:{number}: not valid JSON ({exc.msg}); expected one JSON object per line") from exc
+                    raise SkipsearchError(f"{path}:{number}: not valid JSON ({exc.msg}); "
+                                          "expected one JSON object per line") from exc
                 if not isinstance(record, dict):
-                    raise SkipsearchError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
+                    raise SkipsearchError(f"{path}:{number}: expected a JSON object per line, "
+                                          f"got {type(record).__name__}")
                 records.append((number, record))
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise SkipsearchError(f"cannot read {path}: {exc}") from exc
@@ -134,7 +136,8 @@ def _load_humaneval(data: str | None = None) -> Task:
     for number, record in _read_jsonl(path):
         if not isinstance(record.get("prompt"), str):
             raise SkipsearchError(f"{path}:{number}: a HumanEval record needs a string 'prompt'")
-        prompts.append(Prompt(id=str(record.get("task_id", number)), text=HUMANEVAL_INSTRUCTION.format(prompt=record["prompt"])))
+        prompts.append(Prompt(id=str(record.get("task_id", number)),
+                              text=HUMANEVAL_INSTRUCTION.format(prompt=record["prompt"])))
     return _nonempty("humaneval", prompts, str(path))
 
 
@@ -208,7 +211,8 @@ def _load_datasets(
 ) -> Task:
     if data is None:
         raise SkipsearchError(
-            "task datasets needs data: --data NAME_OR_FILE (a hub dataset name or a local .json/.jsonl/.csv/.parquet file)"
+            "task datasets needs data: --data NAME_OR_FILE "
+            "(a hub dataset name or a local .json/.jsonl/.csv/.parquet file)"
         )
     split = split or "train"
     dataset = _open_dataset(data, split)

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models of each supported family for fast tests, the embedded SmolLM2 once per session."""
+"""Shared fixtures: tiny random models of each supported family for fast tests, the embedded SmolLM2
+once per session."""
 
 from __future__ import annotations
 

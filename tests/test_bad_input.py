@@ -83,9 +83,11 @@ def _snapshot(folder: Path) -> dict:
 
 CASES = {
     # name: (edits to toy.yaml, extra arguments, what the line must say)
-    "unknown model name": ({"model": {"name": "no-such-model"}}, [], "unknown model 'no-such-model': use an embedded name"),
+    "unknown model name": ({"model": {"name": "no-such-model"}}, [],
+                           "unknown model 'no-such-model': use an embedded name"),
     "missing model path": ({"model": {"name": "./models/none"}}, [], "model path ./models/none does not exist"),
-    "unsupported architecture": ({"model": {"name": "gpt2"}}, [], "unsupported architecture 'gpt2'; skipsearch supports llama"),
+    "unsupported architecture": ({"model": {"name": "gpt2"}}, [],
+                                 "unsupported architecture 'gpt2'; skipsearch supports llama"),
     "unknown architecture": ({"model": {"name": "alien"}}, [], "skipsearch supports llama, mistral, qwen2, qwen3"),
     "unknown key": ({"search": {"trails": 3}}, [], "toy.yaml: search.trails: unknown key; did you mean 'trials'?"),
     "wrong type": ({"search": {"trials": "many"}}, [], "search.trials: expected an integer >= 1, got 'many'"),
@@ -97,7 +99,8 @@ CASES = {
     "budget flag": ({}, ["--skip-budget", "1.0"], "--skip-budget: expected a fraction in (0, 1)"),
     "budget above eligible": ({"search": {"skip_budget": 5}}, [],
                               "search.skip_budget: 5 sublayers is more than the 4 eligible ones; use at most 4"),
-    "heartbeat zero": ({"search": {"heartbeat_interval": 0}}, [], "search.heartbeat_interval: expected an integer >= 1"),
+    "heartbeat zero": ({"search": {"heartbeat_interval": 0}}, [],
+                       "search.heartbeat_interval: expected an integer >= 1"),
     "empty task": ({"task": {"data": "empty.jsonl"}}, [], "task specbench has no prompts"),
     "unknown category": ({}, ["--category", "chat"], "category 'chat' is not in task.jsonl"),
     "empty category": ({}, ["--category", ""], "task.category: expected a non-empty string or null, got ''"),
@@ -115,7 +118,8 @@ CASES = {
     "output folder missing": ({}, ["--output", "out/p.yaml"], "output folder out does not exist"),
     "report folder missing": ({"output": {"report": "out/r.html"}}, [], "output folder out does not exist"),
     "workers zero": ({}, ["--workers", "0"], "--workers: expected an integer >= 1, got 0"),
-    "unknown dtype": ({"model": {"dtype": "fp16"}}, [], "model.dtype: expected one of auto | float32 | bfloat16 | float16"),
+    "unknown dtype": ({"model": {"dtype": "fp16"}}, [],
+                      "model.dtype: expected one of auto | float32 | bfloat16 | float16"),
     "dtype flag": ({}, ["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
     "device and device map": ({}, ["--device", "cpu", "--device-map", "auto"],
                               "model.device_map: device 'cpu' and device_map 'auto' both say where the model goes"),

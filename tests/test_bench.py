@@ -366,7 +366,8 @@ def test_bench_command_takes_the_profile_s_policy(tiny_model, tmp_path, monkeypa
     settings = _bench_settings_from_cli(["--profile", str(tmp_path / "v1.yaml"), "--prompt-lookup-num-tokens", "none"],
                                         tiny_model, tmp_path, monkeypatch)
     assert not settings.has_policy and settings.ngram == NgramSettings() and settings.policy_costs is None
-    assert settings.prompt_lookup_num_tokens == () and settings.early_exit_layers == ()  # the defaults are 4, 8, ...: none fits
+    # the defaults are 4, 8, ...: none fits
+    assert settings.prompt_lookup_num_tokens == () and settings.early_exit_layers == ()
     settings = _bench_settings_from_cli([], tiny_model, tmp_path, monkeypatch)
     assert settings.prompt_lookup_num_tokens == (3, 5, 10) and settings.skip_set is None and not settings.has_policy
     assert main(["bench", "--prompt-lookup-num-tokens", "3,x"]) == 2

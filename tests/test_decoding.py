@@ -112,7 +112,8 @@ def test_cache_rollback_after_rejection_at_every_draft_position(tiny_model, reje
         crop_cache(cache, length + 1 + accepted)
 
         reference = DynamicCache()
-        tiny_model(torch.tensor([prompt + truth[: reject_at + 1]]), **{cache_keyword(tiny_model): reference}, use_cache=True)
+        tiny_model(torch.tensor([prompt + truth[: reject_at + 1]]), **{cache_keyword(tiny_model): reference},
+                   use_cache=True)
     for ours, theirs in zip(cache.layers, reference.layers):
         assert ours.keys.shape == theirs.keys.shape
         torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
@@ -139,7 +140,8 @@ def test_speculative_sampling_matches_the_full_model_distribution(monkeypatch):
         return len(drafts), int(torch.multinomial(target[-1], 1, generator=generator))
 
     monkeypatch.setattr(decoding, "_verify", accept_every_draft)
-    wrong_tv = 0.5 * (empirical_two_token_distribution(model, prompt, skip_set, settings, 400) - exact).abs().sum().item()
+    wrong_tv = 0.5 * (empirical_two_token_distribution(model, prompt, skip_set, settings, 400)
+                      - exact).abs().sum().item()
     assert wrong_tv > 2 * tolerance
 
 

@@ -77,7 +77,8 @@ def test_bad_choices_are_one_line(capsys, flag, value):
     assert len(err.splitlines()) == 1 and f"invalid choice: '{value}'" in err
 
 
-@pytest.mark.parametrize("argv", [["generate", "--prompt", "hi"], ["bench"], ["profile", "validate", "p.yaml", "--model", "m"]])
+@pytest.mark.parametrize("argv", [["generate", "--prompt", "hi"], ["bench"],
+                                  ["profile", "validate", "p.yaml", "--model", "m"]])
 def test_the_options_reach_load_model(argv, monkeypatch, tmp_path, capsys):
     from skipsearch import DraftSettings, Profile, ProfileModel, SkipSet, save_profile
     from skipsearch.cli import bench_cmd, generate_cmd, profile_cmd

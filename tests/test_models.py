@@ -229,8 +229,10 @@ def test_flash_attention_needs_its_package_cuda_and_half_precision(tiny_folder, 
                                                   "pip install flash-attn"):
             load_model(str(tiny_folder), attn_implementation="flash_attention_2")
     found = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else found(name, *a))
-    with pytest.raises(SkipsearchError, match="flash_attention_2 runs on CUDA in bfloat16 or float16, not float32 on CPU"):
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else found(name, *a))
+    with pytest.raises(SkipsearchError, match="flash_attention_2 runs on CUDA in bfloat16 or float16, "
+                                              "not float32 on CPU"):
         load_model(str(tiny_folder), device="cpu", attn_implementation="flash_attention_2")
 
 

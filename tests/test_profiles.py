@@ -656,7 +656,8 @@ def test_cli_show(tmp_path, capsys):
 
 def test_cli_show_says_what_the_metrics_were_measured_in(tmp_path, capsys):
     path = tmp_path / "p.yaml"
-    save_profile(make_profile(metrics=ProfileMetrics(speedup=1.4, device="NVIDIA H200 (cuda:0)", dtype="bfloat16")), path)
+    save_profile(make_profile(metrics=ProfileMetrics(speedup=1.4, device="NVIDIA H200 (cuda:0)", dtype="bfloat16")),
+                 path)
     assert main(["profile", "show", str(path)]) == 0
     out = capsys.readouterr().out
     assert ("metrics and the policy's costs measured in bfloat16 on NVIDIA H200 (cuda:0); the profile is usable in "

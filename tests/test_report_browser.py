@@ -36,7 +36,10 @@ window.addEventListener("error", e => __seen.errors.push("error: " + e.message))
 window.addEventListener("unhandledrejection", e => __seen.errors.push("rejection: " + e.reason));
 (function () {
   const original = console.error;
-  console.error = function (...args) { __seen.errors.push("console.error: " + args.join(" ")); original.apply(console, args); };
+  console.error = function (...args) {
+    __seen.errors.push("console.error: " + args.join(" "));
+    original.apply(console, args);
+  };
 })();
 window.alert = message => __seen.alerts.push(String(message));
 </script>"""

@@ -26,8 +26,8 @@ def make_study(objective: str = "speedup", name: str = "demo", n_trials: int = 3
                seed: int = 0, task: str = "humaneval", storage=None, transfer: bool = False,
                density: float = 0.5) -> optuna.Study:
     """A study shaped like `skipsearch search` leaves it, with a made-up model: layer l's sublayers
-    cost matchness in proportion to their importance, so good trials skip the unimportant ones. With a free count each sublayer is skipped with
-    probability `density`."""
+    cost matchness in proportion to their importance, so good trials skip the unimportant ones.
+    With a free count each sublayer is skipped with probability `density`."""
     rng = random.Random(seed)
     directions = ["minimize", "maximize"] if objective == "pareto" else ["maximize"]
     study = optuna.create_study(study_name=name, storage=storage or optuna.storages.InMemoryStorage(),
@@ -64,7 +64,8 @@ def make_study(objective: str = "speedup", name: str = "demo", n_trials: int = 3
     rescored = [{"skip_attention": t.user_attrs["skip_attention"], "skip_mlp": t.user_attrs["skip_mlp"],
                  "max_draft_tokens": 2, "confidence_threshold": 0.8, "matchness": t.user_attrs["matchness"] - 0.02,
                  "acceptance_rate": t.user_attrs["expected_acceptance"] - 0.05, "mean_accepted_tokens": 1.4,
-                 "speedup": t.user_attrs["predicted_speedup"] * 0.9, "predicted_speedup": t.user_attrs["predicted_speedup"],
+                 "speedup": t.user_attrs["predicted_speedup"] * 0.9,
+                 "predicted_speedup": t.user_attrs["predicted_speedup"],
                  "tokens_per_s": 25.0, "plain_tokens_per_s": 26.0, "trial": t.number, "extra": {},
                  "lossless": {"identical": 3, "tie_flip": 1, "error": 0}, "rounds": 9, "ngram_rounds": 4,
                  "plain_steps": 7} for t in ranked]
@@ -227,7 +228,8 @@ def test_write_report_is_atomic_and_needs_the_folder(tmp_path):
 def _study_file(tmp_path, name="demo"):
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\nmodel:\n  name: smollm2-135m\ntask:\n  source: humaneval\n"
-                    f"output:\n  profile: {tmp_path / (name + '.profile.yaml')}\n  report: {tmp_path / (name + '.html')}\n")
+                    f"output:\n  profile: {tmp_path / (name + '.profile.yaml')}\n"
+                    f"  report: {tmp_path / (name + '.html')}\n")
     return path
 
 

@@ -55,7 +55,8 @@ def test_rescoring_predicts_from_costs_timed_on_the_rescoring_machine(tmp_path, 
 
 
 def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
-    setup, study = _run(tmp_path, study_config(tmp_path, objective="matchness", trials=2), f"sqlite:///{tmp_path / 'w.db'}")
+    setup, study = _run(tmp_path, study_config(tmp_path, objective="matchness", trials=2),
+                        f"sqlite:///{tmp_path / 'w.db'}")
     trials = study.get_trials()
     assert all(t.user_attrs.get("warm_start") for t in trials[:2])
     ranking = [((kind, layer), value) for kind, layer, value in study.user_attrs["importance"]]

@@ -107,7 +107,8 @@ def test_model_loading_options_default_and_validate(tmp_path):
         model = {"dtype": "bfloat16", "device_map": device_map, "attn_implementation": "sdpa"}
         cfg = parse_study({"name": "x", "model": model}, "x.yaml")
         assert cfg.model.device_map == device_map and parse_study(study_to_dict(cfg), "x.yaml") == cfg
-    broken = {"name": "x", "model": {"dtype": "bf16", "device_map": {"model.layers": "gpu"}, "attn_implementation": "flash"}}
+    broken = {"name": "x", "model": {"dtype": "bf16", "device_map": {"model.layers": "gpu"},
+                                     "attn_implementation": "flash"}}
     with pytest.raises(SkipsearchError) as info:
         parse_study(broken, "s.yaml")
     message = str(info.value)
@@ -145,7 +146,8 @@ def test_cross_field_task_options(tmp_path):
         ("name: [unclosed\n", r"line 2, column 1: not valid YAML"),
         ("model: {name: x\n  dtype: : :\n", r"not valid YAML"),
         ("search:\n  trials: 2024-13-45\n", r"not valid YAML: ValueError"),
-        ("model: 3\n", r"model: expected a mapping with keys name, dtype, device, device_map, attn_implementation, got 3"),
+        ("model: 3\n",
+         r"model: expected a mapping with keys name, dtype, device, device_map, attn_implementation, got 3"),
         ("search:\n  trials: 10.0\n", r"search.trials: expected an integer >= 1, got 10.0"),
     ],
 )

@@ -30,7 +30,8 @@ scalars = (
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12)
-    | st.sampled_from(["tpe", "pareto", "float32", "specbench", "cuda:1", "sqlite:///x.db", "0.5", "auto", "disk", "sdpa"])
+    | st.sampled_from(["tpe", "pareto", "float32", "specbench", "cuda:1", "sqlite:///x.db", "0.5", "auto", "disk",
+                       "sdpa"])
 )
 values = st.recursive(
     scalars,
@@ -92,7 +93,8 @@ def test_mutated_studies_only_raise_skipsearch_error(study):
 yaml_texts = st.text(max_size=200) | values.map(lambda v: yaml.safe_dump(v, default_flow_style=None))
 yaml_fragments = st.lists(
     st.sampled_from(["name: x\n", "search:\n", "  trials: ", "5", "0.5", "[", "]", "{", "}", ": ", "- ", "&a ", "*a ",
-                     "!!binary ", "!!set ", "!!python/object ", "2024-13-45", "\t", "\n", "'", '"', "#", "---\n", "\x00"]),
+                     "!!binary ", "!!set ", "!!python/object ", "2024-13-45", "\t", "\n", "'", '"', "#", "---\n",
+                     "\x00"]),
     max_size=20,
 ).map("".join)
 
@@ -115,8 +117,8 @@ def test_arbitrary_yaml_files_only_raise_skipsearch_error(text):
         {},
         optional={
             key: values
-            for key in ("trials", "sampler", "objective", "skip_budget", "storage", "seed", "data", "category", "output_profile",
-                        "dtype", "device", "device_map", "attn_implementation")
+            for key in ("trials", "sampler", "objective", "skip_budget", "storage", "seed", "data", "category",
+                        "output_profile", "dtype", "device", "device_map", "attn_implementation")
         },
     )
 )

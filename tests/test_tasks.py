@@ -96,7 +96,8 @@ def test_datasets_guesses_the_text_column_and_takes_first_turn(tmp_path):
 
 
 def test_unknown_task_suggests_and_lists_known():
-    with pytest.raises(SkipsearchError, match=r"unknown task 'humaneva'; did you mean 'humaneval'\? known tasks: humaneval, specbench, datasets"):
+    with pytest.raises(SkipsearchError, match=r"unknown task 'humaneva'; did you mean 'humaneval'\? "
+                                              r"known tasks: humaneval, specbench, datasets"):
         load_task("humaneva")
 
 
@@ -211,7 +212,8 @@ def test_format_prompt_applies_chat_template():
 def test_check_prompt_fits():
     check_prompt_fits([1] * 10, 20, 10, "p1")
     check_prompt_fits([1] * 10, None, 10_000, "p1")
-    with pytest.raises(SkipsearchError, match="prompt p1 has 10 tokens; with 11 new tokens that is 21, more than the model's 20"):
+    with pytest.raises(SkipsearchError,
+                       match="prompt p1 has 10 tokens; with 11 new tokens that is 21, more than the model's 20"):
         check_prompt_fits([1] * 10, 20, 11, "p1")
 
 

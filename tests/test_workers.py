@@ -316,7 +316,8 @@ def test_three_workers_on_three_machines_share_a_postgresql_study_and_a_killed_t
         for worker in workers:
             worker.kill()
     trials = _check_study(postgres_url, 24, killed)
-    warm = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("warm_start")]
+    warm = [t.system_attrs["fixed_params"] for t in trials
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("warm_start")]
     assert len(warm) == len({json.dumps(p, sort_keys=True) for p in warm})  # each warm start evaluated once
 
 

@@ -25,8 +25,8 @@ from . import (
     validate_cmd,
 )
 
-COMMAND_MODULES = [models_cmd, generate_cmd, search_cmd, compare_cmd, profile_cmd, tasks_cmd, validate_cmd, bench_cmd, report_cmd,
-                   export_hf_cmd]
+COMMAND_MODULES = [models_cmd, generate_cmd, search_cmd, compare_cmd, profile_cmd, tasks_cmd, validate_cmd, bench_cmd,
+                   report_cmd, export_hf_cmd]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -63,7 +63,8 @@ def register(subparsers) -> None:
     parser.add_argument("--skip-mlp", metavar="LAYERS", default="",
                         help="0-based layers whose MLP block the draft skips, e.g. 7 (instead of --profile)")
     parser.add_argument("--max-draft-tokens", type=int, metavar="N",
-                        help=f"draft tokens per round at most (default: the profile's, else {DEFAULT_MAX_DRAFT_TOKENS})")
+                        help="draft tokens per round at most "
+                        f"(default: the profile's, else {DEFAULT_MAX_DRAFT_TOKENS})")
     parser.add_argument("--confidence-threshold", type=float, metavar="X",
                         help="stop drafting when the draft's top-1 probability is lower, in [0, 1]; 0 never stops "
                         f"(default: the profile's, else {DEFAULT_CONFIDENCE_THRESHOLD})")
@@ -71,9 +72,10 @@ def register(subparsers) -> None:
                         help="Spec-Bench-style JSONL (question_id, category, turns); default: HumanEval")
     parser.add_argument("--category", metavar="NAME", help="with --data: keep only prompts of this category")
     parser.add_argument("--prompts", type=int, default=5, metavar="N",
-                        help="prompts to run: the first N of a seeded shuffle, which are held-out prompts of a study with the "
-                        "same --seed and at least N held-out prompts (default 5)")
-    parser.add_argument("--max-new-tokens", type=int, default=96, metavar="N", help="new tokens per prompt (default 96)")
+                        help="prompts to run: the first N of a seeded shuffle, which are held-out prompts of a study "
+                        "with the same --seed and at least N held-out prompts (default 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=96, metavar="N",
+                        help="new tokens per prompt (default 96)")
     parser.add_argument("--early-exit-layers", metavar="LAYERS",
                         help="layers E for generate(assistant_early_exit=E), e.g. 4,8; 'none' leaves early exit out "
                         "(default 4,8,12,16,20,24, those the model has)")
@@ -81,15 +83,18 @@ def register(subparsers) -> None:
                         help="values N for generate(prompt_lookup_num_tokens=N), each run, the fastest shown, e.g. "
                         "3,5,10; 'none' leaves prompt lookup out (default 3,5,10)")
     parser.add_argument("--cost-repeats", type=int, default=5, metavar="N",
-                        help="timings per configuration for the cost model; 0 leaves out predicted speedups (default 5)")
+                        help="timings per configuration for the cost model; 0 leaves out predicted speedups "
+                        "(default 5)")
     parser.add_argument("--policy-costs", choices=POLICY_COSTS, default="here",
                         help="what the profile's drafting policy weighs its options by: 'here' (default) the cost "
                         "model this bench times, beside the methods it compares; 'profile' the costs the search stored")
-    parser.add_argument("--out-dir", default="reports", metavar="DIR", help="where the CSV and JSON go (default reports)")
+    parser.add_argument("--out-dir", default="reports", metavar="DIR",
+                        help="where the CSV and JSON go (default reports)")
     add_model_options(parser)
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: torch's choice); recorded in the report's device")
-    parser.add_argument("--seed", type=int, default=0, help="seed for choosing prompts and the cost model's ids (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for choosing prompts and the cost model's ids (default 0)")
     parser.set_defaults(func=run)
 
 
@@ -99,7 +104,8 @@ def parse_layers(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in parts)
     except ValueError:
-        raise SkipsearchError(f"{flag} takes comma-separated 0-based layer numbers such as 3,5,7; got {text!r}") from None
+        raise SkipsearchError(f"{flag} takes comma-separated 0-based layer numbers such as 3,5,7; "
+                              f"got {text!r}") from None
 
 
 def _slug(text: str) -> str:
@@ -222,7 +228,8 @@ def table_lines(result: BenchResult) -> list[str]:
             _fmt(row.predicted_speedup, ".2f", "x"),
             _fmt(row.acceptance_rate, ".2f"),
             _fmt(row.mean_accepted_tokens, ".2f"),
-            "-" if row.ngram_rounds is None else f"{row.ngram_rounds}/{row.layer_skip_rounds}/{row.ngram_layer_skip_rounds}/{row.plain_steps}",
+            ("-" if row.ngram_rounds is None
+             else f"{row.ngram_rounds}/{row.layer_skip_rounds}/{row.ngram_layer_skip_rounds}/{row.plain_steps}"),
             "baseline" if row.method == BASELINE else f"{row.identical}/{row.tie_flips}/{row.errors}",
         )
         for row in result.rows
@@ -327,7 +334,8 @@ def run(args) -> int:
     print("speedup: tokens/s against generate, measured; predicted: the cost model from the run's own counts, "
           "or for rows drafting n-grams without a skip set from replaying the policy over generate's outputs "
           "('-' for a policy with both drafters: its layer-skip drafts cannot be replayed here); rounds: verify "
-          "rounds of n-gram drafts / layer-skip drafts / n-gram drafts the skip set continued / plain steps; identical/tie/error: prompts whose output equals "
+          "rounds of n-gram drafts / layer-skip drafts / n-gram drafts the skip set continued / plain steps; "
+          "identical/tie/error: prompts whose output equals "
           "generate's, differs by a near-tie of the top two tokens (bfloat16/float16 only), or differs otherwise")
     print(f"wrote {csv_path} and {json_path}")
     if result.mismatches:

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
                                    description="Every method gets the same proxy, skip count, evaluation budget "
                                                "and seed; the matchness objective at a fixed skip count is used.")
     add_study_overrides(parser)
-    parser.add_argument("--budget", type=int, default=200, metavar="N", help="proxy evaluations per method (default 200)")
+    parser.add_argument("--budget", type=int, default=200, metavar="N",
+                        help="proxy evaluations per method (default 200)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, metavar="NAME",
                         help=f"methods to run (default all: {' '.join(METHODS)})")
     parser.add_argument("--csv", metavar="FILE", help="where to write the table (default reports/compare-<study>.csv)")

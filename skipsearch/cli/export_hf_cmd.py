@@ -120,11 +120,14 @@ Beside `generate`'s own (`max_new_tokens`/`max_length`, `eos_token_id`, `do_samp
 
 | argument | default | meaning |
 |---|---|---|
-| `skip_profile` | `{PROFILE_FILE}` (embedded in `custom_generate/generate.py`) | another profile: a path or a loaded `skipsearch.Profile` |
+| `skip_profile` | `{PROFILE_FILE}` (embedded in `custom_generate/generate.py`) | \
+another profile: a path or a loaded `skipsearch.Profile` |
 | `max_draft_tokens` | the profile's ({profile.draft.max_draft_tokens}) | most tokens one layer-skip draft proposes |
-| `confidence_threshold` | the profile's ({profile.draft.confidence_threshold:g}) | stop a layer-skip draft below this top-1 probability |
+| `confidence_threshold` | the profile's ({profile.draft.confidence_threshold:g}) | \
+stop a layer-skip draft below this top-1 probability |
 | `fallback` | `True` | decode plainly for the rest of a call once drafting proves slower |
-| `fallback_memory` | one per model and policy | a `skipsearch.decoding.FallbackMemory` carrying that verdict across calls |
+| `fallback_memory` | one per model and policy | \
+a `skipsearch.decoding.FallbackMemory` carrying that verdict across calls |
 | `skip_stats` | none | a `skipsearch.decoding.DecodeStats` filled with the call's rounds, acceptance and times |
 
 Not supported (each one error line): batches of more than one sequence, padding, beam search,
@@ -165,7 +168,8 @@ def export_hf(profile_path: str, folder: str, force: bool = False) -> list[Path]
     try:
         (target / GENERATE_FILE).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SkipsearchError(f"cannot create folder {(target / GENERATE_FILE).parent}: {exc.strerror or exc}") from None
+        raise SkipsearchError(f"cannot create folder {(target / GENERATE_FILE).parent}: "
+                              f"{exc.strerror or exc}") from None
     written = []
     for name, text in files.items():
         write_atomic(target / name, text)

@@ -74,16 +74,20 @@ def register(subparsers) -> None:
         description="Generate with the full model's output, drafted by the model with sublayers skipped. "
                     "Without --profile or skip lists it decodes plainly.",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"embedded name, hub id, folder or .gguf (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"embedded name, hub id, folder or .gguf (default {DEFAULT_MODEL})")
     parser.add_argument("--prompt", required=True, help="the user message")
     add_skip_arguments(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="tokens to generate at most (default 128)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+                        help="tokens to generate at most (default 128)")
     parser.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); > 0 samples")
     parser.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default 1 = off)")
-    parser.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest tokens (default 0 = off)")
+    parser.add_argument("--top-k", type=int, default=0, metavar="K",
+                        help="sample among the K likeliest tokens (default 0 = off)")
     parser.add_argument("--seed", type=int, metavar="S", help="random seed for sampling")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as plain text")
-    parser.add_argument("--no-fallback", action="store_true", help="keep drafting even when it is slower than plain decoding")
+    parser.add_argument("--no-fallback", action="store_true",
+                        help="keep drafting even when it is slower than plain decoding")
     parser.add_argument("--json", action="store_true", help="print one JSON object with text, token_ids and stats")
     add_model_options(parser)
     parser.set_defaults(func=run)
@@ -94,7 +98,8 @@ def run(args) -> int:
     model, tokenizer = loaded.model, loaded.tokenizer
     skip_set, draft_tokens, threshold, policy = resolve_skip(args, model)
     prompt_ids = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
-    check_prompt_fits(prompt_ids, getattr(model.config, "max_position_embeddings", None), args.max_new_tokens, "--prompt")
+    check_prompt_fits(prompt_ids, getattr(model.config, "max_position_embeddings", None), args.max_new_tokens,
+                      "--prompt")
     settings = DecodeSettings(
         max_new_tokens=args.max_new_tokens, max_draft_tokens=draft_tokens, confidence_threshold=threshold,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,

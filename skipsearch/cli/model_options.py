@@ -47,13 +47,15 @@ def add_model_options(parser, from_study: bool = False, title: str = "loading th
     group.add_argument("--device", default=None if from_study else "auto",
                        help=f"auto (CUDA when available), cpu or cuda[:N] {default('device', 'auto')}")
     group.add_argument("--device-map", type=parse_device_map, metavar="MAP",
-                       help=f"where each module goes, for a model larger than one GPU: {', '.join(DEVICE_MAP_STRATEGIES)} "
+                       help="where each module goes, for a model larger than one GPU: "
+                            f"{', '.join(DEVICE_MAP_STRATEGIES)} "
                             "(accelerate spreads it over the GPUs, then CPU and disk), one device, or a JSON object "
                             f"of module name to device such as '{EXAMPLE_MAP}'; needs --device auto "
                             f"{default('device_map', 'none')}")
     group.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS,
                        help="attention kernels; flash_attention_2 needs the flash-attn package, CUDA and bfloat16 "
-                            f"or float16 {default('attn_implementation', 'none: transformers picks, sdpa where it can')}")
+                            "or float16 "
+                            f"{default('attn_implementation', 'none: transformers picks, sdpa where it can')}")
 
 
 def model_options(args) -> dict:

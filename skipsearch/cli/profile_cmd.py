@@ -99,7 +99,8 @@ def summary_lines(profile: Profile, source: str) -> list[str]:
         f"  mlp:       {_layers(skip.mlp)}",
         *_drafting_lines(profile),
     ]
-    measured = {k: v for k, v in dataclasses.asdict(profile.metrics).items() if v is not None} if profile.metrics else {}
+    measured = ({k: v for k, v in dataclasses.asdict(profile.metrics).items() if v is not None}
+                if profile.metrics else {})
     lines.append("metrics:" + ("" if measured else "   none recorded"))
     lines += [f"  {key.replace('_', ' ')}: {f'{value:g}' if isinstance(value, float) else value}"
               for key, value in measured.items()]

@@ -26,7 +26,8 @@ def run(args) -> int:
     if args.source is None:
         for source in TASK_SOURCES.values():
             print(f"{source.name}\n  {source.description}\n  usage: {source.usage}")
-        print("In a study file these options are task.data, task.category, task.field, task.split, task.category_field.")
+        print("In a study file these options are task.data, task.category, task.field, task.split, "
+              "task.category_field.")
         return 0
     task = load_task(
         args.source,
