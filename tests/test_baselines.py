@@ -80,7 +80,7 @@ def test_every_method_returns_k_eligible_sublayers_within_budget(name, k):
     assert len(result.history) == result.evaluations
     assert all(a <= b for a, b in zip(result.history, result.history[1:]))
     assert result.history[-1] == result.best_score.matchness == additive(result.best).matchness
-    assert result.seconds >= 0
+    assert 0 < result.seconds < 60
 
 
 @pytest.mark.parametrize("search", [swift_search, selfsd_search])

@@ -23,4 +23,5 @@ def test_compare_rejects_a_bad_study_in_one_line(tmp_path, capsys):
     study = tmp_path / "s.yaml"
     study.write_text("search: {trials: 0}\n")
     assert main(["compare", str(study)]) == 2
-    assert capsys.readouterr().err.count("\n") >= 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("skipsearch: error: ") and "trials" in err

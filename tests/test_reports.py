@@ -4,6 +4,7 @@ test_report_browser.py; `make_study` is shared with it."""
 
 from __future__ import annotations
 
+import html
 import math
 import random
 import re
@@ -189,7 +190,8 @@ def test_a_study_without_costs_or_importance_infers_the_layers():
     assert data.rescored == [] and any("re-scored" in note for note in data.notes)
     titles = [title for title, _ in build_figures(data)]
     assert not any(t.startswith("Predicted") for t in titles)
-    reports.render_report(data, build_figures(data))
+    page = reports.render_report(data, build_figures(data))
+    assert all(html.escape(title) in page for title in titles) and "re-scored" in page
 
 
 def _outside_plotlyjs(page: str) -> str:
