@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import SkipsearchError
+from .errors import SkipsearchError, first_line
 from .forward import input_device
 from .skipping import SUPPORTED_ARCHITECTURES, decoder_layers
 
@@ -356,12 +356,12 @@ def load_model(
             config = AutoConfig.from_pretrained(source)
     except OSError as exc:
         raise SkipsearchError(
-            f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]} "
+            f"cannot load model {name_or_path!r}: {first_line(exc)} "
             "(no network? use an embedded name, a local folder or a .gguf file)"
         ) from exc
     except (ValueError, KeyError) as exc:  # a config.json that transformers does not know
         raise SkipsearchError(
-            f"cannot load model {name_or_path!r}: {str(exc).strip().splitlines()[0]}; "
+            f"cannot load model {name_or_path!r}: {first_line(exc)}; "
             f"skipsearch supports {', '.join(SUPPORTED_ARCHITECTURES)}"
         ) from exc
     if getattr(config, "model_type", None) not in SUPPORTED_ARCHITECTURES:  # refuse before loading weights
@@ -381,7 +381,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch_dtype, device_map=placement,
                                                      attn_implementation=attn_implementation)
     except (ValueError, ImportError) as exc:  # e.g. an attention implementation this model does not support
-        raise SkipsearchError(f"cannot load model {name_or_path!r}: {str(exc).strip().splitlines()[0]}") from exc
+        raise SkipsearchError(f"cannot load model {name_or_path!r}: {first_line(exc)}") from exc
     finally:
         if bars_were_enabled:
             hf_logging.enable_progress_bar()
@@ -392,7 +392,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise SkipsearchError(
-            f"cannot load a tokenizer for {name_or_path!r}: {str(exc).splitlines()[0]}; "
+            f"cannot load a tokenizer for {name_or_path!r}: {first_line(exc)}; "
             "save the tokenizer files next to the model"
         ) from exc
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, source=str(source))

@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 from .costs import THRESHOLDS, CostModel, best_draft_settings, draft_step_cost
 from .decoding import DecodeSettings, DecodeStats
-from .errors import SkipsearchError
+from .errors import SkipsearchError, first_line
 from .scoring import ProxyScore
 from .skipping import SkipSet
 from .storages import GRACE_BEATS, open_storage, redact
@@ -176,9 +176,8 @@ def open_study(name: str, storage: str | optuna.storages.BaseStorage, objective:
     except SkipsearchError:
         raise
     except Exception as exc:  # SQLAlchemy, psycopg and file errors all mean the same to the user
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SkipsearchError(
-            f"cannot open the study storage {shown}: {first_line}; check the URL, the server and its credentials"
+            f"cannot open the study storage {shown}: {first_line(exc)}; check the URL, the server and its credentials"
         ) from exc
     existing = study.user_attrs.get("objective")
     if existing is not None and existing != objective:

@@ -28,7 +28,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from .errors import SkipsearchError
+from .errors import SkipsearchError, first_line
 from .studies import JOURNAL_SUFFIX
 
 SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -60,11 +60,6 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
-
-
 def check_storage(url: str) -> None:
     """Raise a one-line SkipsearchError if the URL is misspelled or its server unreachable.
 
@@ -92,7 +87,7 @@ def check_storage(url: str) -> None:
         did_you_mean = f"did you mean {hint[0]}://? " if hint else ""
         raise SkipsearchError(f"storage {shown}: unknown scheme {scheme!r}; {did_you_mean}use {FORMS}") from None
     except (ArgumentError, ValueError) as exc:
-        raise SkipsearchError(f"storage {shown} is not a valid URL ({_first_line(exc)}); use {FORMS}") from None
+        raise SkipsearchError(f"storage {shown} is not a valid URL ({first_line(exc)}); use {FORMS}") from None
     try:
         dialect.import_dbapi()
     except ImportError:
@@ -105,7 +100,7 @@ def check_storage(url: str) -> None:
         with engine.connect():
             pass
     except Exception as exc:  # the driver's errors: refused, unknown host, bad password, no such database
-        raise SkipsearchError(f"cannot reach the study storage {shown}: {_first_line(exc)}; "
+        raise SkipsearchError(f"cannot reach the study storage {shown}: {first_line(exc)}; "
                               "check that the server runs and the host, port, user, password and database "
                               "name are right") from None
     finally:
@@ -181,5 +176,5 @@ def open_storage(url: str, heartbeat_interval: int | None = None) -> optuna.stor
                         raise
                     time.sleep(random.uniform(0.2, 1.0))
     except Exception as exc:  # SQLAlchemy, driver and journal errors all mean the same to the user
-        raise SkipsearchError(f"cannot open the study storage {redact(url)}: {_first_line(exc)}; "
+        raise SkipsearchError(f"cannot open the study storage {redact(url)}: {first_line(exc)}; "
                               f"check the URL ({FORMS}), the server and its credentials") from None

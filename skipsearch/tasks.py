@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import SkipsearchError
+from .errors import SkipsearchError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,8 @@ def _open_dataset(data: str, split: str):
     except SkipsearchError:
         raise
     except Exception as exc:  # datasets raises many types: network, format, unknown split
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SkipsearchError(
-            f"cannot load dataset {data!r} (split {split!r}): {first_line} "
+            f"cannot load dataset {data!r} (split {split!r}): {first_line(exc)} "
             "(no network? use a local .json/.jsonl/.csv/.parquet file)"
         ) from exc
 

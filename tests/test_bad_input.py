@@ -174,3 +174,10 @@ def test_any_text_that_is_no_url_is_a_file_storage_or_one_line(text):
         assert "\n" not in str(exc)
     else:
         assert text.endswith(".log")
+
+
+def test_first_line_quotes_a_library_error_in_one_line():
+    from skipsearch.errors import first_line
+
+    assert first_line(OSError("\n  disk full  \nTraceback ...")) == "disk full"
+    assert first_line(ValueError("")) == "ValueError" and first_line(KeyError()) == "KeyError"

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 
 from .. import reports, runner
-from ..errors import SkipsearchError
+from ..errors import SkipsearchError, first_line
 from ..profiles import Profile, load_profile
 from ..storages import open_storage, redact, storage_file
 from ..studies import StudyConfig, apply_overrides, default_storage_url, load_study, output_paths
@@ -48,8 +48,7 @@ def open_finished_study(config: StudyConfig, storage: str) -> optuna.Study:
     except KeyError:
         raise missing from None
     except Exception as exc:  # SQLAlchemy, psycopg and file errors all mean the same to the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SkipsearchError(f"no study {config.name} in {redact(storage)} ({first}); "
+        raise SkipsearchError(f"no study {config.name} in {redact(storage)} ({first_line(exc)}); "
                               "run skipsearch search STUDY.yaml first") from None
 
 
