@@ -1,19 +1,21 @@
 """skipsearch: find which sublayers a causal LM can skip to draft for itself, losslessly.
 
 The engine (loading, skipping, drafting and decoding, costs, the lossless check) needs only
-torch, transformers and accelerate, so the names of the profile format load on first use:
-importing the package, or an engine module, pulls in nothing else.
+torch, transformers and accelerate, so the names of the profile format and the prompt formatter load on
+first use: importing the package, or an engine module, pulls in nothing else.
 """
 
 import importlib
 
-from .errors import SkipsearchError
-from .models import LoadedModel, load_model, model_fingerprint
-from .skipping import SkipSet, eligible_sublayers, skipping
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, FallbackMemory, decode
+from skipsearch.engine.drafting import PolicySettings
+from skipsearch.engine.models import LoadedModel, load_model, model_fingerprint
+from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
+from skipsearch.errors import SkipsearchError
+from skipsearch.version import __version__
 
-__version__ = "0.1.0"
-
-_PROFILE_NAMES = (
+# name -> module, imported on first use
+_LAZY = {name: "config.profiles" for name in (
     "DraftSettings",
     "Profile",
     "ProfileMetrics",
@@ -23,13 +25,19 @@ _PROFILE_NAMES = (
     "parse_profile",
     "profile_schema",
     "save_profile",
-)
+)}
+_LAZY["format_prompt"] = "search.tasks"
 
 __all__ = [
-    *_PROFILE_NAMES,
+    *_LAZY,
+    "DecodeSettings",
+    "DecodeStats",
+    "FallbackMemory",
     "LoadedModel",
+    "PolicySettings",
     "SkipSet",
     "SkipsearchError",
+    "decode",
     "eligible_sublayers",
     "load_model",
     "model_fingerprint",
@@ -39,6 +47,6 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in _PROFILE_NAMES:
-        return getattr(importlib.import_module(".profiles", __name__), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module("." + _LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import SkipsearchError
+from skipsearch.errors import SkipsearchError
 
 
 def write_atomic(path: str | os.PathLike, content: str | bytes, mode: int = 0o644, what: str = "file",

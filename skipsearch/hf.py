@@ -56,9 +56,17 @@ import yaml
 from transformers import GenerationMixin, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from . import forward
-from .costs import relative_costs
-from .decoding import (
+from skipsearch.config.profiles import (
+    Profile,
+    ProfileModel,
+    check_profile_for_model,
+    decode_fields,
+    load_profile,
+    parse_profile,
+)
+from skipsearch.engine import forward
+from skipsearch.engine.costs import relative_costs
+from skipsearch.engine.decoding import (
     DecodeSettings,
     DecodeStats,
     FallbackMemory,
@@ -69,12 +77,11 @@ from .decoding import (
     _verify,
     crop_cache,
 )
-from .device_costs import costs_here
-from .drafting import NGRAM, PLAIN, Choice, DraftPolicy, NgramIndex, RelativeCosts, count_round
-from .errors import SkipsearchError
-from .models import model_fingerprint
-from .profiles import Profile, ProfileModel, check_profile_for_model, decode_fields, load_profile, parse_profile
-from .timing import synchronize
+from skipsearch.engine.device_costs import costs_here
+from skipsearch.engine.drafting import NGRAM, PLAIN, Choice, DraftPolicy, NgramIndex, RelativeCosts, count_round
+from skipsearch.engine.models import model_fingerprint
+from skipsearch.engine.timing import synchronize
+from skipsearch.errors import SkipsearchError
 
 # what `generate` puts in the model kwargs it hands a decoding method, all of which this method
 # replaces by its own (positions, cache) or needs no more; anything else is a model input it cannot take

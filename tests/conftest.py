@@ -90,7 +90,7 @@ def make_tokenizer(chat_template: str | None = None):
 def generate_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
     """The full model's own greedy continuation through transformers `generate`: the reference
     every lossless check compares with."""
-    from skipsearch.forward import input_device
+    from skipsearch.engine.forward import input_device
 
     ids = torch.tensor([prompt], device=input_device(model))
     return model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens)[0, len(prompt):].tolist()
@@ -100,7 +100,7 @@ def random_skip_sets(num_layers: int, count: int, seed: int) -> list:
     """Random non-empty, non-full skip sets over every sublayer (the first and last layers included)."""
     import random
 
-    from skipsearch.skipping import SkipSet, eligible_sublayers
+    from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 
     rng = random.Random(seed)
     eligible = eligible_sublayers(num_layers, keep_first=0, keep_last=0)
@@ -118,7 +118,7 @@ def sharp_tiny_model():
 
 def exact_two_token_distribution(model, prompt, settings):
     """P(t1, t2) of the full model under the warped distribution."""
-    from skipsearch.decoding import warp
+    from skipsearch.engine.decoding import warp
 
     with torch.inference_mode():
         p1 = warp(model(torch.tensor([prompt])).logits[0, -1], settings)
@@ -130,7 +130,7 @@ def exact_two_token_distribution(model, prompt, settings):
 
 def empirical_two_token_distribution(model, prompt, skip_set, settings, samples):
     """P(t1, t2) over `samples` seeded decodes."""
-    from skipsearch.decoding import DecodeSettings, decode
+    from skipsearch.engine.decoding import DecodeSettings, decode
 
     counts = torch.zeros(6, 6)
     for seed in range(samples):
@@ -146,7 +146,7 @@ def tiny_model() -> LlamaForCausalLM:
 
 @pytest.fixture(scope="session")
 def smollm():
-    from skipsearch.models import load_model
+    from skipsearch.engine.models import load_model
 
     return load_model("smollm2-135m", dtype="float32", device="cpu")
 
@@ -173,7 +173,7 @@ def toy_task_file(tmp_path, n=6):
 
 def study_config(tmp_path, **search):
     """A three-trial speedup study of a six-prompt toy task, for runs on `tiny_loaded()`."""
-    from skipsearch.studies import parse_study
+    from skipsearch.config.studies import parse_study
 
     return parse_study({
         "name": "toy",
@@ -186,6 +186,6 @@ def study_config(tmp_path, **search):
 
 
 def tiny_loaded():
-    from skipsearch.models import LoadedModel
+    from skipsearch.engine.models import LoadedModel
 
     return LoadedModel(model=make_tiny_llama(), tokenizer=make_tokenizer(), name="tiny", source="memory")

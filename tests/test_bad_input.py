@@ -16,7 +16,7 @@ from transformers import GPT2Config
 from skipsearch import DraftSettings, Profile, ProfileModel, SkipSet, model_fingerprint, save_profile
 from skipsearch.cli import main
 from skipsearch.errors import SkipsearchError
-from skipsearch.storages import check_storage, redact
+from skipsearch.search.storages import check_storage, redact
 
 from conftest import make_tiny_llama, make_tokenizer
 

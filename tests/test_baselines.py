@@ -8,7 +8,9 @@ import random
 import bayes_opt
 import pytest
 
-from skipsearch.baselines import (
+from skipsearch.engine.skipping import SkipSet, eligible_sublayers
+from skipsearch.errors import SkipsearchError
+from skipsearch.search.baselines import (
     BASELINES,
     early_exit_prefix,
     evenly_spaced,
@@ -19,9 +21,7 @@ from skipsearch.baselines import (
     selfsd_search,
     swift_search,
 )
-from skipsearch.errors import SkipsearchError
-from skipsearch.scoring import ProxyScore
-from skipsearch.skipping import SkipSet, eligible_sublayers
+from skipsearch.search.scoring import ProxyScore
 
 ELIGIBLE = eligible_sublayers(10)  # 16 sublayers, layers 1..8
 WEIGHTS = {s: w for s, w in zip(ELIGIBLE, random.Random(7).sample(range(1, 100), len(ELIGIBLE)))}
@@ -157,9 +157,9 @@ def test_arguments_are_checked():
 
 
 def test_all_baselines_on_a_tiny_llama():
-    from skipsearch.decoding import DecodeSettings, decode
-    from skipsearch.references import Reference
-    from skipsearch.scoring import ProxyScorer
+    from skipsearch.engine.decoding import DecodeSettings, decode
+    from skipsearch.search.references import Reference
+    from skipsearch.search.scoring import ProxyScorer
 
     from conftest import make_tiny_llama
 

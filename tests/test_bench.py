@@ -10,8 +10,14 @@ import json
 import pytest
 import torch
 
-from skipsearch import bench
-from skipsearch.bench import (
+from skipsearch.cli import main
+from skipsearch.cli.bench_cmd import CSV_COLUMNS, _csv_text, table_lines
+from skipsearch.engine.costs import CostModel, relative_costs
+from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.skipping import SkipSet, eligible_sublayers
+from skipsearch.errors import SkipsearchError
+from skipsearch.experiments import bench
+from skipsearch.experiments.bench import (
     BASELINE,
     BY_COUNTS,
     BY_REPLAY,
@@ -27,12 +33,6 @@ from skipsearch.bench import (
     prompt_lookup_name,
     run_bench,
 )
-from skipsearch.cli import main
-from skipsearch.cli.bench_cmd import CSV_COLUMNS, _csv_text, table_lines
-from skipsearch.costs import CostModel, relative_costs
-from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
-from skipsearch.errors import SkipsearchError
-from skipsearch.skipping import SkipSet, eligible_sublayers
 
 from conftest import make_tokenizer
 
@@ -326,7 +326,7 @@ def test_early_exit_failure_leaves_layer_count(no_eos_model, monkeypatch):
 def _bench_settings_from_cli(argv, tiny_model, tmp_path, monkeypatch) -> BenchSettings:
     """The BenchSettings `skipsearch bench ARGV` builds, stopping before the benchmark runs."""
     from skipsearch.cli import bench_cmd
-    from skipsearch.models import LoadedModel
+    from skipsearch.engine.models import LoadedModel
 
     seen = []
 
@@ -342,8 +342,8 @@ def _bench_settings_from_cli(argv, tiny_model, tmp_path, monkeypatch) -> BenchSe
 
 
 def test_bench_command_takes_the_profile_s_policy(tiny_model, tmp_path, monkeypatch):
-    from skipsearch.models import model_fingerprint
-    from skipsearch.profiles import DraftSettings, Profile, ProfileModel, save_profile
+    from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel, save_profile
+    from skipsearch.engine.models import model_fingerprint
 
     model = ProfileModel("tiny", "llama", 4, model_fingerprint(tiny_model))
     hybrid = DraftSettings(max_draft_tokens=6, confidence_threshold=0.5, ngram=NgramSettings(1, 3, 6),

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from skipsearch.cli import main
-from skipsearch.profiles import load_profile
+from skipsearch.config.profiles import load_profile
 
 
 @pytest.mark.integration

@@ -1,6 +1,6 @@
-from skipsearch import runner
 from skipsearch.cli import main
-from skipsearch.compare import compare_methods
+from skipsearch.experiments.compare import compare_methods
+from skipsearch.search import runner
 
 from conftest import study_config, tiny_loaded
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skipsearch.costs import (
+from skipsearch.engine.costs import (
     CostModel,
     best_draft_length,
     draft_step_cost,
@@ -15,9 +15,9 @@ from skipsearch.costs import (
     predicted_speedup_from_stats,
     verify_cost,
 )
-from skipsearch.decoding import DecodeStats
+from skipsearch.engine.decoding import DecodeStats
+from skipsearch.engine.skipping import SkipSet, decoder_layers
 from skipsearch.errors import SkipsearchError
-from skipsearch.skipping import SkipSet, decoder_layers
 
 
 @pytest.fixture(autouse=True)
@@ -154,8 +154,8 @@ def test_cost_model_from_dict_names_bad_keys():
 
 
 def _replay(trace, gamma, threshold):
-    from skipsearch.costs import ReplayPrompt, relative_costs, replay_drafting
-    from skipsearch.decoding import DecodeSettings
+    from skipsearch.engine.costs import ReplayPrompt, relative_costs, replay_drafting
+    from skipsearch.engine.decoding import DecodeSettings
 
     prompt = ReplayPrompt((1, 2), tuple(range(10, 10 + len(trace) + 1)), tuple(trace))
     settings = DecodeSettings(max_draft_tokens=gamma, confidence_threshold=threshold)
@@ -178,7 +178,7 @@ def test_replayed_drafting_follows_the_decoder_loop():
 
 
 def test_best_draft_settings_prefers_long_drafts_when_drafts_are_right():
-    from skipsearch.costs import ReplayPrompt, best_draft_settings
+    from skipsearch.engine.costs import ReplayPrompt, best_draft_settings
 
     costs = made_up_costs()
     skip = SkipSet(attention=(0, 1, 2, 3), mlp=(0, 1, 2))
@@ -198,7 +198,7 @@ def test_a_draft_step_is_the_plain_steps_share_of_the_parts_that_run():
 
 
 def test_layers_are_grouped_by_where_their_blocks_run(tiny_model):
-    from skipsearch.costs import layer_groups
+    from skipsearch.engine.costs import layer_groups
 
     assert layer_groups(tiny_model) == [(0, 1, 2, 3)]
     tiny_model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 0,
@@ -214,7 +214,7 @@ def test_offloaded_layers_are_timed_on_their_own(tmp_path, monkeypatch):
     timed apart from the layers on the execution device, and each group shares its cost."""
     from accelerate import dispatch_model
 
-    from skipsearch import costs as costs_module
+    from skipsearch.engine import costs as costs_module
 
     from conftest import make_tiny_llama
 

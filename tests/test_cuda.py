@@ -9,11 +9,11 @@ import random
 import pytest
 import torch
 
-from skipsearch.costs import layer_groups, measure_costs
-from skipsearch.decoding import DecodeSettings, decode
-from skipsearch.lossless import LosslessCounts, classify
-from skipsearch.skipping import SkipSet
-from skipsearch.timing import Stopwatch
+from skipsearch.engine.costs import layer_groups, measure_costs
+from skipsearch.engine.decoding import DecodeSettings, decode
+from skipsearch.engine.lossless import LosslessCounts, classify
+from skipsearch.engine.skipping import SkipSet
+from skipsearch.engine.timing import Stopwatch
 
 from conftest import generate_greedy, make_tiny_llama, random_skip_sets
 
@@ -81,7 +81,7 @@ def test_at_most_one_host_transfer_per_pass_on_the_gpu(monkeypatch):
 
 
 def test_auto_dtype_is_bfloat16_on_a_gpu_that_supports_it():
-    from skipsearch.models import resolve_dtype
+    from skipsearch.engine.models import resolve_dtype
 
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     assert resolve_dtype("auto", on_cuda=True) == expected

@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from skipsearch import decoding
-from skipsearch.decoding import DecodeSettings, DecodeStats, FallbackMemory, crop_cache, decode, warp
+from skipsearch.engine import decoding
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, FallbackMemory, crop_cache, decode, warp
+from skipsearch.engine.forward import cache_keyword
+from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
 from skipsearch.errors import SkipsearchError
-from skipsearch.forward import cache_keyword
-from skipsearch.skipping import SkipSet, eligible_sublayers, skipping
 
 from conftest import (
     empirical_two_token_distribution,

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from skipsearch import device_costs
 from skipsearch.cli import main
-from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
-from skipsearch.models import model_fingerprint
-from skipsearch.profiles import DraftSettings, Profile, ProfileModel, save_profile
-from skipsearch.skipping import SkipSet
+from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel, save_profile
+from skipsearch.engine import device_costs
+from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.models import model_fingerprint
+from skipsearch.engine.skipping import SkipSet
 
 from conftest import make_tiny_llama, make_tokenizer
 

@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from skipsearch.costs import replay_drafting
-from skipsearch.decoding import DecodeSettings, DecodeStats, decode
-from skipsearch.drafting import (
+from skipsearch.engine.costs import replay_drafting
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, decode
+from skipsearch.engine.drafting import (
     LAYER_SKIP,
     NGRAM,
     PLAIN,
@@ -20,10 +20,10 @@ from skipsearch.drafting import (
     RelativeCosts,
     expected_tokens,
 )
+from skipsearch.engine.skipping import SkipSet
 from skipsearch.errors import SkipsearchError
-from skipsearch.references import Reference
-from skipsearch.scoring import ProxyScorer
-from skipsearch.skipping import SkipSet
+from skipsearch.search.references import Reference
+from skipsearch.search.scoring import ProxyScorer
 
 from conftest import (
     empirical_two_token_distribution,
@@ -211,8 +211,8 @@ def test_a_sampled_ngram_draft_is_a_point_mass_that_keeps_the_full_models_distri
     """Speculative sampling with an n-gram proposal: accept it with probability p(token), else
     sample p without it. The second token always comes out of an n-gram round here, alone or
     continued by the skipped model (whose draft then follows the point mass)."""
-    from skipsearch import decoding
-    from skipsearch.decoding import warp
+    from skipsearch.engine import decoding
+    from skipsearch.engine.decoding import warp
 
     model = sharp_tiny_model()
     prompt = [0, 3, 1, 4, 2, 5, 3, 0, 4, 1, 5, 2]  # every token occurs, followed by another
@@ -251,12 +251,12 @@ def test_with_a_policy_the_fallback_waits_for_more_rounds():
 def test_a_policy_s_verdict_on_one_prompt_does_not_carry_to_the_next(monkeypatch):
     """The fixed rule's fallback verdict carries across calls through a FallbackMemory; a cost-model
     policy's does not, since its n-gram drafts depend on each prompt."""
-    from skipsearch.decoding import FallbackMemory
+    from skipsearch.engine.decoding import FallbackMemory
 
     model = make_tiny_llama()
     skip_set = SkipSet(attention=(0, 1, 2, 3), mlp=(0, 1, 2, 3))  # drafts that are always rejected
     # a clock that ticks once per reading: a round (3 readings) of one token costs 2 plain steps
-    monkeypatch.setattr("skipsearch.decoding.time.perf_counter", iter(range(0, 10**9, 1)).__next__)
+    monkeypatch.setattr("skipsearch.engine.decoding.time.perf_counter", iter(range(0, 10**9, 1)).__next__)
     for costs, carried in ((None, True), (GPU, False)):
         settings = DecodeSettings(max_new_tokens=40, max_draft_tokens=2, confidence_threshold=0.0, costs=costs,
                                   fallback_min_rounds=1, policy_fallback_rounds=1)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PhiConfig, PhiForCausalLM
 
-from skipsearch import forward
-from skipsearch.decoding import DecodeSettings, crop_cache, decode
+from skipsearch.engine import forward
+from skipsearch.engine.decoding import DecodeSettings, crop_cache, decode
+from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
 from skipsearch.errors import SkipsearchError
-from skipsearch.references import Reference
-from skipsearch.scoring import ProxyScorer, mask_kinds, score_from_scratch
-from skipsearch.skipping import SkipSet, eligible_sublayers, skipping
+from skipsearch.search.references import Reference
+from skipsearch.search.scoring import ProxyScorer, mask_kinds, score_from_scratch
 
 from conftest import QWEN3_SLIDING, SLIDING_WINDOW, generate_greedy, make_tiny
 

@@ -28,15 +28,15 @@ from transformers import (
 )
 
 from skipsearch import hf
-from skipsearch.bench import CUSTOM_GENERATE, BenchPrompt, BenchSettings, run_bench
 from skipsearch.cli import main
-from skipsearch.decoding import DecodeStats
-from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel, load_profile, save_profile
+from skipsearch.engine.decoding import DecodeStats
+from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.models import model_fingerprint
+from skipsearch.engine.skipping import SkipSet, skipping
 from skipsearch.errors import SkipsearchError
+from skipsearch.experiments.bench import CUSTOM_GENERATE, BenchPrompt, BenchSettings, run_bench
 from skipsearch.hf import self_speculative
-from skipsearch.models import model_fingerprint
-from skipsearch.profiles import DraftSettings, Profile, ProfileModel, load_profile, save_profile
-from skipsearch.skipping import SkipSet, skipping
 
 from conftest import QWEN3_SLIDING, SLIDING_WINDOW, make_tiny, make_tokenizer, random_skip_sets, sharp_tiny_model
 

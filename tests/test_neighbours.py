@@ -1,8 +1,8 @@
 import optuna
 
-from skipsearch.neighbours import LOCAL_ATTR, LocalSearch, neighbours
-from skipsearch.search import enqueue_warm_starts, params_for, skip_set_from_params
-from skipsearch.skipping import SkipSet, eligible_sublayers
+from skipsearch.engine.skipping import SkipSet, eligible_sublayers
+from skipsearch.search.neighbours import LOCAL_ATTR, LocalSearch, neighbours
+from skipsearch.search.study import enqueue_warm_starts, params_for, skip_set_from_params
 
 ELIGIBLE = eligible_sublayers(6, 1, 1)  # attention and mlp of layers 1..4
 # skipping a higher layer alone hurts less in this made-up ranking; mlp less than attention

@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-from skipsearch import decoding, forward, lossless
-from skipsearch.decoding import DecodeSettings, decode
+from skipsearch.engine import decoding, forward, lossless
+from skipsearch.engine.decoding import DecodeSettings, decode
+from skipsearch.engine.lossless import Divergence, LosslessCounts, classify, tie_tolerance
+from skipsearch.engine.skipping import SkipSet
 from skipsearch.errors import SkipsearchError
-from skipsearch.lossless import Divergence, LosslessCounts, classify, tie_tolerance
-from skipsearch.skipping import SkipSet
 
 from conftest import generate_greedy, make_tiny_llama
 

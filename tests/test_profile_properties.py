@@ -9,8 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skipsearch import DraftSettings, Profile, ProfileMetrics, ProfileModel, SkipsearchError, SkipSet, profiles
-from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch import DraftSettings, Profile, ProfileMetrics, ProfileModel, SkipsearchError, SkipSet
+from skipsearch.config import profiles
+from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 NUM_LAYERS = 4

@@ -23,12 +23,12 @@ from skipsearch import (
     model_fingerprint,
     parse_profile,
     profile_schema,
-    profiles,
     save_profile,
 )
 from skipsearch.cli import main
-from skipsearch.drafting import NgramSettings, PolicySettings, RelativeCosts
-from skipsearch.models import LoadedModel
+from skipsearch.config import profiles
+from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.models import LoadedModel
 
 from conftest import make_tiny_llama
 

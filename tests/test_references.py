@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from skipsearch import references
-from skipsearch.models import model_fingerprint
+from skipsearch.engine.models import model_fingerprint
+from skipsearch.search import references
 
 from conftest import make_tiny_llama
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from skipsearch import reports
+from skipsearch.reporting import data as reports
 from test_reports import XSS, make_study, profile_text
 
 CHROMIUM_FLAGS = [

@@ -13,10 +13,10 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from skipsearch import reports
 from skipsearch.cli import main
 from skipsearch.errors import SkipsearchError
-from skipsearch.report_figures import build_figures
+from skipsearch.reporting import data as reports
+from skipsearch.reporting.figures import build_figures
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -264,7 +264,7 @@ def test_report_command_names_a_missing_study(tmp_path, capsys):
 
 def test_write_study_report_for_the_search_command(tmp_path):
     study = make_study("matchness", name="demo")
-    from skipsearch.studies import load_study
+    from skipsearch.config.studies import load_study
 
     path = _study_file(tmp_path)
     written = reports_cmd_write(study, load_study(path), path, tmp_path / "out.html")

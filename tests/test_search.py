@@ -4,15 +4,15 @@ import random
 import optuna
 import pytest
 
-from skipsearch import runner
-from skipsearch.costs import CostModel
-from skipsearch.decoding import DecodeSettings, decode
+from skipsearch.config.profiles import check_profile_for_model, load_profile
+from skipsearch.engine.costs import CostModel
+from skipsearch.engine.decoding import DecodeSettings, decode
+from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.errors import SkipsearchError
-from skipsearch.profiles import check_profile_for_model, load_profile
-from skipsearch.references import Reference
-from skipsearch.scoring import ProxyScorer, score_from_scratch
-from skipsearch.search import open_study, params_for, skip_set_from_params
-from skipsearch.skipping import SkipSet, eligible_sublayers
+from skipsearch.search import runner
+from skipsearch.search.references import Reference
+from skipsearch.search.scoring import ProxyScorer, score_from_scratch
+from skipsearch.search.study import open_study, params_for, skip_set_from_params
 
 from conftest import study_config, tiny_loaded
 
@@ -60,7 +60,7 @@ def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
     trials = study.get_trials()
     assert all(t.user_attrs.get("warm_start") for t in trials[:2])
     ranking = [((kind, layer), value) for kind, layer, value in study.user_attrs["importance"]]
-    from skipsearch.baselines import evenly_spaced, least_important
+    from skipsearch.search.baselines import evenly_spaced, least_important
 
     expected = {least_important(ranking, 2), evenly_spaced(setup.eligible, 2)}
     assert {runner.trial_skip_set(t) for t in trials[:2]} <= expected

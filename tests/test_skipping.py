@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from skipsearch import SkipsearchError, SkipSet, eligible_sublayers, skipping
-from skipsearch.forward import cache_keyword
+from skipsearch.engine.forward import cache_keyword
 
 
 def _hidden_states(model, ids):
@@ -118,7 +118,7 @@ def test_skipping_composes_with_accelerate_offloading(tmp_path, how):
     so a lost hook would fail loudly)."""
     import random
 
-    from skipsearch.decoding import DecodeSettings, decode
+    from skipsearch.engine.decoding import DecodeSettings, decode
 
     from conftest import make_tiny_llama
 
@@ -148,8 +148,8 @@ def test_skipping_composes_with_accelerate_offloading(tmp_path, how):
 def test_the_proxy_scores_an_offloaded_model_as_the_plain_one(tmp_path):
     """The proxy calls decoder layers, the final norm and the LM head directly: through
     accelerate's hooks, which bring offloaded weights in, as the model's own forward does."""
-    from skipsearch.references import Reference
-    from skipsearch.scoring import ProxyScorer
+    from skipsearch.search.references import Reference
+    from skipsearch.search.scoring import ProxyScorer
 
     from conftest import generate_greedy, make_tiny_llama, random_skip_sets
 

@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 from skipsearch.cli import main
-from skipsearch.errors import SkipsearchError
-from skipsearch.studies import (
+from skipsearch.config.studies import (
     StudyConfig,
     apply_overrides,
     default_storage_url,
@@ -21,6 +20,7 @@ from skipsearch.studies import (
     resolve_skip_budget,
     study_to_dict,
 )
+from skipsearch.errors import SkipsearchError
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
 

@@ -9,8 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skipsearch.errors import SkipsearchError
-from skipsearch.studies import (
+from skipsearch.config.studies import (
     StudyConfig,
     apply_overrides,
     load_study,
@@ -18,6 +17,7 @@ from skipsearch.studies import (
     resolve_skip_budget,
     study_to_dict,
 )
+from skipsearch.errors import SkipsearchError
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VALID = study_to_dict(parse_study({"name": "valid"}, "valid.yaml"))

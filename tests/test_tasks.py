@@ -7,7 +7,7 @@ import json
 import pytest
 
 from skipsearch.errors import SkipsearchError
-from skipsearch.tasks import (
+from skipsearch.search.tasks import (
     HUMANEVAL_INSTRUCTION,
     Prompt,
     Task,

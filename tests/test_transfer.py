@@ -3,9 +3,10 @@ from dataclasses import replace
 import optuna
 import pytest
 
-from skipsearch import reports, runner
 from skipsearch.errors import SkipsearchError
-from skipsearch.transfer import TransferTask, check_same_model, measure_transfer
+from skipsearch.experiments.transfer import TransferTask, check_same_model, measure_transfer
+from skipsearch.reporting import data as reports
+from skipsearch.search import runner
 
 from conftest import study_config, tiny_loaded
 

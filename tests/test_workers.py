@@ -27,8 +27,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from skipsearch.cli import main
-from skipsearch.search import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
-from skipsearch.storages import open_storage
+from skipsearch.search.storages import open_storage
+from skipsearch.search.study import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
 
 from conftest import make_tiny_llama, make_tokenizer
 
@@ -346,7 +346,7 @@ def test_workers_flag_shares_a_journal_file_and_a_killed_workers_trial_is_retrie
 
 
 def _model(**fields):
-    from skipsearch.studies import ModelConfig
+    from skipsearch.config.studies import ModelConfig
 
     return ModelConfig(**fields)
 

@@ -96,9 +96,9 @@ def _decoder_overhead(model, prompt: list[int], new_tokens: int, repeats: int = 
     """Plain decoding with skipsearch's decoder against greedy `generate`, interleaved, whole calls."""
     import torch
 
-    from skipsearch import forward
-    from skipsearch.decoding import DecodeSettings, decode
-    from skipsearch.timing import Stopwatch
+    from skipsearch.engine import forward
+    from skipsearch.engine.decoding import DecodeSettings, decode
+    from skipsearch.engine.timing import Stopwatch
 
     device = forward.input_device(model)
     ids = torch.tensor([prompt], device=device)
@@ -121,8 +121,8 @@ def _decoder_overhead(model, prompt: list[int], new_tokens: int, repeats: int = 
 
 
 def _lossless(model, prompts: list[list[int]], skip_set, new_tokens: int) -> dict:
-    from skipsearch.decoding import DecodeSettings, decode
-    from skipsearch.lossless import LosslessCounts, classify
+    from skipsearch.engine.decoding import DecodeSettings, decode
+    from skipsearch.engine.lossless import LosslessCounts, classify
 
     counts = LosslessCounts()
     for prompt in prompts:
@@ -134,7 +134,7 @@ def _lossless(model, prompts: list[list[int]], skip_set, new_tokens: int) -> dic
 
 
 def _best_length(costs, skip_set, acceptance: float) -> dict:
-    from skipsearch.costs import best_draft_length
+    from skipsearch.engine.costs import best_draft_length
 
     draft_tokens, speedup = best_draft_length(costs, skip_set, acceptance, len(costs.verify) - 1)
     return {"draft_tokens": draft_tokens, "speedup": round(speedup, 3)}
@@ -148,9 +148,9 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu-check: no CUDA device on this machine; nothing to check (run it where a GPU is visible)")
         return 0
-    from skipsearch.costs import layer_groups, measure_costs
-    from skipsearch.models import dtype_name, resolve_dtype
-    from skipsearch.skipping import SkipSet
+    from skipsearch.engine.costs import layer_groups, measure_costs
+    from skipsearch.engine.models import dtype_name, resolve_dtype
+    from skipsearch.engine.skipping import SkipSet
 
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, on_cuda=device.type == "cuda")

@@ -10,9 +10,7 @@ import argparse
 import logging
 import sys
 
-from .. import __version__
-from ..errors import SkipsearchError
-from . import (
+from skipsearch.cli import (
     bench_cmd,
     compare_cmd,
     export_hf_cmd,
@@ -24,6 +22,8 @@ from . import (
     tasks_cmd,
     validate_cmd,
 )
+from skipsearch.errors import SkipsearchError
+from skipsearch.version import __version__
 
 COMMAND_MODULES = [models_cmd, generate_cmd, search_cmd, compare_cmd, profile_cmd, tasks_cmd, validate_cmd, bench_cmd,
                    report_cmd, export_hf_cmd]

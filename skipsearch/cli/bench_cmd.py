@@ -1,11 +1,11 @@
-"""`skipsearch bench`: self-speculative decoding (a skip set, n-gram drafts, a profile's policy)
+"""`skipsearch.experiments.bench`: self-speculative decoding (a skip set, n-gram drafts, a profile's policy)
 beside transformers' greedy `generate`, prompt lookup and early exit, on the same prompts in one
-process (the rows: `skipsearch.bench`).
+process (the rows: `skipsearch.experiments.bench`).
 
 Prints a table and writes `<out-dir>/bench-<model>-<task>.csv` and `.json` (the JSON also
 holds the settings, device, versions, the command and every per-prompt run). Exits with
 code 1 when a skipsearch method's tokens differ from `generate`'s by more than a tie flip of
-reduced precision (the lossless check, `skipsearch.lossless`).
+reduced precision (the lossless check, `skipsearch.engine.lossless`).
 A benchmark, not a test: timings depend on the machine and on what else runs on it.
 """
 
@@ -23,17 +23,17 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..bench import BASELINE, BenchPrompt, BenchResult, BenchSettings, run_bench
-from ..costs import describe_device
-from ..drafting import NgramSettings
-from ..errors import SkipsearchError
-from ..files import write_atomic
-from ..models import DEFAULT_MODEL, load_model
-from ..profiles import check_profile_for_model, load_profile
-from ..skipping import SkipSet, decoder_layers
-from ..tasks import check_prompt_fits, format_prompt, load_task, split_prompts
-from .model_options import POLICY_COSTS, add_model_options, device_map_argument, model_options
+from skipsearch.cli.model_options import POLICY_COSTS, add_model_options, device_map_argument, model_options
+from skipsearch.config.profiles import check_profile_for_model, load_profile
+from skipsearch.engine.costs import describe_device
+from skipsearch.engine.drafting import NgramSettings
+from skipsearch.engine.models import DEFAULT_MODEL, load_model
+from skipsearch.engine.skipping import SkipSet, decoder_layers
+from skipsearch.errors import SkipsearchError
+from skipsearch.experiments.bench import BASELINE, BenchPrompt, BenchResult, BenchSettings, run_bench
+from skipsearch.files import write_atomic
+from skipsearch.search.tasks import check_prompt_fits, format_prompt, load_task, split_prompts
+from skipsearch.version import __version__
 
 DEFAULT_EARLY_EXIT_LAYERS = (4, 8, 12, 16, 20, 24)
 DEFAULT_PROMPT_LOOKUP_NUM_TOKENS = (3, 5, 10)

@@ -10,12 +10,12 @@ from pathlib import Path
 import optuna
 from tqdm.auto import tqdm
 
-from .. import runner
-from ..baselines import BASELINES
-from ..compare import CompareRow, compare_methods
-from ..files import write_atomic
-from ..reports import compare_csv_path
-from .search_cmd import add_study_overrides, configured
+from skipsearch.cli.search_cmd import add_study_overrides, configured
+from skipsearch.experiments.compare import CompareRow, compare_methods
+from skipsearch.files import write_atomic
+from skipsearch.reporting.data import compare_csv_path
+from skipsearch.search import runner
+from skipsearch.search.baselines import BASELINES
 
 METHODS = ["skipsearch", *BASELINES]
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .. import __version__
-from ..errors import SkipsearchError
-from ..files import write_atomic
-from ..profiles import PROFILE_VERSION, Profile, dump_profile, load_profile
-from .profile_cmd import summary_lines
+from skipsearch.cli.profile_cmd import summary_lines
+from skipsearch.config.profiles import PROFILE_VERSION, Profile, dump_profile, load_profile
+from skipsearch.errors import SkipsearchError
+from skipsearch.files import write_atomic
+from skipsearch.version import __version__
 
 PROFILE_FILE = "skip_profile.yaml"
 GENERATE_FILE = "custom_generate/generate.py"  # the path transformers loads
@@ -127,8 +127,8 @@ another profile: a path or a loaded `skipsearch.Profile` |
 stop a layer-skip draft below this top-1 probability |
 | `fallback` | `True` | decode plainly for the rest of a call once drafting proves slower |
 | `fallback_memory` | one per model and policy | \
-a `skipsearch.decoding.FallbackMemory` carrying that verdict across calls |
-| `skip_stats` | none | a `skipsearch.decoding.DecodeStats` filled with the call's rounds, acceptance and times |
+a `skipsearch.FallbackMemory` carrying that verdict across calls |
+| `skip_stats` | none | a `skipsearch.DecodeStats` filled with the call's rounds, acceptance and times |
 
 Not supported (each one error line): batches of more than one sequence, padding, beam search,
 classifier-free guidance, `output_attentions` / `output_hidden_states`.

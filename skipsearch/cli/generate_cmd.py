@@ -6,16 +6,16 @@ import dataclasses
 import json
 import sys
 
-from ..costs import relative_costs
-from ..decoding import DecodeSettings, decode
-from ..device_costs import costs_here
-from ..errors import SkipsearchError
-from ..models import DEFAULT_MODEL, load_model
-from ..profiles import check_profile_for_model, decode_fields, load_profile
-from ..skipping import SkipSet
-from ..tasks import check_prompt_fits, format_prompt
-from ..verdicts import load_memory, save_memory, verdict_key
-from .model_options import POLICY_COSTS, add_model_options, model_options
+from skipsearch.cli.model_options import POLICY_COSTS, add_model_options, model_options
+from skipsearch.config.profiles import check_profile_for_model, decode_fields, load_profile
+from skipsearch.engine.costs import relative_costs
+from skipsearch.engine.decoding import DecodeSettings, decode
+from skipsearch.engine.device_costs import costs_here
+from skipsearch.engine.models import DEFAULT_MODEL, load_model
+from skipsearch.engine.skipping import SkipSet
+from skipsearch.engine.verdicts import load_memory, save_memory, verdict_key
+from skipsearch.errors import SkipsearchError
+from skipsearch.search.tasks import check_prompt_fits, format_prompt
 
 
 def parse_layer_list(text: str, flag: str) -> tuple[int, ...]:

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import json
 
-from ..errors import SkipsearchError
-from ..models import ATTN_IMPLEMENTATIONS, DEVICE_MAP_EXPECTED, DEVICE_MAP_STRATEGIES, DTYPE_CHOICES, is_device_map
+from skipsearch.engine.models import (
+    ATTN_IMPLEMENTATIONS,
+    DEVICE_MAP_EXPECTED,
+    DEVICE_MAP_STRATEGIES,
+    DTYPE_CHOICES,
+    is_device_map,
+)
+from skipsearch.errors import SkipsearchError
 
 OPTIONS = ("dtype", "device", "device_map", "attn_implementation")
 # --policy-costs of the commands that decode with a profile: what its drafting policy weighs by

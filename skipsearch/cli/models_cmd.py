@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..errors import SkipsearchError
-from ..models import DEFAULT_MODEL, EMBEDDED_MODELS, embedded_model_path
+from skipsearch.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, embedded_model_path
+from skipsearch.errors import SkipsearchError
 
 
 def register(subparsers) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..models import load_model
-from ..profiles import Profile, check_profile_for_model, load_profile
-from .model_options import add_model_options, model_options
+from skipsearch.cli.model_options import add_model_options, model_options
+from skipsearch.config.profiles import Profile, check_profile_for_model, load_profile
+from skipsearch.engine.models import load_model
 
 
 def register(subparsers) -> None:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import optuna
 
-from .. import reports, runner
-from ..errors import SkipsearchError, first_line
-from ..profiles import Profile, load_profile
-from ..storages import open_storage, redact, storage_file
-from ..studies import StudyConfig, apply_overrides, default_storage_url, load_study, output_paths
-from ..transfer import TransferTask, measure_transfer
-from .model_options import add_model_options, model_options
+from skipsearch.cli.model_options import add_model_options, model_options
+from skipsearch.config.profiles import Profile, load_profile
+from skipsearch.config.studies import StudyConfig, apply_overrides, default_storage_url, load_study, output_paths
+from skipsearch.errors import SkipsearchError, first_line
+from skipsearch.experiments.transfer import TransferTask, measure_transfer
+from skipsearch.reporting import data as reports
+from skipsearch.search import runner
+from skipsearch.search.storages import open_storage, redact, storage_file
 
 
 def register(subparsers) -> None:

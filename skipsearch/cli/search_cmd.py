@@ -23,15 +23,10 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .. import runner
-from ..bench import PROFILE_POLICY, PROMPT_LOOKUP, SKIP_ONLY, BenchPrompt, BenchSettings, run_bench
-from ..errors import SkipsearchError
-from ..lossless import KINDS, LosslessCounts
-from ..models import runs_on_cuda
-from ..profiles import load_profile
-from ..search import OBJECTIVES, SAMPLERS, Interrupts, trial_counts
-from ..storages import check_storage, redact
-from ..studies import (
+from skipsearch.cli import report_cmd
+from skipsearch.cli.model_options import add_model_options, device_map_argument, model_options
+from skipsearch.config.profiles import load_profile
+from skipsearch.config.studies import (
     ModelConfig,
     StudyConfig,
     apply_overrides,
@@ -40,8 +35,20 @@ from ..studies import (
     output_paths,
     parse_skip_budget,
 )
-from . import report_cmd
-from .model_options import add_model_options, device_map_argument, model_options
+from skipsearch.engine.lossless import KINDS, LosslessCounts
+from skipsearch.engine.models import runs_on_cuda
+from skipsearch.errors import SkipsearchError
+from skipsearch.experiments.bench import (
+    PROFILE_POLICY,
+    PROMPT_LOOKUP,
+    SKIP_ONLY,
+    BenchPrompt,
+    BenchSettings,
+    run_bench,
+)
+from skipsearch.search import runner
+from skipsearch.search.storages import check_storage, redact
+from skipsearch.search.study import OBJECTIVES, SAMPLERS, Interrupts, trial_counts
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ a summary of its prompts (count per category, the first prompt)."""
 
 from __future__ import annotations
 
-from ..tasks import TASK_SOURCES, load_task
+from skipsearch.search.tasks import TASK_SOURCES, load_task
 
 
 def register(subparsers) -> None:

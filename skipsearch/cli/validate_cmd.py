@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import SkipsearchError
-from ..studies import load_study
-from ..tasks import load_task, split_prompts
+from skipsearch.config.studies import load_study
+from skipsearch.errors import SkipsearchError
+from skipsearch.search.tasks import load_task, split_prompts
 
 
 def register(subparsers) -> None:

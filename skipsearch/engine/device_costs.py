@@ -16,11 +16,11 @@ import logging
 
 import torch
 
-from . import forward
-from .costs import CostModel, describe_device, measure_costs
-from .errors import SkipsearchError
-from .files import write_atomic
-from .models import attention_of, cache_root, dtype_name
+from skipsearch.engine import forward
+from skipsearch.engine.costs import CostModel, describe_device, measure_costs
+from skipsearch.engine.models import attention_of, cache_root, dtype_name
+from skipsearch.errors import SkipsearchError
+from skipsearch.files import write_atomic
 
 log = logging.getLogger(__name__)
 

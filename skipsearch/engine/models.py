@@ -25,9 +25,9 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import SkipsearchError, first_line
-from .forward import input_device
-from .skipping import SUPPORTED_ARCHITECTURES, decoder_layers
+from skipsearch.engine.forward import input_device
+from skipsearch.engine.skipping import SUPPORTED_ARCHITECTURES, decoder_layers
+from skipsearch.errors import SkipsearchError, first_line
 
 log = logging.getLogger(__name__)
 

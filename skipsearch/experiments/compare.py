@@ -15,12 +15,19 @@ from dataclasses import dataclass
 
 import optuna
 
-from .baselines import BASELINES, MethodResult
-from .costs import best_draft_settings
-from .neighbours import LocalSearch
-from .runner import StudySetup, importance, measure, warm_start_sets
-from .scoring import full_forward_seconds
-from .search import SkipObjective, best_trials, enqueue_warm_starts, make_sampler, open_study, trial_skip_set
+from skipsearch.engine.costs import best_draft_settings
+from skipsearch.search.baselines import BASELINES, MethodResult
+from skipsearch.search.neighbours import LocalSearch
+from skipsearch.search.runner import StudySetup, importance, measure, warm_start_sets
+from skipsearch.search.scoring import full_forward_seconds
+from skipsearch.search.study import (
+    SkipObjective,
+    best_trials,
+    enqueue_warm_starts,
+    make_sampler,
+    open_study,
+    trial_skip_set,
+)
 
 
 @dataclass

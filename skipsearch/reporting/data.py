@@ -24,9 +24,9 @@ from typing import Any
 import optuna
 import yaml
 
-from .errors import SkipsearchError
-from .files import write_atomic
-from .report_figures import build_figures
+from skipsearch.errors import SkipsearchError
+from skipsearch.files import write_atomic
+from skipsearch.reporting.figures import build_figures
 
 __all__ = [
     "ReportData", "StudySummary", "History", "ParetoPoint", "LayerHeat", "RescoredPoint", "TaskSummary",

@@ -16,24 +16,7 @@ from pathlib import Path
 import optuna
 from tqdm.auto import tqdm
 
-from . import __version__
-from .baselines import evenly_spaced, importance_ranking, least_important
-from .costs import (
-    NGRAM_CHOICES,
-    THRESHOLDS,
-    CostModel,
-    measure_costs,
-    predicted_speedup_from_stats,
-    relative_costs,
-    replay_drafting,
-)
-from .decoding import DecodeSettings, DecodeStats, decode
-from .drafting import NgramSettings, PolicySettings, RelativeCosts
-from .errors import SkipsearchError
-from .lossless import LosslessCounts, classify
-from .models import LoadedModel, load_model, model_fingerprint
-from .neighbours import LocalSearch
-from .profiles import (
+from skipsearch.config.profiles import (
     DraftSettings,
     Profile,
     ProfileMetrics,
@@ -42,9 +25,28 @@ from .profiles import (
     load_profile,
     save_profile,
 )
-from .references import Reference, reference_continuations
-from .scoring import ProxyScorer
-from .search import (
+from skipsearch.config.studies import StudyConfig, resolve_skip_budget
+from skipsearch.engine.costs import (
+    NGRAM_CHOICES,
+    THRESHOLDS,
+    CostModel,
+    measure_costs,
+    predicted_speedup_from_stats,
+    relative_costs,
+    replay_drafting,
+)
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, decode
+from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.lossless import LosslessCounts, classify
+from skipsearch.engine.models import LoadedModel, load_model, model_fingerprint
+from skipsearch.engine.skipping import SkipSet, eligible_sublayers
+from skipsearch.errors import SkipsearchError
+from skipsearch.search.baselines import evenly_spaced, importance_ranking, least_important
+from skipsearch.search.neighbours import LocalSearch
+from skipsearch.search.references import Reference, reference_continuations
+from skipsearch.search.scoring import ProxyScorer
+from skipsearch.search.storages import redact
+from skipsearch.search.study import (
     SkipObjective,
     best_trials,
     completed_trials,
@@ -55,10 +57,8 @@ from .search import (
     trial_counts,
     trial_skip_set,
 )
-from .skipping import SkipSet, eligible_sublayers
-from .storages import redact
-from .studies import StudyConfig, resolve_skip_budget
-from .tasks import check_prompt_fits, format_prompt, load_task, split_prompts
+from skipsearch.search.tasks import check_prompt_fits, format_prompt, load_task, split_prompts
+from skipsearch.version import __version__
 
 log = logging.getLogger(__name__)
 

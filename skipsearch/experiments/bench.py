@@ -53,17 +53,24 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from . import forward
-from .costs import CostModel, ReplayPrompt, measure_costs, predicted_speedup_from_stats, relative_costs, replay_drafting
-from .decoding import DecodeSettings, DecodeStats, FallbackMemory, decode
-from .drafting import NgramSettings, PolicySettings, RelativeCosts
-from .errors import SkipsearchError
-from .lossless import KINDS, Divergence, classify
-from .skipping import SkipSet, decoder_layers
-from .timing import synchronize
+from skipsearch.engine import forward
+from skipsearch.engine.costs import (
+    CostModel,
+    ReplayPrompt,
+    measure_costs,
+    predicted_speedup_from_stats,
+    relative_costs,
+    replay_drafting,
+)
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, FallbackMemory, decode
+from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.lossless import KINDS, Divergence, classify
+from skipsearch.engine.skipping import SkipSet, decoder_layers
+from skipsearch.engine.timing import synchronize
+from skipsearch.errors import SkipsearchError
 
 if TYPE_CHECKING:
-    from .profiles import Profile
+    from skipsearch.config.profiles import Profile
 
 log = logging.getLogger(__name__)
 
@@ -536,7 +543,7 @@ def _custom_generate_methods(model, settings: BenchSettings, policy_costs: Relat
     the other rows, and its policy decides with `policy_costs` as the profile-policy row does."""
     if settings.profile is None:
         return []
-    from . import hf
+    from skipsearch import hf
 
     profile = settings.profile
     decode_settings = hf.decode_settings(profile, max_draft_tokens=settings.max_draft_tokens,

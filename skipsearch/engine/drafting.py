@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import SkipsearchError
+from skipsearch.errors import SkipsearchError
 
 PLAIN, NGRAM, LAYER_SKIP, NGRAM_LAYER_SKIP = "plain", "ngram", "layer_skip", "ngram_layer_skip"
 DRAFTERS = (NGRAM, LAYER_SKIP, NGRAM_LAYER_SKIP)

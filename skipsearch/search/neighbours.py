@@ -18,8 +18,8 @@ from typing import Sequence
 
 import optuna
 
-from .search import best_trials, enqueue_warm_starts, trial_skip_set
-from .skipping import SkipSet
+from skipsearch.engine.skipping import SkipSet
+from skipsearch.search.study import best_trials, enqueue_warm_starts, trial_skip_set
 
 Sublayer = tuple[str, int]
 LOCAL_ATTR = "local_search"

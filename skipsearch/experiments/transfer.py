@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import optuna
 from tqdm.auto import tqdm
 
-from .errors import SkipsearchError
-from .profiles import Profile
-from .runner import StudySetup, measure
+from skipsearch.config.profiles import Profile
+from skipsearch.errors import SkipsearchError
+from skipsearch.search.runner import StudySetup, measure
 
 USER_ATTR = "transfer"
 

@@ -25,12 +25,12 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from . import forward
-from .costs import ReplayPrompt
-from .decoding import crop_cache, synchronize
-from .errors import SkipsearchError
-from .references import Reference
-from .skipping import SkipSet, decoder_layers, skipping
+from skipsearch.engine import forward
+from skipsearch.engine.costs import ReplayPrompt
+from skipsearch.engine.decoding import crop_cache, synchronize
+from skipsearch.engine.skipping import SkipSet, decoder_layers, skipping
+from skipsearch.errors import SkipsearchError
+from skipsearch.search.references import Reference
 
 
 @dataclass(frozen=True)

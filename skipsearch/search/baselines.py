@@ -40,9 +40,9 @@ from typing import Callable, Sequence
 import numpy as np
 from bayes_opt import BayesianOptimization, acquisition
 
-from .errors import SkipsearchError
-from .scoring import ProxyScore
-from .skipping import SkipSet
+from skipsearch.engine.skipping import SkipSet
+from skipsearch.errors import SkipsearchError
+from skipsearch.search.scoring import ProxyScore
 
 log = logging.getLogger(__name__)
 

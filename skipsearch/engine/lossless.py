@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import forward
+from skipsearch.engine import forward
 
 TIE_EPS = 8.0
 KINDS = ("identical", "tie_flip", "error")

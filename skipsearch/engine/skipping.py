@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .errors import SkipsearchError
+from skipsearch.errors import SkipsearchError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 SUBLAYER_KINDS = ("attention", "mlp")

@@ -13,10 +13,10 @@ import hashlib
 import json
 import logging
 
-from .decoding import DecodeSettings, FallbackMemory
-from .files import write_atomic
-from .models import cache_root
-from .skipping import SkipSet
+from skipsearch.engine.decoding import DecodeSettings, FallbackMemory
+from skipsearch.engine.models import cache_root
+from skipsearch.engine.skipping import SkipSet
+from skipsearch.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A profile names the sublayers to skip while drafting (the skip set; empty for a policy that
 drafts with n-grams only), the n-gram drafter's settings and the settings and measured costs
-the drafting policy (`skipsearch.drafting`) decides with. The dataclasses below are the schema
+the drafting policy (`skipsearch.engine.drafting`) decides with. The dataclasses below are the schema
 of version 2; their field names are the YAML keys. Version 1 files (skip set and draft length
 only) still load, as a policy that drafts every round with the skip set; files are always
 written as version 2.
@@ -35,11 +35,11 @@ from typing import Any, NoReturn
 import torch
 import yaml
 
-from .drafting import NgramSettings, PolicySettings, RelativeCosts
-from .errors import SkipsearchError
-from .files import write_atomic
-from .models import model_fingerprint
-from .skipping import SUBLAYER_KINDS, SkipSet
+from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.models import model_fingerprint
+from skipsearch.engine.skipping import SUBLAYER_KINDS, SkipSet
+from skipsearch.errors import SkipsearchError
+from skipsearch.files import write_atomic
 
 PROFILE_VERSION = 2
 KNOWN_VERSIONS = (1, 2)
@@ -52,7 +52,7 @@ class ProfileModel:
     name: str  # what the user passed: hub id, path or embedded name
     architecture: str  # config.model_type
     num_hidden_layers: int
-    fingerprint: str  # skipsearch.models.model_fingerprint of the model the profile was made for
+    fingerprint: str  # skipsearch.engine.models.model_fingerprint of the model the profile was made for
 
 
 @dataclass(frozen=True)
@@ -475,4 +475,4 @@ def decode_fields(profile: Profile) -> dict[str, Any]:
 
 def profile_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of profile versions 1 and 2, shipped as skipsearch/profile.schema.json."""
-    return json.loads(resources.files("skipsearch").joinpath("profile.schema.json").read_text(encoding="utf-8"))
+    return json.loads(resources.files("skipsearch.config").joinpath("profile.schema.json").read_text(encoding="utf-8"))

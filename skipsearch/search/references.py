@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .decoding import DecodeSettings, decode
-from .files import write_atomic
-from .models import attention_of, cache_root, dtype_name
+from skipsearch.engine.decoding import DecodeSettings, decode
+from skipsearch.engine.models import attention_of, cache_root, dtype_name
+from skipsearch.files import write_atomic
 
 
 @dataclass(frozen=True)

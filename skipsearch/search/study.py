@@ -35,12 +35,12 @@ from typing import Callable, Iterator, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from .costs import THRESHOLDS, CostModel, best_draft_settings, draft_step_cost
-from .decoding import DecodeSettings, DecodeStats
-from .errors import SkipsearchError, first_line
-from .scoring import ProxyScore
-from .skipping import SkipSet
-from .storages import GRACE_BEATS, open_storage, redact
+from skipsearch.engine.costs import THRESHOLDS, CostModel, best_draft_settings, draft_step_cost
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats
+from skipsearch.engine.skipping import SkipSet
+from skipsearch.errors import SkipsearchError, first_line
+from skipsearch.search.scoring import ProxyScore
+from skipsearch.search.storages import GRACE_BEATS, open_storage, redact
 
 log = logging.getLogger(__name__)
 

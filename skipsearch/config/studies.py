@@ -24,8 +24,14 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import SkipsearchError
-from .models import ATTN_IMPLEMENTATIONS, DEVICE_MAP_EXPECTED, DTYPE_CHOICES, check_placement, is_device_map
+from skipsearch.engine.models import (
+    ATTN_IMPLEMENTATIONS,
+    DEVICE_MAP_EXPECTED,
+    DTYPE_CHOICES,
+    check_placement,
+    is_device_map,
+)
+from skipsearch.errors import SkipsearchError
 
 OBJECTIVES = ("matchness", "speedup", "pareto")
 SAMPLERS = ("tpe", "gp", "nsga2", "random")

@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from . import forward
-from .drafting import (
+from skipsearch.engine import forward
+from skipsearch.engine.drafting import (
     NGRAM,
     PLAIN,
     Choice,
@@ -38,9 +38,9 @@ from .drafting import (
     RelativeCosts,
     count_round,
 )
-from .errors import SkipsearchError
-from .skipping import SkipSet, skipping
-from .timing import synchronize
+from skipsearch.engine.skipping import SkipSet, skipping
+from skipsearch.engine.timing import synchronize
+from skipsearch.errors import SkipsearchError
 
 
 class FallbackMemory:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import SkipsearchError, first_line
+from skipsearch.errors import SkipsearchError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from .errors import SkipsearchError, first_line
-from .studies import JOURNAL_SUFFIX
+from skipsearch.config.studies import JOURNAL_SUFFIX
+from skipsearch.errors import SkipsearchError, first_line
 
 SCHEMES = ("sqlite", "postgresql", "mysql")
 FORMS = f"sqlite:///FILE.db, postgresql://USER:PASSWORD@HOST:PORT/DB or a journal file ending in {JOURNAL_SUFFIX}"

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 import torch
 
-from . import forward
-from .decoding import DecodeSettings, DecodeStats, crop_cache
-from .drafting import (
+from skipsearch.engine import forward
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, crop_cache
+from skipsearch.engine.drafting import (
     NGRAM,
     PLAIN,
     DraftPolicy,
@@ -34,9 +34,9 @@ from .drafting import (
     count_round,
     round_cost,
 )
-from .errors import SkipsearchError
-from .skipping import SkipSet, decoder_layers, skipping
-from .timing import Stopwatch
+from skipsearch.engine.skipping import SkipSet, decoder_layers, skipping
+from skipsearch.engine.timing import Stopwatch
+from skipsearch.errors import SkipsearchError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""Experiments over searched skip sets: the bench against transformers, the method comparison and
+cross-task transfer."""
