@@ -2,7 +2,7 @@ import optuna
 
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.search.neighbours import LOCAL_ATTR, LocalSearch, neighbours
-from skipsearch.search.study import enqueue_warm_starts, params_for, skip_set_from_params
+from skipsearch.search.study import enqueue_warm_starts
 
 ELIGIBLE = eligible_sublayers(6, 1, 1)  # attention and mlp of layers 1..4
 # skipping a higher layer alone hurts less in this made-up ranking; mlp less than attention
@@ -32,7 +32,7 @@ def test_local_search_alternates_with_the_sampler_and_finds_the_best_set():
 
     def objective(trial):
         params = {f"{k}.{i}": trial.suggest_float(f"{k}.{i}", 0, 1) for k, i in ELIGIBLE}
-        skip_set = skip_set_from_params(params, ELIGIBLE, 4)
+        skip_set = SkipSet.from_params(params, ELIGIBLE, 4)
         trial.set_user_attr("skip_attention", list(skip_set.attention))
         trial.set_user_attr("skip_mlp", list(skip_set.mlp))
         trial.set_user_attr("skipped", len(skip_set))
@@ -45,4 +45,4 @@ def test_local_search_alternates_with_the_sampler_and_finds_the_best_set():
     kinds = ["local" if t.user_attrs.get(LOCAL_ATTR) else "other" for t in study.trials[:7]]
     assert kinds == ["other", "local", "local", "other", "local", "local", "other"]
     assert study.best_value == 4
-    assert params_for(SkipSet(attention=(3, 4), mlp=(3, 4)), ELIGIBLE) in [t.params for t in study.trials]
+    assert SkipSet(attention=(3, 4), mlp=(3, 4)).to_params(ELIGIBLE) in [t.params for t in study.trials]

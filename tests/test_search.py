@@ -12,7 +12,7 @@ from skipsearch.errors import SkipsearchError
 from skipsearch.search import runner
 from skipsearch.search.references import Reference
 from skipsearch.search.scoring import ProxyScorer, score_from_scratch
-from skipsearch.search.study import open_study, params_for, skip_set_from_params
+from skipsearch.search.study import open_study
 
 from conftest import study_config, tiny_loaded
 
@@ -63,8 +63,8 @@ def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
     from skipsearch.search.baselines import evenly_spaced, least_important
 
     expected = {least_important(ranking, 2), evenly_spaced(setup.eligible, 2)}
-    assert {runner.trial_skip_set(t) for t in trials[:2]} <= expected
-    assert runner.trial_skip_set(trials[0]) == least_important(ranking, 2)
+    assert {SkipSet.from_attrs(t.user_attrs) for t in trials[:2]} <= expected
+    assert SkipSet.from_attrs(trials[0].user_attrs) == least_important(ranking, 2)
 
 
 def test_resuming_adds_trials_instead_of_starting_over(tmp_path, isolated_cache):
@@ -107,10 +107,10 @@ def test_proxy_equals_a_from_scratch_computation(tiny_model):
 def test_params_encode_and_decode_skip_sets():
     eligible = eligible_sublayers(6)
     skip_set = SkipSet(attention=(2,), mlp=(1, 4))
-    params = params_for(skip_set, eligible)
-    assert skip_set_from_params(params, eligible, k=None) == skip_set
-    assert skip_set_from_params(params, eligible, k=3) == skip_set
-    assert len(skip_set_from_params(params, eligible, k=5)) == 5
+    params = skip_set.to_params(eligible)
+    assert SkipSet.from_params(params, eligible, k=None) == skip_set
+    assert SkipSet.from_params(params, eligible, k=3) == skip_set
+    assert len(SkipSet.from_params(params, eligible, k=5)) == 5
 
 
 def test_an_unreachable_storage_is_one_clear_error():

@@ -1,8 +1,11 @@
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from skipsearch import SkipsearchError, SkipSet, eligible_sublayers, skipping
 from skipsearch.engine.forward import cache_keyword
+from skipsearch.engine.skipping import param_name
 
 
 def _hidden_states(model, ids):
@@ -160,3 +163,28 @@ def test_the_proxy_scores_an_offloaded_model_as_the_plain_one(tmp_path):
     expected, got = ProxyScorer(plain, references), ProxyScorer(offloaded, references)
     for skip_set in random_skip_sets(4, 5, seed=2):
         assert got.score(skip_set) == expected.score(skip_set), skip_set
+
+
+_ELIGIBLE = eligible_sublayers(12)
+
+
+@given(st.sets(st.sampled_from(_ELIGIBLE), max_size=len(_ELIGIBLE)))
+def test_every_encoding_reads_back_the_same_skip_set(sublayers):
+    skip_set = SkipSet.from_sublayers(sorted(sublayers))
+    assert SkipSet.from_dict(skip_set.to_dict()) == skip_set
+    assert SkipSet.from_attrs(skip_set.to_attrs()) == skip_set
+    params = skip_set.to_params(_ELIGIBLE)
+    assert list(params) == [param_name(s) for s in _ELIGIBLE]
+    assert SkipSet.from_params(params, _ELIGIBLE, k=None) == skip_set
+    assert SkipSet.from_params(params, _ELIGIBLE, k=len(skip_set)) == skip_set
+    assert len({skip_set, SkipSet.from_attrs(skip_set.to_attrs())}) == 1  # the set is its own key
+
+
+def test_from_params_breaks_ties_by_the_order_of_the_eligible_sublayers():
+    params = {param_name(s): 0.5 for s in _ELIGIBLE}
+    assert SkipSet.from_params(params, _ELIGIBLE, k=2).sublayers == list(_ELIGIBLE[:2])
+
+
+def test_a_trial_without_skip_attributes_skips_nothing():
+    assert SkipSet.from_attrs({}) == SkipSet()
+    assert SkipSet(attention=(3, 1), mlp=()).describe() == "attention[1,3] mlp[-]"

@@ -50,10 +50,6 @@ def run_show(args) -> int:
     return 0
 
 
-def _layers(indices: tuple[int, ...]) -> str:
-    return ", ".join(map(str, indices)) or "none"
-
-
 def _drafting_lines(profile: Profile) -> list[str]:
     """What drafts each round and how the policy chooses."""
     skip, draft = profile.skip, profile.draft
@@ -95,8 +91,7 @@ def summary_lines(profile: Profile, source: str) -> list[str]:
         f"model:     {model.name} ({model.architecture}, {model.num_hidden_layers} layers, {model.fingerprint})",
         f"task:      {profile.task}",
         f"skipped:   {len(skip)} of {2 * model.num_hidden_layers} sublayers{only} (layer indices are 0-based)",
-        f"  attention: {_layers(skip.attention)}",
-        f"  mlp:       {_layers(skip.mlp)}",
+        f"           {skip.describe()}",
         *_drafting_lines(profile),
     ]
     measured = ({k: v for k, v in dataclasses.asdict(profile.metrics).items() if v is not None}

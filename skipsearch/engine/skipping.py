@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -75,10 +75,55 @@ class SkipSet:
                 )
 
     def describe(self) -> str:
+        """The one way a skip set is written for people: `attention[5,6] mlp[-]`."""
+
         def fmt(xs: tuple[int, ...]) -> str:
             return ",".join(map(str, xs)) or "-"
 
         return f"attention[{fmt(self.attention)}] mlp[{fmt(self.mlp)}]"
+
+    # The forms a skip set takes outside this object. A SkipSet is itself the hashable key
+    # (frozen, indices sorted), so sets read back from any form compare and deduplicate as equal.
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """`{"attention": [...], "mlp": [...]}`: the profile's `skip` mapping, and JSON outputs."""
+        return {"attention": list(self.attention), "mlp": list(self.mlp)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SkipSet":
+        return cls(attention=tuple(data.get("attention") or ()), mlp=tuple(data.get("mlp") or ()))
+
+    def to_attrs(self) -> dict[str, list[int]]:
+        """Optuna trial user attributes (`skip_attention`, `skip_mlp`); also the rescored records."""
+        return {"skip_attention": list(self.attention), "skip_mlp": list(self.mlp)}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> "SkipSet":
+        """Read back `to_attrs`; a trial without them (a failed one) skips nothing."""
+        return cls(attention=tuple(int(i) for i in attrs.get("skip_attention") or ()),
+                   mlp=tuple(int(i) for i in attrs.get("skip_mlp") or ()))
+
+    def to_params(self, eligible: Sequence[tuple[str, int]]) -> dict[str, float]:
+        """Optuna parameters, one per eligible sublayer in its order: 1.0 skipped, 0.0 kept."""
+        skipped = set(self.sublayers)
+        return {param_name(s): 1.0 if s in skipped else 0.0 for s in eligible}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, float], eligible: Sequence[tuple[str, int]], k: int | None) -> "SkipSet":
+        """With a fixed count k the k highest values are skipped (ties go to the earlier sublayer of
+        `eligible`); with k None every value above 0.5 is."""
+        values = [(params[param_name(s)], -i, s) for i, s in enumerate(eligible)]
+        if k is None:
+            chosen = [s for value, _, s in values if value > 0.5]
+        else:
+            chosen = [s for _, _, s in sorted(values, reverse=True)[:k]]
+        return cls.from_sublayers(chosen)
+
+
+def param_name(sublayer: tuple[str, int]) -> str:
+    """The Optuna parameter of one sublayer: "attention.5", "mlp.7"."""
+    kind, layer = sublayer
+    return f"{kind}.{layer}"
 
 
 def eligible_sublayers(num_layers: int, keep_first: int = 1, keep_last: int = 1) -> list[tuple[str, int]]:

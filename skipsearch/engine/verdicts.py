@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def verdict_key(model: str, dtype: str, device: str, skip_set: SkipSet, settings: DecodeSettings) -> str:
     drafting = [settings.max_draft_tokens, settings.confidence_threshold, repr(settings.ngram),
                 repr(settings.costs), repr(settings.policy)]
-    text = json.dumps([model, dtype, device, list(skip_set.attention), list(skip_set.mlp), drafting])
+    text = json.dumps([model, dtype, device, *skip_set.to_dict().values(), drafting])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -167,9 +167,7 @@ class BenchSettings:
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        out["skip_set"] = None if self.skip_set is None else {
-            "attention": list(self.skip_set.attention), "mlp": list(self.skip_set.mlp)
-        }
+        out["skip_set"] = None if self.skip_set is None else self.skip_set.to_dict()
         out["early_exit_layers"] = list(self.early_exit_layers)
         out["prompt_lookup_num_tokens"] = list(self.prompt_lookup_num_tokens)
         if self.policy_costs is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import optuna
 
 from skipsearch.engine.costs import best_draft_settings
+from skipsearch.engine.skipping import SkipSet
 from skipsearch.search.baselines import BASELINES, MethodResult
 from skipsearch.search.neighbours import LocalSearch
 from skipsearch.search.runner import StudySetup, importance, measure, warm_start_sets
@@ -26,7 +27,6 @@ from skipsearch.search.study import (
     enqueue_warm_starts,
     make_sampler,
     open_study,
-    trial_skip_set,
 )
 
 
@@ -65,7 +65,7 @@ def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> M
         study.optimize(objective, n_trials=1, callbacks=[local])
         history.append(max(t.value for t in study.trials if t.value is not None))
     best = best_trials(study, "matchness", 1)[0]
-    skip_set = trial_skip_set(best)
+    skip_set = SkipSet.from_attrs(best.user_attrs)
     return MethodResult("skipsearch", skip_set, scorer.score(skip_set), scorer.evaluations,
                         time.perf_counter() - started, history)
 

@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 import yaml
 
+from skipsearch.engine.skipping import SUBLAYER_KINDS, SkipSet
 from skipsearch.errors import SkipsearchError
 from skipsearch.files import write_atomic
 from skipsearch.reporting.figures import build_figures
@@ -34,7 +35,6 @@ __all__ = [
     "read_compare_csv", "compare_csv_path", "top_n", "profile_mapping",
 ]
 
-KINDS = ("attention", "mlp")
 VALUE_NAMES = {"matchness": "matchness", "speedup": "predicted speedup", "pareto": "matchness"}
 
 
@@ -184,15 +184,6 @@ def _ranked(trials: list, objective: str) -> list:
     return ranked
 
 
-def _skip_key(attention, mlp) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return tuple(sorted(int(x) for x in attention or ())), tuple(sorted(int(x) for x in mlp or ()))
-
-
-def _describe_skip(attention, mlp) -> str:
-    parts = [f"{kind} {','.join(str(x) for x in layers)}" for kind, layers in zip(KINDS, (attention, mlp)) if layers]
-    return " | ".join(parts) or "nothing"
-
-
 def profile_mapping(text: str | None) -> dict:
     """The profile YAML as a mapping ({} when absent or unreadable); the report shows what it can."""
     try:
@@ -209,25 +200,26 @@ def _num_layers(study: optuna.Study, profile: dict, trials: list) -> int:
     model = profile.get("model") if isinstance(profile.get("model"), dict) else {}
     if isinstance(model.get("num_hidden_layers"), int):
         return model["num_hidden_layers"]
-    layers = [int(name.split(".", 1)[1]) for t in trials for name in t.params if name.split(".", 1)[0] in KINDS]
+    layers = [int(name.split(".", 1)[1]) for t in trials for name in t.params
+              if name.split(".", 1)[0] in SUBLAYER_KINDS]
     return max(layers, default=-1) + 1
 
 
 def _layer_heat(study: optuna.Study, name: str, objective: str, trials: list, num_layers: int) -> LayerHeat:
     best = _ranked(trials, objective)[:top_n(len(trials))]
     eligible = {(kind, int(layer)) for t in trials for kind, _, layer in (p.partition(".") for p in t.params)
-                if kind in KINDS}
+                if kind in SUBLAYER_KINDS}
     counts = {(kind, layer): 0 for kind, layer in eligible}
     for trial in best:
-        for kind in KINDS:
+        for kind in SUBLAYER_KINDS:
             for layer in trial.user_attrs.get(f"skip_{kind}", ()):
                 counts[(kind, int(layer))] = counts.get((kind, int(layer)), 0) + 1
     importance = {(str(kind), int(layer)): float(value)
                   for kind, layer, value in study.user_attrs.get("importance") or ()}
     layers = list(range(num_layers))
     share = {kind: [counts[(kind, i)] / len(best) if (kind, i) in counts and best else None for i in layers]
-             for kind in KINDS}
-    imp = {kind: [importance.get((kind, i)) for i in layers] for kind in KINDS}
+             for kind in SUBLAYER_KINDS}
+    imp = {kind: [importance.get((kind, i)) for i in layers] for kind in SUBLAYER_KINDS}
     return LayerHeat(name, layers, len(best), share, imp)
 
 
@@ -288,18 +280,18 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
         rescored = [r for r in study.user_attrs.get("rescored") or () if isinstance(r, dict)]
         skip = profile.get("skip") if isinstance(profile.get("skip"), dict) else None
         if skip is not None:
-            exported = _skip_key(skip.get("attention"), skip.get("mlp"))
+            exported = SkipSet.from_dict(skip)
         elif rescored:
-            exported = _skip_key(rescored[0].get("skip_attention"), rescored[0].get("skip_mlp"))
+            exported = SkipSet.from_attrs(rescored[0])
         else:
             exported = None
         costs = [float(t.user_attrs["draft_cost"]) for t in trials]
         matches = [float(t.user_attrs["matchness"]) for t in trials]
         for trial, cost, match, on_front in zip(trials, costs, matches, _front_flags(costs, matches)):
-            key = _skip_key(trial.user_attrs.get("skip_attention"), trial.user_attrs.get("skip_mlp"))
+            key = SkipSet.from_attrs(trial.user_attrs)
             data.pareto.append(ParetoPoint(name, trial.number, cost, match,
                                            _float(trial.user_attrs.get("expected_acceptance")),
-                                           int(trial.user_attrs.get("skipped", sum(map(len, key)))), on_front,
+                                           int(trial.user_attrs.get("skipped", len(key))), on_front,
                                            key == exported))
 
         data.heat.append(_layer_heat(study, name, objective, trials, _num_layers(study, profile, trials)))
@@ -308,7 +300,7 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
         for rank, r in enumerate(rescored):
             trial = by_number.get(r.get("trial"))
             data.rescored.append(RescoredPoint(
-                name, rank, r.get("trial"), _describe_skip(r.get("skip_attention"), r.get("skip_mlp")),
+                name, rank, r.get("trial"), SkipSet.from_attrs(r).describe(),
                 _float(r.get("predicted_speedup")), _float(r.get("speedup")),
                 _float(trial.user_attrs.get("expected_acceptance")) if trial else None,
                 _float(r.get("acceptance_rate")), _float(r.get("matchness")), _float(r.get("mean_accepted_tokens")),

@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 from bayes_opt import BayesianOptimization, acquisition
 
-from skipsearch.engine.skipping import SkipSet
+from skipsearch.engine.skipping import SkipSet, param_name
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.scoring import ProxyScore
 
@@ -136,13 +136,11 @@ def _bo_suggest(points: list[np.ndarray], targets: list[float], seed: int, kappa
 
 def _top_k(values: np.ndarray, eligible: Sequence[Sublayer], k: int) -> SkipSet:
     """Decode a point: skip the k sublayers with the highest values (ties by the order of `eligible`)."""
-    order = np.argsort(-values, kind="stable")[:k]
-    return SkipSet.from_sublayers([eligible[i] for i in order])
+    return SkipSet.from_params({param_name(s): float(v) for s, v in zip(eligible, values)}, eligible, k)
 
 
 def _encode(skip_set: SkipSet, eligible: Sequence[Sublayer]) -> np.ndarray:
-    skipped = set(skip_set.sublayers)
-    return np.array([1.0 if s in skipped else 0.0 for s in eligible])
+    return np.array(list(skip_set.to_params(eligible).values()))
 
 
 def _step_cap(budget: int, eligible: Sequence[Sublayer], k: int) -> tuple[int, int]:

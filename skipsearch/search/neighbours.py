@@ -19,7 +19,7 @@ from typing import Sequence
 import optuna
 
 from skipsearch.engine.skipping import SkipSet
-from skipsearch.search.study import best_trials, enqueue_warm_starts, trial_skip_set
+from skipsearch.search.study import best_trials, enqueue_warm_starts
 
 Sublayer = tuple[str, int]
 LOCAL_ATTR = "local_search"
@@ -75,8 +75,7 @@ class LocalSearch:
         best = best_trials(study, self.objective, 1)
         if not best or room <= 0:
             return
-        tried = {(tuple(t.user_attrs.get("skip_attention", ())), tuple(t.user_attrs.get("skip_mlp", ())))
-                 for t in trials}
-        fresh = [s for s in neighbours(trial_skip_set(best[0]), self.ranking, self.eligible, self.fixed_count)
-                 if (s.attention, s.mlp) not in tried]
+        tried = {SkipSet.from_attrs(t.user_attrs) for t in trials}
+        fresh = [s for s in neighbours(SkipSet.from_attrs(best[0].user_attrs), self.ranking, self.eligible,
+                                       self.fixed_count) if s not in tried]
         enqueue_warm_starts(study, fresh[:room], self.eligible, user_attrs={LOCAL_ATTR: True})

@@ -55,7 +55,6 @@ from skipsearch.search.study import (
     open_study,
     run_trials,
     trial_counts,
-    trial_skip_set,
 )
 from skipsearch.search.tasks import check_prompt_fits, format_prompt, load_task, split_prompts
 from skipsearch.version import __version__
@@ -259,8 +258,7 @@ def run_search(setup: StudySetup, study: optuna.Study, progress: bool) -> None:
 class Measurement:
     """A skip set decoded for real on the held-out prompts, against plain decoding."""
 
-    skip_attention: list[int]
-    skip_mlp: list[int]
+    skip_set: SkipSet
     max_draft_tokens: int
     confidence_threshold: float
     ngram: list[int] | None  # [min_n, max_n, max_tokens] of n-gram drafting, None without
@@ -283,9 +281,11 @@ class Measurement:
     plain_steps: int = 0
     extra: dict = field(default_factory=dict)
 
-    @property
-    def skip_set(self) -> SkipSet:
-        return SkipSet(attention=tuple(self.skip_attention), mlp=tuple(self.skip_mlp))
+    def to_attrs(self) -> dict:
+        """The record kept in the study (`rescored`), the skip set as trial attributes."""
+        record = asdict(self)
+        del record["skip_set"]
+        return {**self.skip_set.to_attrs(), **record}
 
 
 def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float,
@@ -337,7 +337,7 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
     _, predicted = replay_drafting(heldout.prompts, drafting, len(skip_set) > 0, relative)
     tokens_per_s, plain_tokens_per_s = draft_tokens / draft_time, plain_tokens / plain_time
     return Measurement(
-        skip_attention=list(skip_set.attention), skip_mlp=list(skip_set.mlp),
+        skip_set=skip_set,
         max_draft_tokens=max_draft_tokens, confidence_threshold=confidence_threshold,
         ngram=None if ngram is None else [ngram.min_n, ngram.max_n, ngram.max_tokens],
         policy_margin=None if policy is None else policy.margin,
@@ -366,12 +366,13 @@ def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) ->
         attrs = trial.user_attrs
         ngram = attrs.get("ngram")
         margin = attrs.get("policy_margin")
-        measurements.append(measure(setup, trial_skip_set(trial), attrs["draft_tokens"], attrs["confidence_threshold"],
-                                    trial.number, ngram=None if ngram is None else NgramSettings(*ngram),
+        measurements.append(measure(setup, SkipSet.from_attrs(attrs), attrs["draft_tokens"],
+                                    attrs["confidence_threshold"], trial.number,
+                                    ngram=None if ngram is None else NgramSettings(*ngram),
                                     policy=None if margin is None else PolicySettings(margin=margin)))
     rank = (lambda m: m.matchness) if objective == "matchness" else (lambda m: m.speedup)
     measurements.sort(key=rank, reverse=True)
-    study.set_user_attr("rescored", [asdict(m) for m in measurements])
+    study.set_user_attr("rescored", [m.to_attrs() for m in measurements])
     return measurements
 
 

@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 from skipsearch.engine.costs import THRESHOLDS, CostModel, best_draft_settings, draft_step_cost
 from skipsearch.engine.decoding import DecodeSettings, DecodeStats
-from skipsearch.engine.skipping import SkipSet
+from skipsearch.engine.skipping import SkipSet, param_name
 from skipsearch.errors import SkipsearchError, first_line
 from skipsearch.search.scoring import ProxyScore
 from skipsearch.search.storages import GRACE_BEATS, open_storage, redact
@@ -46,26 +46,6 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = ("matchness", "speedup", "pareto")
 SAMPLERS = ("tpe", "gp", "nsga2", "random")
-
-
-def param_name(sublayer: tuple[str, int]) -> str:
-    kind, layer = sublayer
-    return f"{kind}.{layer}"
-
-
-def skip_set_from_params(params: dict[str, float], eligible: Sequence[tuple[str, int]], k: int | None) -> SkipSet:
-    """Top-k values with a fixed count, else every value above 0.5."""
-    values = [(params[param_name(s)], -i, s) for i, s in enumerate(eligible)]
-    if k is None:
-        chosen = [s for value, _, s in values if value > 0.5]
-    else:
-        chosen = [s for _, _, s in sorted(values, reverse=True)[:k]]
-    return SkipSet.from_sublayers(chosen)
-
-
-def params_for(skip_set: SkipSet, eligible: Sequence[tuple[str, int]]) -> dict[str, float]:
-    skipped = set(skip_set.sublayers)
-    return {param_name(s): 1.0 if s in skipped else 0.0 for s in eligible}
 
 
 def make_sampler(name: str, seed: int | None, objective: str) -> optuna.samplers.BaseSampler:
@@ -112,8 +92,7 @@ class Evaluation:
     def user_attrs(self) -> dict:
         ngram = self.settings.ngram
         return {
-            "skip_attention": list(self.skip_set.attention),
-            "skip_mlp": list(self.skip_set.mlp),
+            **self.skip_set.to_attrs(),
             "skipped": len(self.skip_set),
             "matchness": self.score.matchness,
             "expected_acceptance": self.score.expected_acceptance,
@@ -156,7 +135,7 @@ class SkipObjective:
 
     def __call__(self, trial: optuna.Trial):
         params = {param_name(s): trial.suggest_float(param_name(s), 0.0, 1.0) for s in self.eligible}
-        evaluation = evaluate(self.score, self.costs, skip_set_from_params(params, self.eligible, self.k),
+        evaluation = evaluate(self.score, self.costs, SkipSet.from_params(params, self.eligible, self.k),
                               self.max_draft_tokens, self.thresholds, self.policies)
         for key, value in evaluation.user_attrs().items():
             trial.set_user_attr(key, value)
@@ -193,16 +172,14 @@ def enqueue_warm_starts(study: optuna.Study, skip_sets: Sequence[SkipSet], eligi
                         user_attrs: dict | None = None) -> int:
     """Enqueue skip sets the study has not seen yet, tagged with `user_attrs` (default: a warm
     start); returns how many were enqueued."""
-    seen = {(tuple(t.user_attrs.get("skip_attention", ())), tuple(t.user_attrs.get("skip_mlp", ())))
-            for t in study.get_trials(deepcopy=False)}
+    seen = {SkipSet.from_attrs(t.user_attrs) for t in study.get_trials(deepcopy=False)}
     enqueued = 0
     for skip_set in skip_sets:
-        key = (skip_set.attention, skip_set.mlp)
-        if key in seen:
+        if skip_set in seen:
             continue
-        study.enqueue_trial(params_for(skip_set, eligible), user_attrs=user_attrs or {"warm_start": True},
+        study.enqueue_trial(skip_set.to_params(eligible), user_attrs=user_attrs or {"warm_start": True},
                             skip_if_exists=True)
-        seen.add(key)
+        seen.add(skip_set)
         enqueued += 1
     return enqueued
 
@@ -221,7 +198,7 @@ def best_trials(study: optuna.Study, objective: str, n: int) -> list[optuna.tria
         ranked = sorted(completed_trials(study), key=lambda t: -t.value)
     chosen, seen = [], set()
     for trial in ranked:
-        key = (tuple(trial.user_attrs["skip_attention"]), tuple(trial.user_attrs["skip_mlp"]))
+        key = SkipSet.from_attrs(trial.user_attrs)
         drafts = trial.user_attrs["skipped"] > 0 or trial.user_attrs.get("ngram") is not None
         if key not in seen and drafts:
             seen.add(key)
@@ -229,10 +206,6 @@ def best_trials(study: optuna.Study, objective: str, n: int) -> list[optuna.tria
         if len(chosen) == n:
             break
     return chosen
-
-
-def trial_skip_set(trial: optuna.trial.FrozenTrial) -> SkipSet:
-    return SkipSet(attention=tuple(trial.user_attrs["skip_attention"]), mlp=tuple(trial.user_attrs["skip_mlp"]))
 
 
 # ---------------------------------------------------------------------------- workers sharing a study
