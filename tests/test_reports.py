@@ -127,10 +127,6 @@ def test_pareto_flags_mark_exactly_the_non_dominated_trials(objective):
         assert {p.trial for p in points if p.is_front} == {t.number for t in study.best_trials}
 
 
-def test_front_flags_keep_equal_points_and_drop_equal_matchness_at_higher_cost():
-    assert reports._front_flags([1, 1, 2, 0.5], [0.9, 0.9, 0.9, 0.1]) == [True, True, False, True]
-
-
 @pytest.mark.parametrize("objective", ["matchness", "speedup", "pareto"])
 def test_heat_map_shares_count_the_top_trials(objective):
     study = make_study(objective, n_trials=60)

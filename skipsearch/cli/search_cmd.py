@@ -27,6 +27,8 @@ from skipsearch.cli import report_cmd
 from skipsearch.cli.model_options import add_model_options, device_map_argument, model_options
 from skipsearch.config.profiles import load_profile
 from skipsearch.config.studies import (
+    OBJECTIVES,
+    SAMPLERS,
     ModelConfig,
     StudyConfig,
     apply_overrides,
@@ -48,7 +50,7 @@ from skipsearch.experiments.bench import (
 )
 from skipsearch.search import runner
 from skipsearch.search.storages import check_storage, redact
-from skipsearch.search.study import OBJECTIVES, SAMPLERS, Interrupts, trial_counts
+from skipsearch.search.study import Interrupts, trial_counts
 
 log = logging.getLogger(__name__)
 

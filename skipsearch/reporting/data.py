@@ -28,6 +28,7 @@ from skipsearch.engine.skipping import SUBLAYER_KINDS, SkipSet
 from skipsearch.errors import SkipsearchError
 from skipsearch.files import write_atomic
 from skipsearch.reporting.figures import build_figures
+from skipsearch.search.objectives import OBJECTIVES, front_flags
 
 __all__ = [
     "ReportData", "StudySummary", "History", "ParetoPoint", "LayerHeat", "RescoredPoint", "TaskSummary",
@@ -35,7 +36,6 @@ __all__ = [
     "read_compare_csv", "compare_csv_path", "top_n", "profile_mapping",
 ]
 
-VALUE_NAMES = {"matchness": "matchness", "speedup": "predicted speedup", "pareto": "matchness"}
 
 
 @dataclass
@@ -151,37 +151,9 @@ def top_n(n_trials: int) -> int:
 
 def _objective(study: optuna.Study) -> str:
     objective = study.user_attrs.get("objective")
-    if objective in VALUE_NAMES:
+    if objective in OBJECTIVES:
         return objective
     return "pareto" if len(study.directions) == 2 else "matchness"
-
-
-def _value(trial: optuna.trial.FrozenTrial, objective: str) -> float:
-    return trial.values[1] if objective == "pareto" else trial.values[0]
-
-
-def _front_flags(costs: list[float], matches: list[float]) -> list[bool]:
-    """Non-dominated points for (minimise cost, maximise matchness); equal points are all kept."""
-    flags = [False] * len(costs)
-    best, best_cost = -math.inf, None
-    for i in sorted(range(len(costs)), key=lambda i: (costs[i], -matches[i])):
-        if matches[i] > best or (matches[i] == best and costs[i] == best_cost):
-            flags[i] = True
-            best, best_cost = matches[i], costs[i]
-    return flags
-
-
-def _ranked(trials: list, objective: str) -> list:
-    """Best first: by value, or for pareto by Pareto layer (fronts peeled off) then matchness."""
-    if objective != "pareto":
-        return sorted(trials, key=lambda t: -t.values[0])
-    remaining, ranked = list(trials), []
-    while remaining:
-        flags = _front_flags([t.values[0] for t in remaining], [t.values[1] for t in remaining])
-        front = [t for t, on in zip(remaining, flags) if on]
-        ranked += sorted(front, key=lambda t: -t.values[1])
-        remaining = [t for t, on in zip(remaining, flags) if not on]
-    return ranked
 
 
 def profile_mapping(text: str | None) -> dict:
@@ -206,7 +178,7 @@ def _num_layers(study: optuna.Study, profile: dict, trials: list) -> int:
 
 
 def _layer_heat(study: optuna.Study, name: str, objective: str, trials: list, num_layers: int) -> LayerHeat:
-    best = _ranked(trials, objective)[:top_n(len(trials))]
+    best = OBJECTIVES[objective].ranked(trials)[:top_n(len(trials))]
     eligible = {(kind, int(layer)) for t in trials for kind, _, layer in (p.partition(".") for p in t.params)
                 if kind in SUBLAYER_KINDS}
     counts = {(kind, layer): 0 for kind, layer in eligible}
@@ -272,9 +244,9 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
             data.notes.append(f"study {name} has no finished trial yet")
             continue
 
-        values = [_value(t, objective) for t in trials]
+        values = [OBJECTIVES[objective].value(t) for t in trials]
         best = [max(values[: i + 1]) for i in range(len(values))]
-        data.histories.append(History(name, sampler, VALUE_NAMES[objective], [t.number for t in trials], values,
+        data.histories.append(History(name, sampler, OBJECTIVES[objective].label, [t.number for t in trials], values,
                                       best, [bool(t.user_attrs.get("warm_start")) for t in trials]))
 
         rescored = [r for r in study.user_attrs.get("rescored") or () if isinstance(r, dict)]
@@ -287,7 +259,7 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
             exported = None
         costs = [float(t.user_attrs["draft_cost"]) for t in trials]
         matches = [float(t.user_attrs["matchness"]) for t in trials]
-        for trial, cost, match, on_front in zip(trials, costs, matches, _front_flags(costs, matches)):
+        for trial, cost, match, on_front in zip(trials, costs, matches, front_flags(costs, matches)):
             key = SkipSet.from_attrs(trial.user_attrs)
             data.pareto.append(ParetoPoint(name, trial.number, cost, match,
                                            _float(trial.user_attrs.get("expected_acceptance")),

@@ -43,6 +43,7 @@ from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.baselines import evenly_spaced, importance_ranking, least_important
 from skipsearch.search.neighbours import LocalSearch
+from skipsearch.search.objectives import get_objective
 from skipsearch.search.references import Reference, reference_continuations
 from skipsearch.search.scoring import ProxyScorer
 from skipsearch.search.storages import redact
@@ -235,7 +236,7 @@ def run_search(setup: StudySetup, study: optuna.Study, progress: bool) -> None:
     """Run trials until the study holds `search.trials` complete ones (shared with other workers)."""
     search_cfg = setup.config.search
     objective = SkipObjective(setup.scorer.score, setup.costs, setup.eligible, search_cfg.objective,
-                              setup.k if search_cfg.objective == "matchness" else None,
+                              setup.k if get_objective(search_cfg.objective).fixed_count else None,
                               setup.config.draft.max_draft_tokens, setup.thresholds,
                               policies=search_cfg.objective != "matchness")
     complete, _ = trial_counts(study)
@@ -247,7 +248,7 @@ def run_search(setup: StudySetup, study: optuna.Study, progress: bool) -> None:
         bar.refresh()
 
     local = LocalSearch(setup.eligible, dict(importance(setup, study, progress)), search_cfg.objective,
-                        fixed_count=search_cfg.objective == "matchness", target=search_cfg.trials)
+                        fixed_count=get_objective(search_cfg.objective).fixed_count, target=search_cfg.trials)
     try:
         run_trials(study, objective, search_cfg.trials, search_cfg.heartbeat_interval, callbacks=[local, show])
     finally:
@@ -370,8 +371,8 @@ def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) ->
                                     attrs["confidence_threshold"], trial.number,
                                     ngram=None if ngram is None else NgramSettings(*ngram),
                                     policy=None if margin is None else PolicySettings(margin=margin)))
-    rank = (lambda m: m.matchness) if objective == "matchness" else (lambda m: m.speedup)
-    measurements.sort(key=rank, reverse=True)
+    key = get_objective(objective).rescore_key
+    measurements.sort(key=lambda m: getattr(m, key), reverse=True)
     study.set_user_attr("rescored", [m.to_attrs() for m in measurements])
     return measurements
 

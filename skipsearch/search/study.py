@@ -1,15 +1,10 @@
 """Optuna search over skip sets.
 
-Every eligible sublayer is one float parameter in [0, 1] named "attention.5" or "mlp.7".
-With a fixed skip count k (objective `matchness`) the k highest values are skipped; with
-a free count (`speedup`, `pareto`) the values above 0.5 are. The same encoding serves
-warm starts: a known skip set is enqueued as 1.0 for its sublayers and 0.0 elsewhere.
-
-Objectives:
-- matchness: proxy matchness at exactly k skipped sublayers (SWIFT's setting);
-- speedup: the cost model's predicted speedup, replaying drafting over the proxy's
-  per-position outcomes at the best draft length and confidence threshold (the default);
-- pareto: draft cost relative to the full model (minimised) against matchness (maximised).
+Every eligible sublayer is one float parameter in [0, 1] named "attention.5" or "mlp.7"
+(`SkipSet.to_params` / `from_params`). With a fixed skip count k (objective `matchness`) the k
+highest values are skipped; with a free count (`speedup`, `pareto`) the values above 0.5 are. The
+same encoding serves warm starts: a known skip set is enqueued as 1.0 for its sublayers and 0.0
+elsewhere. What each objective means is `objectives.OBJECTIVES`.
 
 Several workers (processes, machines) can share one study: `run_trials` keeps each of them
 taking trials until the study holds its target of complete ones, and no more.
@@ -35,17 +30,17 @@ from typing import Callable, Iterator, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from skipsearch.config.studies import SAMPLERS
 from skipsearch.engine.costs import THRESHOLDS, CostModel, best_draft_settings, draft_step_cost
 from skipsearch.engine.decoding import DecodeSettings, DecodeStats
 from skipsearch.engine.skipping import SkipSet, param_name
 from skipsearch.errors import SkipsearchError, first_line
+from skipsearch.search.objectives import get_objective
 from skipsearch.search.scoring import ProxyScore
 from skipsearch.search.storages import GRACE_BEATS, open_storage, redact
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("matchness", "speedup", "pareto")
-SAMPLERS = ("tpe", "gp", "nsga2", "random")
 
 
 def make_sampler(name: str, seed: int | None, objective: str) -> optuna.samplers.BaseSampler:
@@ -63,14 +58,6 @@ def make_sampler(name: str, seed: int | None, objective: str) -> optuna.samplers
     raise SkipsearchError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
 
 
-def directions(objective: str) -> list[str]:
-    if objective == "pareto":
-        return ["minimize", "maximize"]
-    if objective in ("matchness", "speedup"):
-        return ["maximize"]
-    raise SkipsearchError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
-
-
 @dataclass(frozen=True)
 class Evaluation:
     """Everything a trial records about one skip set."""
@@ -81,13 +68,6 @@ class Evaluation:
     settings: DecodeSettings  # the drafting settings that maximise the predicted speedup
     predicted_speedup: float
     stats: DecodeStats  # the replay of drafting with those settings
-
-    def objective_values(self, objective: str) -> float | tuple[float, float]:
-        if objective == "matchness":
-            return self.score.matchness
-        if objective == "speedup":
-            return self.predicted_speedup
-        return self.draft_cost, self.score.matchness
 
     def user_attrs(self) -> dict:
         ngram = self.settings.ngram
@@ -139,7 +119,7 @@ class SkipObjective:
                               self.max_draft_tokens, self.thresholds, self.policies)
         for key, value in evaluation.user_attrs().items():
             trial.set_user_attr(key, value)
-        return evaluation.objective_values(self.objective)
+        return get_objective(self.objective).values(evaluation)
 
 
 def open_study(name: str, storage: str | optuna.storages.BaseStorage, objective: str,
@@ -151,7 +131,8 @@ def open_study(name: str, storage: str | optuna.storages.BaseStorage, objective:
     backend = open_storage(storage, heartbeat_interval) if isinstance(storage, str) else storage
     try:
         study = optuna.create_study(study_name=name, storage=backend, load_if_exists=True,
-                                    directions=directions(objective), sampler=sampler)
+                                    directions=list(get_objective(objective).directions),
+                                    sampler=sampler)
     except SkipsearchError:
         raise
     except Exception as exc:  # SQLAlchemy, psycopg and file errors all mean the same to the user
@@ -189,15 +170,10 @@ def completed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def best_trials(study: optuna.Study, objective: str, n: int) -> list[optuna.trial.FrozenTrial]:
-    """The n best distinct skip sets that draft (with n-grams, an empty one does): by value, or
-    the Pareto front by matchness for `pareto`."""
-    if objective == "pareto":
-        ranked = sorted(study.best_trials, key=lambda t: -t.values[1])
-        ranked += sorted((t for t in completed_trials(study) if t not in ranked), key=lambda t: -t.values[1])
-    else:
-        ranked = sorted(completed_trials(study), key=lambda t: -t.value)
+    """The n best distinct skip sets that draft (with n-grams, an empty one does), in the
+    objective's ranking."""
     chosen, seen = [], set()
-    for trial in ranked:
+    for trial in get_objective(objective).ranked(completed_trials(study)):
         key = SkipSet.from_attrs(trial.user_attrs)
         drafts = trial.user_attrs["skipped"] > 0 or trial.user_attrs.get("ngram") is not None
         if key not in seen and drafts:
