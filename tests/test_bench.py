@@ -111,7 +111,7 @@ def test_bench_rows_and_lossless_check(no_eos_model, fixed_costs):
     assert fixed_costs == [11] and len(result.costs.verify) == 11
 
     rows = {row.method: row for row in result.all_rows}
-    assert rows[BASELINE].ratio == 1.0 and rows[BASELINE].identical is None
+    assert rows[BASELINE].end_to_end_speedup == 1.0 and rows[BASELINE].identical is None
     for row in result.all_rows[1:]:  # float32: every method's output is generate's
         assert (row.identical, row.tie_flips, row.errors) == (2, 0, 0), row.method
     for name in (BASELINE, *lookups, early_exit_name(1)):
@@ -121,7 +121,7 @@ def test_bench_rows_and_lossless_check(no_eos_model, fixed_costs):
         row = rows[name]
         assert row.new_tokens == 32 and row.tokens_per_s > 0
         assert row.predicted_speedup is not None and row.predicted_speedup > 0
-        assert row.ratio == pytest.approx(row.tokens_per_s / rows[BASELINE].tokens_per_s)
+        assert row.end_to_end_speedup == pytest.approx(row.tokens_per_s / rows[BASELINE].tokens_per_s)
         runs = [run for run in result.runs if run.method == name]
         assert row.ngram_rounds == sum(run.stats.ngram_rounds for run in runs)
         assert row.layer_skip_rounds == sum(run.stats.rounds - run.stats.ngram_rounds for run in runs)
@@ -145,7 +145,7 @@ def test_bench_rows_and_lossless_check(no_eos_model, fixed_costs):
     assert data["settings"]["skip_set"] == {"attention": [1], "mlp": [2]}
     assert data["settings"]["prompt_lookup_num_tokens"] == [3, 5, 10]
     assert data["settings"]["ngram"] == {"min_n": 2, "max_n": 4, "max_tokens": 10}
-    assert {"measured_speedup", "identical", "predicted_speedup", "ngram_rounds", "layer_skip_rounds",
+    assert {"end_to_end_speedup", "identical", "predicted_speedup", "ngram_rounds", "layer_skip_rounds",
             "plain_steps", "predicted_by"} <= set(data["rows"][0])
     json.dumps(data)  # serialisable as is
 

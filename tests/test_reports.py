@@ -65,7 +65,8 @@ def make_study(objective: str = "speedup", name: str = "demo", n_trials: int = 3
     rescored = [{"skip_attention": t.user_attrs["skip_attention"], "skip_mlp": t.user_attrs["skip_mlp"],
                  "max_draft_tokens": 2, "confidence_threshold": 0.8, "matchness": t.user_attrs["matchness"] - 0.02,
                  "acceptance_rate": t.user_attrs["expected_acceptance"] - 0.05, "mean_accepted_tokens": 1.4,
-                 "speedup": t.user_attrs["predicted_speedup"] * 0.9,
+                 "decode_speedup": t.user_attrs["predicted_speedup"] * 0.9,
+                 "predicted_acceptance": t.user_attrs["expected_acceptance"],
                  "predicted_speedup": t.user_attrs["predicted_speedup"],
                  "tokens_per_s": 25.0, "plain_tokens_per_s": 26.0, "trial": t.number, "extra": {},
                  "lossless": {"identical": 3, "tie_flip": 1, "error": 0}, "rounds": 9, "ngram_rounds": 4,
@@ -76,7 +77,8 @@ def make_study(objective: str = "speedup", name: str = "demo", n_trials: int = 3
                        "device": "cpu (2 threads)", "dtype": "float32", "context_tokens": 100},
              "rescored": rescored, "exported_profile": f"reports/{name}.profile.yaml"}
     if transfer:
-        attrs["transfer"] = [{"profile_task": a, "eval_task": b, "matchness": 0.8, "speedup": 1.1 if a == b else 0.9,
+        attrs["transfer"] = [{"profile_task": a, "eval_task": b, "matchness": 0.8,
+                              "decode_speedup": 1.1 if a == b else 0.9,
                               "acceptance_rate": 0.7 if a == b else 0.4}
                              for a in (task, "gsm8k") for b in (task, "gsm8k")]
     for key, value in attrs.items():
@@ -156,16 +158,30 @@ def test_rescored_tasks_and_transfer():
     assert [r.rank for r in data.rescored] == [0, 1, 2, 0, 1, 2]
     first = data.rescored[0]
     assert first.lossless == "3 / 1 / 0" and first.rounds == "4 / 5 / 0 / 7"
-    assert first.predicted_speedup == pytest.approx(first.speedup / 0.9)
-    assert first.expected_acceptance == pytest.approx(first.acceptance_rate + 0.05)
+    assert first.predicted_speedup == pytest.approx(first.decode_speedup / 0.9)
+    assert first.predicted_acceptance == pytest.approx(first.acceptance_rate + 0.05)
     assert [(t.study, t.task) for t in data.tasks] == [("code", "humaneval"), ("math", "gsm8k")]
-    assert data.tasks[0].best_speedup == max(r.speedup for r in data.rescored if r.study == "code")
+    assert data.tasks[0].best_decode_speedup == max(r.decode_speedup for r in data.rescored if r.study == "code")
     assert data.transfer.profile_tasks == ["gsm8k", "humaneval"] == data.transfer.eval_tasks
     assert data.transfer.acceptance == [[0.7, 0.4], [0.4, 0.7]]
     titles = [title for title, _ in build_figures(data)]
     assert sum(t.startswith("Skipped sublayers") for t in titles) == 2
     assert "Cross-task transfer of profiles" in titles and "Best re-scored candidate per study" in titles
     assert sum(t.startswith("Optimisation history") for t in titles) == 2  # speedup and matchness axes
+
+
+def test_a_study_rescored_before_the_speedups_were_named_apart_still_reports():
+    """Older studies stored the measured decode speedup as `speedup`, and no replayed acceptance."""
+    study = make_study("speedup", name="old", transfer=True)
+    old = [{("speedup" if k == "decode_speedup" else k): v for k, v in r.items() if k != "predicted_acceptance"}
+           for r in study.user_attrs["rescored"]]
+    study.set_user_attr("rescored", old)
+    study.set_user_attr("transfer", [{("speedup" if k == "decode_speedup" else k): v for k, v in r.items()}
+                                     for r in study.user_attrs["transfer"]])
+    data = reports.gather_report_data([study], None, [], None)
+    assert [r.decode_speedup for r in data.rescored] == [r["speedup"] for r in old]
+    assert all(r.predicted_acceptance is None for r in data.rescored)
+    assert data.transfer.decode_speedup[0][0] == 1.1
 
 
 def test_a_study_without_trials_or_rescoring_still_reports():
@@ -239,7 +255,7 @@ def test_report_command_writes_the_page(tmp_path, capsys, monkeypatch):
     (tmp_path / "demo.profile.yaml").write_text(profile_text(study))
     study.set_user_attr("exported_profile", str(tmp_path / "demo.profile.yaml"))
     (tmp_path / "reports").mkdir()
-    (tmp_path / "reports" / "compare-demo.csv").write_text("method,evaluations,measured_speedup\nrandom,40,0.95\n")
+    (tmp_path / "reports" / "compare-demo.csv").write_text("method,evaluations,decode_speedup\nrandom,40,0.95\n")
     assert main(["report", str(path)]) == 0
     out = capsys.readouterr().out.strip()
     assert out.endswith("demo.html")

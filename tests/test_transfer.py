@@ -34,7 +34,7 @@ def test_every_profile_is_measured_on_every_task_and_kept_in_the_studies(tmp_pat
     assert {(r["profile_study"], r["eval_task"]) for r in rows} == {
         (s, t.setup.task_name) for s in ("a", "b") for t in tasks}
     for row in rows:
-        assert 0 <= row["acceptance_rate"] <= 1 and row["speedup"] > 0
+        assert 0 <= row["acceptance_rate"] <= 1 and row["decode_speedup"] > 0
     for task in tasks:
         assert len(task.study.user_attrs["transfer"]) == 2
     matrix = reports.gather_report_data([t.study for t in tasks], {}, [], []).transfer

@@ -337,7 +337,7 @@ def test_workers_flag_shares_a_journal_file_and_a_killed_workers_trial_is_retrie
     trials = _check_study(str(journal), 24, killed)
     assert sum(bool(t.user_attrs.get("warm_start")) for t in trials if t.number < 4) == 4  # enqueued once, first
     assert (tmp_path / "toy.profile.yaml").is_file() and (tmp_path / "toy.html").is_file()
-    slower = _load(str(journal)).user_attrs["rescored"][0]["speedup"] < 1  # unrounded, unlike the profile's
+    slower = _load(str(journal)).user_attrs["rescored"][0]["decode_speedup"] < 1  # unrounded, unlike the profile's
     assert ("note: no skip set beat plain decoding" in out) == slower  # says so when it did not pay off
     assert main(["report", str(study), "--storage", str(journal), "-o", str(tmp_path / "again.html")]) == 0
 

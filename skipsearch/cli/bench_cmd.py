@@ -39,8 +39,8 @@ DEFAULT_EARLY_EXIT_LAYERS = (4, 8, 12, 16, 20, 24)
 DEFAULT_PROMPT_LOOKUP_NUM_TOKENS = (3, 5, 10)
 DEFAULT_MAX_DRAFT_TOKENS = 8
 DEFAULT_CONFIDENCE_THRESHOLD = 0.8
-CSV_COLUMNS = ("method", "tokens_per_s", "ratio", "acceptance_rate", "mean_accepted_tokens", "predicted_speedup",
-               "measured_speedup", "identical", "tie_flips", "errors", "new_tokens", "time_s", "fell_back",
+CSV_COLUMNS = ("method", "tokens_per_s", "end_to_end_speedup", "acceptance_rate", "mean_accepted_tokens",
+               "predicted_speedup", "identical", "tie_flips", "errors", "new_tokens", "time_s", "fell_back",
                "ngram_rounds", "layer_skip_rounds", "ngram_layer_skip_rounds", "plain_steps", "predicted_by")
 
 
@@ -218,13 +218,13 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def table_lines(result: BenchResult) -> list[str]:
-    header = ("method", "tokens/s", "speedup", "predicted", "acceptance", "accepted/round",
+    header = ("method", "tokens/s", "end-to-end", "predicted", "acceptance", "accepted/round",
               "rounds ngram/skip/both/plain", "identical/tie/error")
     body = [
         (
             row.method,
             f"{row.tokens_per_s:.1f}",
-            f"{row.ratio:.2f}x",
+            f"{row.end_to_end_speedup:.2f}x",
             _fmt(row.predicted_speedup, ".2f", "x"),
             _fmt(row.acceptance_rate, ".2f"),
             _fmt(row.mean_accepted_tokens, ".2f"),
@@ -331,7 +331,8 @@ def run(args) -> int:
           f"up to {settings.max_draft_tokens} draft tokens, confidence {settings.confidence_threshold:g}; "
           f"n-grams {_describe_ngram(settings.ngram)}{_describe_policy(settings)}")
     print("\n".join(table_lines(result)))
-    print("speedup: tokens/s against generate, measured; predicted: the cost model from the run's own counts, "
+    print("end-to-end: speedup of whole calls, tokens/s against generate's, measured; predicted: the cost model "
+          "from the run's own counts, "
           "or for rows drafting n-grams without a skip set from replaying the policy over generate's outputs "
           "('-' for a policy with both drafters: its layer-skip drafts cannot be replayed here); rounds: verify "
           "rounds of n-gram drafts / layer-skip drafts / n-gram drafts the skip set continued / plain steps; "

@@ -60,7 +60,7 @@ def measure_transfer(tasks: list[TransferTask], progress: bool = True) -> list[d
                 "eval_task": target.setup.task_name,
                 "matchness": round(measured.matchness, 4),
                 "acceptance_rate": round(measured.acceptance_rate, 4),
-                "speedup": round(measured.speedup, 3),
+                "decode_speedup": round(measured.decode_speedup, 3),
                 "predicted_speedup": round(measured.predicted_speedup, 3),
                 "device": target.setup.costs.device,
                 "identical": measured.lossless["identical"],

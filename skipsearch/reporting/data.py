@@ -92,11 +92,13 @@ class RescoredPoint:
     study: str
     rank: int  # 0 = the exported candidate
     trial: int | None
-    skip: str  # e.g. "attention 5,6 | mlp 7"
+    skip: str  # SkipSet.describe()
     predicted_speedup: float
-    speedup: float  # measured
-    expected_acceptance: float | None  # the trial's proxy on the search prompts
-    acceptance_rate: float  # measured on held-out prompts
+    decode_speedup: float  # measured
+    # accepted / drafted tokens: the cost model's replay on the held-out proxy outcomes, and measured
+    # on the same prompts by the decoder (None for studies re-scored before the replay kept it)
+    predicted_acceptance: float | None
+    acceptance_rate: float
     matchness: float
     mean_accepted_tokens: float
     # held-out outputs against plain decoding, "identical / tie flips / errors"; "" before the check existed
@@ -111,7 +113,7 @@ class TaskSummary:
     study: str
     task: str | None
     best_acceptance: float | None
-    best_speedup: float | None
+    best_decode_speedup: float | None
     best_predicted_speedup: float | None
 
 
@@ -122,7 +124,7 @@ class TransferMatrix:
     profile_tasks: list[str]
     eval_tasks: list[str]
     acceptance: list[list[float | None]]
-    speedup: list[list[float | None]]
+    decode_speedup: list[list[float | None]]
     matchness: list[list[float | None]]
 
 
@@ -207,9 +209,15 @@ def _transfer(studies: list[optuna.Study]) -> TransferMatrix | None:
     cols = sorted({e for _, e in cells})
 
     def grid(key: str) -> list[list[float | None]]:
-        return [[_float(cells.get((p, e), {}).get(key)) for e in cols] for p in rows]
+        return [[_float(_get(cells.get((p, e), {}), key)) for e in cols] for p in rows]
 
-    return TransferMatrix(rows, cols, grid("acceptance_rate"), grid("speedup"), grid("matchness"))
+    return TransferMatrix(rows, cols, grid("acceptance_rate"), grid("decode_speedup"), grid("matchness"))
+
+
+def _get(record: dict, key: str) -> Any:
+    """A stored record's field; studies written before the speedups had two names call
+    `decode_speedup` `speedup`."""
+    return record.get(key, record.get("speedup")) if key == "decode_speedup" else record.get(key)
 
 
 def _float(value: Any) -> float | None:
@@ -273,16 +281,17 @@ def gather_report_data(studies: list[optuna.Study], profile_texts: dict[str, str
             trial = by_number.get(r.get("trial"))
             data.rescored.append(RescoredPoint(
                 name, rank, r.get("trial"), SkipSet.from_attrs(r).describe(),
-                _float(r.get("predicted_speedup")), _float(r.get("speedup")),
-                _float(trial.user_attrs.get("expected_acceptance")) if trial else None,
-                _float(r.get("acceptance_rate")), _float(r.get("matchness")), _float(r.get("mean_accepted_tokens")),
+                _float(r.get("predicted_speedup")), _float(_get(r, "decode_speedup")),
+                _float(r.get("predicted_acceptance")), _float(r.get("acceptance_rate")), _float(r.get("matchness")),
+                _float(r.get("mean_accepted_tokens")),
                 _lossless_cell(r.get("lossless")), _rounds_cell(r),
                 _float(trial.user_attrs.get("predicted_speedup")) if trial else None))
         data.tasks.append(TaskSummary(
             name, summary.task,
             max((_float(r.get("acceptance_rate")) for r in rescored
                  if _float(r.get("acceptance_rate")) is not None), default=None),
-            max((_float(r.get("speedup")) for r in rescored if _float(r.get("speedup")) is not None), default=None),
+            max((_float(_get(r, "decode_speedup")) for r in rescored if _float(_get(r, "decode_speedup")) is not None),
+                default=None),
             max((_float(r.get("predicted_speedup")) for r in rescored
                  if _float(r.get("predicted_speedup")) is not None), default=None)))
         if not rescored:
@@ -394,10 +403,11 @@ def render_report(data: ReportData, figures: list) -> str:
     if data.rescored:
         parts.append("<h2>Re-scored candidates (held-out prompts, real decoder)</h2>")
         parts.append(_table([{"study": r.study, "rank": r.rank + 1, "trial": r.trial, "skip": r.skip,
-                              "matchness": r.matchness, "acceptance": r.acceptance_rate,
-                              "mean accepted tokens": r.mean_accepted_tokens,
+                              "matchness": r.matchness, "predicted acceptance": r.predicted_acceptance,
+                              "acceptance": r.acceptance_rate, "mean accepted tokens": r.mean_accepted_tokens,
                               "predicted on search prompts": r.search_predicted_speedup,
-                              "predicted on held-out": r.predicted_speedup, "measured speedup": r.speedup,
+                              "predicted on held-out": r.predicted_speedup,
+                              "measured decode speedup": r.decode_speedup,
                               "identical / tie flips / errors": r.lossless,
                               "rounds n-gram / layer-skip / both / plain": r.rounds}
                              for r in data.rescored]))

@@ -120,9 +120,11 @@ def _plot_heat(heat) -> go.Figure:
 
 def _plot_rescored(data: "ReportData") -> go.Figure:
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
-        "speedup: cost model against wall clock", "acceptance: proxy (search prompts) against measured (held-out)"))
+        "decode speedup: cost model against wall clock",
+        "acceptance (accepted / drafted): replayed against decoded, held-out prompts"))
     studies = list(dict.fromkeys(r.study for r in data.rescored))
-    for col, (xs, ys) in enumerate((("predicted_speedup", "speedup"), ("expected_acceptance", "acceptance_rate")), 1):
+    pairs = (("predicted_speedup", "decode_speedup"), ("predicted_acceptance", "acceptance_rate"))
+    for col, (xs, ys) in enumerate(pairs, 1):
         values = [v for r in data.rescored for v in (getattr(r, xs), getattr(r, ys)) if v is not None]
         if values:
             low, high = min(values), max(values)
@@ -140,22 +142,22 @@ def _plot_rescored(data: "ReportData") -> go.Figure:
                             symbol=["star" if r.rank == 0 else "circle" for r in rows]),
                 text=[_e(f"trial {r.trial}: {r.skip}") for r in rows],
                 hovertemplate="%{text}<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>"), row=1, col=col)
-    fig.update_xaxes(title_text="predicted speedup", row=1, col=1)
-    fig.update_yaxes(title_text="measured speedup", row=1, col=1)
-    fig.update_xaxes(title_text="expected acceptance (proxy)", row=1, col=2)
-    fig.update_yaxes(title_text="measured acceptance rate", row=1, col=2)
+    fig.update_xaxes(title_text="predicted decode speedup", row=1, col=1)
+    fig.update_yaxes(title_text="measured decode speedup", row=1, col=1)
+    fig.update_xaxes(title_text="predicted acceptance rate (replay)", row=1, col=2)
+    fig.update_yaxes(title_text="measured acceptance rate (decoder)", row=1, col=2)
     fig.update_layout(**_LAYOUT, height=440, legend=dict(orientation="h", y=-0.2))
     return fig
 
 
 def _plot_tasks(data: "ReportData") -> go.Figure:
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("best measured acceptance rate", "best speedup"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("best measured acceptance rate", "best decode speedup"))
     labels = [_e(f"{t.study}" + (f" ({t.task})" if t.task else "")) for t in data.tasks]
     fig.add_trace(go.Bar(x=labels, y=[t.best_acceptance for t in data.tasks], name="acceptance rate",
                          marker_color=_color(0)), row=1, col=1)
-    fig.add_trace(go.Bar(x=labels, y=[t.best_speedup for t in data.tasks], name="measured speedup",
+    fig.add_trace(go.Bar(x=labels, y=[t.best_decode_speedup for t in data.tasks], name="measured",
                          marker_color=_color(1)), row=1, col=2)
-    fig.add_trace(go.Bar(x=labels, y=[t.best_predicted_speedup for t in data.tasks], name="predicted speedup",
+    fig.add_trace(go.Bar(x=labels, y=[t.best_predicted_speedup for t in data.tasks], name="predicted",
                          marker_color=_color(2)), row=1, col=2)
     fig.add_hline(y=1.0, line_dash="dash", line_color="grey", row=1, col=2)
     fig.update_layout(**_LAYOUT, height=420, barmode="group", legend=dict(orientation="h", y=-0.3))
@@ -166,7 +168,7 @@ def _plot_transfer(data: "ReportData") -> go.Figure:
     t = data.transfer
 
     def cell(i: int, j: int) -> str:
-        parts = [f"{name} {grid[i][j]:.2f}" for name, grid in (("acc", t.acceptance), ("speedup", t.speedup))
+        parts = [f"{name} {grid[i][j]:.2f}" for name, grid in (("acc", t.acceptance), ("speedup", t.decode_speedup))
                  if grid[i][j] is not None]
         return "<br>".join(parts)
 

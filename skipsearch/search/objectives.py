@@ -66,9 +66,9 @@ OBJECTIVES = {o.name: o for o in (
     Objective("matchness", ("maximize",), "matchness", fixed_count=True,
               values=lambda e: e.score.matchness, rescore_key="matchness"),
     Objective("speedup", ("maximize",), "predicted speedup", fixed_count=False,
-              values=lambda e: e.predicted_speedup, rescore_key="speedup"),
+              values=lambda e: e.predicted_speedup, rescore_key="decode_speedup"),
     Objective("pareto", ("minimize", "maximize"), "matchness", fixed_count=False,
-              values=lambda e: (e.draft_cost, e.score.matchness), rescore_key="speedup"),
+              values=lambda e: (e.draft_cost, e.score.matchness), rescore_key="decode_speedup"),
 )}
 
 

@@ -267,8 +267,10 @@ class Measurement:
     matchness: float  # proxy matchness on the held-out prompts
     acceptance_rate: float
     mean_accepted_tokens: float
-    speedup: float  # measured: tokens/s over plain decoding's, both after the prompt's prefill
+    # measured: tokens/s over skipsearch's plain decoder's, both after the prompt's prefill
+    decode_speedup: float
     predicted_speedup: float  # cost model over drafting replayed on the held-out proxy outcomes
+    predicted_acceptance: float  # accepted / drafted tokens in that replay: beside acceptance_rate
     tokens_per_s: float
     plain_tokens_per_s: float
     trial: int | None = None
@@ -335,7 +337,7 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
                               "to time; use prompts it answers at more length")
     totals = DecodeStats.total(runs)
     heldout = setup.heldout_scorer.score(skip_set)
-    _, predicted = replay_drafting(heldout.prompts, drafting, len(skip_set) > 0, relative)
+    replayed, predicted = replay_drafting(heldout.prompts, drafting, len(skip_set) > 0, relative)
     tokens_per_s, plain_tokens_per_s = draft_tokens / draft_time, plain_tokens / plain_time
     return Measurement(
         skip_set=skip_set,
@@ -344,8 +346,8 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
         policy_margin=None if policy is None else policy.margin,
         matchness=heldout.matchness, acceptance_rate=totals.acceptance_rate,
         mean_accepted_tokens=totals.mean_accepted_tokens,
-        speedup=tokens_per_s / plain_tokens_per_s,
-        predicted_speedup=predicted,
+        decode_speedup=tokens_per_s / plain_tokens_per_s,
+        predicted_speedup=predicted, predicted_acceptance=replayed.acceptance_rate,
         tokens_per_s=tokens_per_s, plain_tokens_per_s=plain_tokens_per_s, trial=trial, lossless=counts.to_dict(),
         rounds=totals.rounds, ngram_rounds=totals.ngram_rounds,
         ngram_layer_skip_rounds=totals.ngram_layer_skip_rounds, plain_steps=totals.plain_steps,
@@ -399,7 +401,8 @@ def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Stu
         ),
         metrics=ProfileMetrics(
             matchness=round(measurement.matchness, 4), acceptance_rate=round(measurement.acceptance_rate, 4),
-            mean_accepted_tokens=round(measurement.mean_accepted_tokens, 3), speedup=round(measurement.speedup, 3),
+            mean_accepted_tokens=round(measurement.mean_accepted_tokens, 3),
+            speedup=round(measurement.decode_speedup, 3),
             predicted_speedup=round(measurement.predicted_speedup, 3), device=costs.device, dtype=costs.dtype,
         ),
         provenance={
