@@ -46,7 +46,6 @@ import functools
 import inspect
 import os
 import sys
-import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,7 @@ from skipsearch.engine.decoding import (
     DecodeSettings,
     DecodeStats,
     FallbackMemory,
+    FallbackRule,
     _choose,
     _draft,
     _Forward,
@@ -78,9 +78,9 @@ from skipsearch.engine.decoding import (
     crop_cache,
 )
 from skipsearch.engine.device_costs import costs_here
-from skipsearch.engine.drafting import NGRAM, PLAIN, Choice, DraftPolicy, NgramIndex, RelativeCosts, count_round
+from skipsearch.engine.drafting import NGRAM, PLAIN, DraftPolicy, NgramIndex, RelativeCosts, count_round
 from skipsearch.engine.models import model_fingerprint
-from skipsearch.engine.timing import synchronize
+from skipsearch.engine.timing import device_time
 from skipsearch.errors import SkipsearchError
 
 # what `generate` puts in the model kwargs it hands a decoding method, all of which this method
@@ -405,45 +405,29 @@ def _self_speculative(model, input_ids, logits_processor, stopping_criteria, gen
     memory = fallback_memory
     if memory is None and settings.fallback:
         memory = _state(model).memories.setdefault((skip_set, settings), FallbackMemory())
-    speculate = len(skip_set) > 0 or settings.ngram is not None
-    remembered = speculate and settings.remembers_verdicts and memory is not None and memory.take_plain_call()
-    if remembered:
-        speculate = False
-        stats.fell_back, stats.fallback_at_token = True, 0
-    plain_step_times: list[float] = []
-    spec_time, spec_tokens, spec_attempts = 0.0, 0, 0
+    fallback = FallbackRule(settings, stats, memory, drafts=len(skip_set) > 0 or settings.ngram is not None)
 
     with torch.inference_mode():
-        synchronize(device)
-        start = time.perf_counter()
+        start = device_time(device)
         raw, processed, usable = scorer(step(prompt, 0, logits_to_keep=1)[-1:], [len(prompt)])
         done = output.commit([_choose(usable[0], settings, None)], processed, raw)
-        synchronize(device)
-        stats.prefill_time_s = time.perf_counter() - start
+        stats.prefill_time_s = device_time(device) - start
 
         while not done:
             length = sequence.length - 1  # positions with full-model KV: all but the pending token
             pending = output.last
             budget = settings.longest_draft if max_length is None else min(settings.longest_draft,
                                                                            max_length - sequence.length - 1)
-            probing = len(plain_step_times) < settings.probe_steps and settings.fallback
-            choice = Choice(PLAIN)
-            if speculate and not probing:
-                proposal, match = index.propose() if index is not None else ([], 0)
-                choice = policy.choose(budget, proposal, match)
+            choice = fallback.choose(policy, index, budget)
             if choice.kind == PLAIN:
-                step_start = time.perf_counter()
+                step_start = device_time(device)
                 raw, processed, usable = scorer(step([pending], length)[-1:], [sequence.length])
                 done = output.commit([_choose(usable[0], settings, None)], processed, raw)
-                synchronize(device)
-                elapsed = time.perf_counter() - step_start
                 count_round(stats, choice, 0, 0, 0)
-                stats.plain_time_s += elapsed
-                if probing:
-                    plain_step_times.append(elapsed)
+                fallback.plain_step(device_time(device) - step_start)
                 continue
 
-            round_start = time.perf_counter()
+            round_start = device_time(device)
             drafts = list(choice.tokens)  # an n-gram draft, if any: a point mass when sampling
             draft_probs = [] if settings.greedy else [_point_mass(token, usable) for token in drafts]
             steps = 0
@@ -452,37 +436,24 @@ def _self_speculative(model, input_ids, logits_processor, stopping_criteria, gen
                                                  choice.draft_tokens, settings, None, stop_ids)
                 drafts, draft_probs = drafts + more, draft_probs + more_probs
                 crop_cache(cache, length)
-            synchronize(device)
-            verify_start = time.perf_counter()
+            verify_start = device_time(device)
             sequence.place(drafts, sequence.length)
             raw, processed, usable = scorer(step([pending] + drafts, length),
                                             [sequence.length + i for i in range(len(drafts) + 1)])
             accepted, next_token = _verify(usable, drafts, draft_probs, settings, None)
             crop_cache(cache, length + 1 + accepted)
             done = output.commit(drafts[:accepted] + [next_token], processed, raw)
-            synchronize(device)
-            round_end = time.perf_counter()
+            round_end = device_time(device)
 
             stats.draft_time_s += verify_start - round_start
             stats.verify_time_s += round_end - verify_start
             count_round(stats, choice, len(drafts), accepted, steps)
             policy.record(choice, len(drafts), accepted)
-            spec_time += round_end - round_start
-            spec_tokens += accepted + 1
-            spec_attempts += 1
-            # the decoder's fallback rule (decoding.decode): drafting slower than the median probe step
-            if (settings.fallback and plain_step_times and spec_attempts >= settings.fallback_rounds
-                    and spec_time / spec_tokens > sorted(plain_step_times)[len(plain_step_times) // 2]):
-                speculate = False
-                stats.fell_back = True
-                stats.fallback_at_token = output.new_tokens
+            fallback.drafting_round(round_end - round_start, accepted + 1, output.new_tokens)
 
-        synchronize(device)
-        stats.total_time_s = time.perf_counter() - start
+        stats.total_time_s = device_time(device) - start
     stats.new_tokens = output.new_tokens
-    judged = stats.fell_back or spec_attempts >= settings.fallback_rounds  # a short call says nothing
-    if memory is not None and settings.remembers_verdicts and not remembered and judged:
-        memory.record(stats.fell_back)
+    fallback.finish()
 
     sequences = sequence.prefix(sequence.length).clone().to(input_ids.device)
     if not keep:

@@ -256,7 +256,7 @@ def test_a_policy_s_verdict_on_one_prompt_does_not_carry_to_the_next(monkeypatch
     model = make_tiny_llama()
     skip_set = SkipSet(attention=(0, 1, 2, 3), mlp=(0, 1, 2, 3))  # drafts that are always rejected
     # a clock that ticks once per reading: a round (3 readings) of one token costs 2 plain steps
-    monkeypatch.setattr("skipsearch.engine.decoding.time.perf_counter", iter(range(0, 10**9, 1)).__next__)
+    monkeypatch.setattr("skipsearch.engine.timing.time.perf_counter", iter(range(0, 10**9, 1)).__next__)
     for costs, carried in ((None, True), (GPU, False)):
         settings = DecodeSettings(max_new_tokens=40, max_draft_tokens=2, confidence_threshold=0.0, costs=costs,
                                   fallback_min_rounds=1, policy_fallback_rounds=1)

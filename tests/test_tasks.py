@@ -9,11 +9,11 @@ import pytest
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.tasks import (
     HUMANEVAL_INSTRUCTION,
+    TASK_SOURCES,
     Prompt,
     Task,
     check_prompt_fits,
     format_prompt,
-    list_tasks,
     load_task,
     split_prompts,
 )
@@ -41,10 +41,9 @@ def specbench_file(tmp_path) -> str:
 # ---------------------------------------------------------------------------- sources
 
 
-def test_list_tasks_names_every_source():
-    names = [name for name, description in list_tasks()]
-    assert names == ["humaneval", "specbench", "datasets"]
-    assert all(description for _, description in list_tasks())
+def test_every_source_is_named_and_described():
+    assert list(TASK_SOURCES) == ["humaneval", "specbench", "datasets"]
+    assert all(source.name == name and source.description and source.usage for name, source in TASK_SOURCES.items())
 
 
 def test_humaneval_loads_164_prompts():

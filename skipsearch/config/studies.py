@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
+from skipsearch.engine.drafting import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_MAX_DRAFT_TOKENS
 from skipsearch.engine.models import (
     ATTN_IMPLEMENTATIONS,
     DEVICE_MAP_EXPECTED,
@@ -184,9 +185,9 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class DraftConfig:
-    max_draft_tokens: int = _f(8, _int(1))
+    max_draft_tokens: int = _f(DEFAULT_MAX_DRAFT_TOKENS, _int(1))
     # most tokens drafted before the full model verifies; the search picks the best length up to it
-    confidence_threshold: float = _f(0.8, PROBABILITY)
+    confidence_threshold: float = _f(DEFAULT_CONFIDENCE_THRESHOLD, PROBABILITY)
     # stop drafting when the draft's top-1 probability falls below this; the search tries it
     # beside 0, 0.3, 0.5, 0.7, 0.8 and 0.9 and keeps the best for each skip set
 
@@ -347,11 +348,6 @@ def study_to_dict(cfg: StudyConfig) -> dict:
         return value
 
     return plain(dataclasses.asdict(cfg))
-
-
-def dump_study(cfg: StudyConfig) -> str:
-    """YAML text of a study, keys in field order."""
-    return yaml.safe_dump(study_to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
 def apply_overrides(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -35,7 +34,7 @@ from skipsearch.engine.drafting import (
     round_cost,
 )
 from skipsearch.engine.skipping import SkipSet, decoder_layers, skipping
-from skipsearch.engine.timing import Stopwatch
+from skipsearch.engine.timing import Stopwatch, median
 from skipsearch.errors import SkipsearchError
 
 log = logging.getLogger(__name__)
@@ -203,26 +202,26 @@ def measure_costs(
             for name, (skip_set, new_tokens) in configurations.items():
                 samples[name].append(timed(skip_set, new_tokens))
 
-    median = {name: statistics.median(times) for name, times in samples.items()}
+    medians = {name: median(times) for name, times in samples.items()}
     unsteady = [name for name, times in samples.items() if max(times) > 2 * min(times)]
     if unsteady:
         log.warning("measure_costs: timings varied more than 2x between repeats (%s); the machine is busy or "
                     "its clock changes, and the cost model is unreliable", ", ".join(unsteady))
-    full = median["verify 1"]
+    full = medians["verify 1"]
     attention, mlp = [0.0] * num_layers, [0.0] * num_layers
     for number, group in enumerate(groups):
         # Noise can make a difference negative on a small model; a block never costs less than nothing.
         for index in group:
-            attention[index] = max(0.0, (full - median[f"no attention {number}"]) / len(group))
-            mlp[index] = max(0.0, (full - median[f"no mlp {number}"]) / len(group))
+            attention[index] = max(0.0, (full - medians[f"no attention {number}"]) / len(group))
+            mlp[index] = max(0.0, (full - medians[f"no mlp {number}"]) / len(group))
     if 0.0 in attention or 0.0 in mlp:
         log.warning("measure_costs: a block's cost was below the timing noise and is taken as 0; "
                     "use more repeats or a quieter machine")
     return CostModel(
         attention=attention,
         mlp=mlp,
-        fixed=median["nothing"],
-        verify=[median[f"verify {n}"] for n in range(1, max_verify_tokens + 1)],
+        fixed=medians["nothing"],
+        verify=[medians[f"verify {n}"] for n in range(1, max_verify_tokens + 1)],
         device=describe_device(device),
         dtype=str(dtype).removeprefix("torch."),
         context_tokens=context_tokens,

@@ -19,7 +19,6 @@ This module knows nothing about tokenizers, tasks or profiles: it takes and retu
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
@@ -28,6 +27,8 @@ from transformers import DynamicCache
 
 from skipsearch.engine import forward
 from skipsearch.engine.drafting import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    DEFAULT_MAX_DRAFT_TOKENS,
     NGRAM,
     PLAIN,
     Choice,
@@ -39,8 +40,56 @@ from skipsearch.engine.drafting import (
     count_round,
 )
 from skipsearch.engine.skipping import SkipSet, skipping
-from skipsearch.engine.timing import synchronize
+from skipsearch.engine.timing import device_time, median
 from skipsearch.errors import SkipsearchError
+
+
+class FallbackRule:
+    """The fallback of one call, shared by skipsearch's decoder and `hf.self_speculative`: the first
+    `probe_steps` steps decode plainly and are timed; once `fallback_rounds` drafting rounds have
+    cost more per committed token than the median probe step, the call decodes plainly to its end.
+    With a memory that remembers a recent fallback (`remembers_verdicts`), the call decodes plainly
+    from its first token."""
+
+    def __init__(self, settings: "DecodeSettings", stats: "DecodeStats", memory: "FallbackMemory | None",
+                 drafts: bool) -> None:
+        self.settings, self.stats, self.memory = settings, stats, memory
+        self.plain_step_times: list[float] = []
+        self.spec_time, self.spec_tokens, self.spec_attempts = 0.0, 0, 0
+        self.remembered = drafts and settings.remembers_verdicts and memory is not None and memory.take_plain_call()
+        self.speculate = drafts and not self.remembered
+        if self.remembered:
+            stats.fell_back, stats.fallback_at_token = True, 0
+
+    def choose(self, policy: DraftPolicy, index: NgramIndex | None, budget: int) -> Choice:
+        """This round's draft: a plain step while probing or once fallen back, else the policy's."""
+        probing = len(self.plain_step_times) < self.settings.probe_steps and self.settings.fallback
+        if not self.speculate or probing:
+            return Choice(PLAIN)
+        proposal, match = index.propose() if index is not None else ([], 0)
+        return policy.choose(budget, proposal, match)
+
+    def plain_step(self, seconds: float) -> None:
+        self.stats.plain_time_s += seconds
+        if len(self.plain_step_times) < self.settings.probe_steps and self.settings.fallback:
+            self.plain_step_times.append(seconds)
+
+    def drafting_round(self, seconds: float, committed: int, new_tokens: int) -> None:
+        """A round that drafted took `seconds` and committed `committed` tokens; `new_tokens` so far."""
+        self.spec_time += seconds
+        self.spec_tokens += committed
+        self.spec_attempts += 1
+        if (self.settings.fallback and self.plain_step_times and self.spec_attempts >= self.settings.fallback_rounds
+                and self.spec_time / self.spec_tokens > median(self.plain_step_times)):
+            self.speculate = False
+            self.stats.fell_back = True
+            self.stats.fallback_at_token = new_tokens
+
+    def finish(self) -> None:
+        """Leave the call's verdict in the memory; a call too short to have judged says nothing."""
+        judged = self.stats.fell_back or self.spec_attempts >= self.settings.fallback_rounds
+        if self.memory is not None and self.settings.remembers_verdicts and not self.remembered and judged:
+            self.memory.record(self.stats.fell_back)
 
 
 class FallbackMemory:
@@ -73,9 +122,9 @@ class FallbackMemory:
 @dataclass(frozen=True)
 class DecodeSettings:
     max_new_tokens: int = 128
-    max_draft_tokens: int = 8
+    max_draft_tokens: int = DEFAULT_MAX_DRAFT_TOKENS
     # stop drafting when the draft's top-1 probability is lower than this; 0 never stops early
-    confidence_threshold: float = 0.8
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
     # 0 means greedy; otherwise speculative sampling with the warped distribution
     temperature: float = 0.0
     top_p: float = 1.0
@@ -403,16 +452,10 @@ def decode(
     generated: list[int] = []
     cache = forward.new_cache()
     step = _Forward(model, cache, device)
-    speculate = len(skip_set) > 0 or settings.ngram is not None
-    remembered = speculate and settings.remembers_verdicts and memory is not None and memory.take_plain_call()
-    if remembered:
-        speculate = False
-        stats.fell_back, stats.fallback_at_token = True, 0
+    fallback = FallbackRule(settings, stats, memory, drafts=len(skip_set) > 0 or settings.ngram is not None)
     policy = DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip=len(skip_set) > 0,
                          max_draft_tokens=settings.max_draft_tokens)
     index = NgramIndex(settings.ngram, prompt_ids) if settings.ngram is not None else None
-    plain_step_times: list[float] = []
-    spec_time, spec_tokens, spec_attempts = 0.0, 0, 0
 
     def commit(tokens: list[int]) -> bool:
         """Append tokens up to EOS or the length limit; True when generation is over."""
@@ -429,35 +472,25 @@ def decode(
         return done
 
     with torch.inference_mode():
-        synchronize(device)
-        start = time.perf_counter()
+        start = device_time(device)
         logits = step(prompt_ids, 0, logits_to_keep=1)[-1]
         done = commit([_choose(logits, settings, generator)])
-        synchronize(device)
-        stats.prefill_time_s = time.perf_counter() - start
+        stats.prefill_time_s = device_time(device) - start
 
         while not done:
             length = len(prompt_ids) + len(generated) - 1  # positions with full-model KV
             pending = generated[-1]
             budget = min(settings.longest_draft, settings.max_new_tokens - len(generated) - 1)
-            probing = len(plain_step_times) < settings.probe_steps and settings.fallback
-            choice = Choice(PLAIN)
-            if speculate and not probing:
-                proposal, match = index.propose() if index is not None else ([], 0)
-                choice = policy.choose(budget, proposal, match)
+            choice = fallback.choose(policy, index, budget)
             if choice.kind == PLAIN:
-                step_start = time.perf_counter()
+                step_start = device_time(device)
                 logits = step([pending], length)[-1]
                 done = commit([_choose(logits, settings, generator)])
-                synchronize(device)
-                elapsed = time.perf_counter() - step_start
                 count_round(stats, choice, 0, 0, 0)
-                stats.plain_time_s += elapsed
-                if probing:
-                    plain_step_times.append(elapsed)
+                fallback.plain_step(device_time(device) - step_start)
                 continue
 
-            round_start = time.perf_counter()
+            round_start = device_time(device)
             # a proposal from the context is a point mass: accepted with probability p(token)
             drafts = list(choice.tokens)
             draft_probs = [] if settings.greedy else [_point_mass(token, logits) for token in drafts]
@@ -467,36 +500,20 @@ def decode(
                                                  choice.draft_tokens, settings, generator, stop_ids)
                 drafts, draft_probs = drafts + more, draft_probs + more_probs
                 crop_cache(cache, length)
-            synchronize(device)
-            verify_start = time.perf_counter()
+            verify_start = device_time(device)
             logits = step([pending] + drafts, length)
             accepted, next_token = _verify(logits, drafts, draft_probs, settings, generator)
             crop_cache(cache, length + 1 + accepted)
             done = commit(drafts[:accepted] + [next_token])
-            synchronize(device)
-            round_end = time.perf_counter()
+            round_end = device_time(device)
 
             stats.draft_time_s += verify_start - round_start
             stats.verify_time_s += round_end - verify_start
             count_round(stats, choice, len(drafts), accepted, steps)
             policy.record(choice, len(drafts), accepted)
-            spec_time += round_end - round_start
-            spec_tokens += accepted + 1
-            spec_attempts += 1
-            if (
-                settings.fallback
-                and plain_step_times
-                and spec_attempts >= settings.fallback_rounds
-                and spec_time / spec_tokens > sorted(plain_step_times)[len(plain_step_times) // 2]
-            ):
-                speculate = False
-                stats.fell_back = True
-                stats.fallback_at_token = len(generated)
+            fallback.drafting_round(round_end - round_start, accepted + 1, len(generated))
 
-        synchronize(device)
-        stats.total_time_s = time.perf_counter() - start
+        stats.total_time_s = device_time(device) - start
     stats.new_tokens = len(generated)
-    judged = stats.fell_back or spec_attempts >= settings.fallback_rounds  # a short call says nothing
-    if memory is not None and settings.remembers_verdicts and not remembered and judged:
-        memory.record(stats.fell_back)
+    fallback.finish()
     return DecodeResult(token_ids=generated, stats=stats)

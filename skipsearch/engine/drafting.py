@@ -40,6 +40,11 @@ from skipsearch.errors import SkipsearchError
 PLAIN, NGRAM, LAYER_SKIP, NGRAM_LAYER_SKIP = "plain", "ngram", "layer_skip", "ngram_layer_skip"
 DRAFTERS = (NGRAM, LAYER_SKIP, NGRAM_LAYER_SKIP)
 
+# The draft settings everything starts from (the decoder, studies, the bench, the command line):
+# SWIFT's draft length, and its confidence to stop a draft early.
+DEFAULT_MAX_DRAFT_TOKENS = 8
+DEFAULT_CONFIDENCE_THRESHOLD = 0.8
+
 
 @dataclass(frozen=True)
 class NgramSettings:
@@ -176,7 +181,8 @@ class DraftPolicy:
     """Chooses each round's draft and learns from how many of its tokens were accepted."""
 
     def __init__(self, costs: RelativeCosts | None, settings: PolicySettings = PolicySettings(),
-                 ngram: NgramSettings | None = None, layer_skip: bool = False, max_draft_tokens: int = 8):
+                 ngram: NgramSettings | None = None, layer_skip: bool = False,
+                 max_draft_tokens: int = DEFAULT_MAX_DRAFT_TOKENS):
         self.costs, self.settings, self.ngram = costs, settings, ngram
         self.layer_skip = layer_skip
         self.max_draft_tokens = max_draft_tokens

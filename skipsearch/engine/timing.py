@@ -1,4 +1,5 @@
-"""Timing device work: CUDA events on one GPU, a synchronised perf_counter elsewhere.
+"""Timing device work, the one way skipsearch does it: CUDA events on one GPU, a synchronised
+perf_counter elsewhere; and the one median of repeated timings.
 
 A CUDA kernel launch returns before the kernel ran, so a host clock read without a sync
 measures launches, not work. Events recorded on the GPU's stream time the work itself
@@ -10,7 +11,9 @@ This module knows nothing about models; it imports torch only.
 
 from __future__ import annotations
 
+import statistics
 import time
+from typing import Iterable
 
 import torch
 
@@ -20,6 +23,18 @@ def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         for index in range(torch.cuda.device_count()):
             torch.cuda.synchronize(index)
+
+
+def device_time(device: torch.device) -> float:
+    """A host clock read once the device has finished its queued work: the difference of two
+    reads times the work between them (a loop that splits one call into parts reads it often)."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+def median(seconds: Iterable[float]) -> float:
+    """The median of repeated timings (the mean of the two middle ones for an even count)."""
+    return statistics.median(seconds)
 
 
 class Stopwatch:

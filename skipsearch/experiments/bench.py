@@ -47,7 +47,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -63,10 +62,16 @@ from skipsearch.engine.costs import (
     replay_drafting,
 )
 from skipsearch.engine.decoding import DecodeSettings, DecodeStats, FallbackMemory, decode
-from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.drafting import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    DEFAULT_MAX_DRAFT_TOKENS,
+    NgramSettings,
+    PolicySettings,
+    RelativeCosts,
+)
 from skipsearch.engine.lossless import KINDS, Divergence, classify
 from skipsearch.engine.skipping import SkipSet, decoder_layers
-from skipsearch.engine.timing import synchronize
+from skipsearch.engine.timing import Stopwatch
 from skipsearch.errors import SkipsearchError
 
 if TYPE_CHECKING:
@@ -99,8 +104,8 @@ class BenchSettings:
     max_new_tokens: int = 96
     # the skip set to draft with; None benchmarks no layer-skip drafting
     skip_set: SkipSet | None = None
-    max_draft_tokens: int = 8
-    confidence_threshold: float = 0.8
+    max_draft_tokens: int = DEFAULT_MAX_DRAFT_TOKENS
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
     # layers E for generate(assistant_early_exit=E); () leaves early exit out
     early_exit_layers: tuple[int, ...] = (4, 8, 12, 16, 20, 24)
     # n-gram candidates per step for generate(prompt_lookup_num_tokens=N), one method per N; () leaves
@@ -376,11 +381,9 @@ def _methods(model, settings: BenchSettings, costs: CostModel | None) -> list[_M
 
 
 def _timed(method: _Method, prompt_ids: list[int], max_new_tokens: int, device: torch.device):
-    synchronize(device)
-    start = time.perf_counter()
-    token_ids, stats = method.generate(prompt_ids, max_new_tokens)
-    synchronize(device)
-    return token_ids, stats, time.perf_counter() - start
+    with Stopwatch(device) as watch:
+        token_ids, stats = method.generate(prompt_ids, max_new_tokens)
+    return token_ids, stats, watch.seconds
 
 
 def _prediction(method: _Method, stats: DecodeStats, costs: CostModel | None,

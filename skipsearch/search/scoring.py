@@ -18,7 +18,6 @@ This module knows nothing about tasks, storage or search.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -27,8 +26,9 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 
 from skipsearch.engine import forward
 from skipsearch.engine.costs import ReplayPrompt
-from skipsearch.engine.decoding import crop_cache, synchronize
+from skipsearch.engine.decoding import crop_cache
 from skipsearch.engine.skipping import SkipSet, decoder_layers, skipping
+from skipsearch.engine.timing import Stopwatch, device_time, median
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.references import Reference
 
@@ -153,7 +153,7 @@ class ProxyScorer:
         if not len(skip_set):  # nothing skipped drafts nothing: only n-gram drafting can replay here
             return ProxyScore(1.0, 1.0, prompts=tuple(ReplayPrompt(r.prompt_ids, r.continuation)
                                                       for r in self.references))
-        started = time.perf_counter()
+        started = device_time(self.device)
         matches, overlap, trace = 0, 0.0, []
         with torch.inference_mode():
             for state in self._states:
@@ -163,7 +163,7 @@ class ProxyScorer:
                 matches += int(hits.sum())
                 overlap += torch.minimum(probs, state.target_probs).sum().item()
                 trace.append(tuple(zip(confidence.tolist(), hits.tolist())))
-        self.seconds += time.perf_counter() - started
+        self.seconds += device_time(self.device) - started
         self.evaluations += 1
         prompts = tuple(ReplayPrompt(r.prompt_ids, r.continuation, t) for r, t in zip(self.references, trace))
         result = ProxyScore(matches / self.positions, overlap / self.positions, tuple(trace), prompts)
@@ -181,13 +181,11 @@ def full_forward_seconds(model, references: list[Reference], repeats: int = 3) -
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
-            synchronize(device)
-            started = time.perf_counter()
-            for ids, scored in inputs:
-                model(input_ids=ids, logits_to_keep=scored)
-            synchronize(device)
-            times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+            with Stopwatch(device) as watch:
+                for ids, scored in inputs:
+                    model(input_ids=ids, logits_to_keep=scored)
+            times.append(watch.seconds)
+    return median(times)
 
 
 def score_from_scratch(model, references: list[Reference], skip_set: SkipSet) -> ProxyScore:

@@ -274,11 +274,6 @@ TASK_SOURCES: dict[str, TaskSource] = {
 }
 
 
-def list_tasks() -> list[tuple[str, str]]:
-    """(name, description) of each built-in task source."""
-    return [(source.name, source.description) for source in TASK_SOURCES.values()]
-
-
 def load_task(
     source: str,
     *,
