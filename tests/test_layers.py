@@ -128,3 +128,10 @@ def test_the_readme_snippets_import_what_they_name():
     assert statements, "the README's python snippets import nothing from skipsearch"
     for statement in statements:
         exec(statement, {})
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "cli").glob("*_cmd.py")), ids=lambda p: p.stem)
+def test_a_command_imports_no_other_command(path):
+    """Commands share code through the library or `cli/options.py`, never through each other."""
+    commands = {name for name in _imports(path) if name.startswith("skipsearch.cli.") and name.endswith("_cmd")}
+    assert commands == set()

@@ -477,7 +477,7 @@ def test_schema_is_valid_2020_12_and_ships_in_the_package():
     schema = profile_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"].endswith("2020-12/schema")
-    assert (REPO_ROOT / "skipsearch" / "profile.schema.json").is_file()
+    assert (REPO_ROOT / "skipsearch" / "config" / "profile.schema.json").is_file()
 
 
 @pytest.mark.parametrize(

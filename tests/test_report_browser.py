@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from skipsearch.reporting import data as reports
+from skipsearch.reporting.figures import build_figures
+from skipsearch.reporting.page import render_report, write_report
 from test_reports import XSS, make_study, profile_text
 
 CHROMIUM_FLAGS = [
@@ -99,8 +101,8 @@ def build_page(tmp_path: Path, name: str = "report.html") -> tuple[Path, int]:
         [code, math_study], {XSS: profile_text(code, XSS), "math": profile_text(math_study, "gsm8k")},
         [f"skipsearch search 'studies/{XSS}.yaml'", "skipsearch report studies/math.yaml"],
         [{"method": "tpe", "evaluations": 60, "decode_speedup": 1.02}, {"method": XSS, "evaluations": 1}])
-    figures = reports.build_figures(data)
-    path = reports.write_report(tmp_path / name, reports.render_report(data, figures))
+    figures = build_figures(data)
+    path = write_report(tmp_path / name, render_report(data, figures))
     return path, len(figures)
 
 

@@ -17,6 +17,7 @@ from skipsearch.cli import main
 from skipsearch.errors import SkipsearchError
 from skipsearch.reporting import data as reports
 from skipsearch.reporting.figures import build_figures
+from skipsearch.reporting.page import render_report, write_report, write_study_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -188,7 +189,7 @@ def test_a_study_without_trials_or_rescoring_still_reports():
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), study_name="empty")
     data = reports.gather_report_data([study], None, [], None)
     assert data.histories == [] and data.notes
-    html_text = reports.render_report(data, build_figures(data))
+    html_text = render_report(data, build_figures(data))
     assert "no finished trial" in html_text
 
 
@@ -202,7 +203,7 @@ def test_a_study_without_costs_or_importance_infers_the_layers():
     assert data.rescored == [] and any("re-scored" in note for note in data.notes)
     titles = [title for title, _ in build_figures(data)]
     assert not any(t.startswith("Predicted") for t in titles)
-    page = reports.render_report(data, build_figures(data))
+    page = render_report(data, build_figures(data))
     assert all(html.escape(title) in page for title in titles) and "re-scored" in page
 
 
@@ -216,7 +217,7 @@ def test_html_escapes_user_text_and_loads_nothing_from_the_network():
     data = reports.gather_report_data([study], {XSS: profile_text(study, XSS)}, [f"skipsearch search '{XSS}.yaml'"],
                                       [{"method": XSS, "evaluations": 3}])
     figures = build_figures(data)
-    page = reports.render_report(data, figures)
+    page = render_report(data, figures)
     assert XSS not in page
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5  # header, tables, profile, commands
     assert "alert(1)</script>" not in page and "<\\/script>" not in page.replace("&lt;/script&gt;", "")
@@ -231,12 +232,12 @@ def test_html_escapes_user_text_and_loads_nothing_from_the_network():
 
 def test_write_report_is_atomic_and_needs_the_folder(tmp_path):
     target = tmp_path / "r.html"
-    reports.write_report(target, "<html>one</html>")
-    reports.write_report(target, "<html>two</html>")
+    write_report(target, "<html>one</html>")
+    write_report(target, "<html>two</html>")
     assert target.read_text() == "<html>two</html>"
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
     with pytest.raises(SkipsearchError, match="does not exist"):
-        reports.write_report(tmp_path / "missing" / "r.html", "x")
+        write_report(tmp_path / "missing" / "r.html", "x")
 
 
 def _study_file(tmp_path, name="demo"):
@@ -274,16 +275,23 @@ def test_report_command_names_a_missing_study(tmp_path, capsys):
     assert not (tmp_path / "absent.db").exists()  # reporting does not create a storage
 
 
+def test_report_transfer_needs_two_studies(tmp_path, capsys):
+    path = _study_file(tmp_path)
+    make_study("matchness", name="demo", n_trials=3,
+               storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'demo.db'}"))
+    assert main(["report", str(path), "--transfer"]) == 2
+    assert "at least two studies" in capsys.readouterr().err
+    assert not (tmp_path / "demo.html").exists()
+
+
 def test_write_study_report_for_the_search_command(tmp_path):
     study = make_study("matchness", name="demo")
     from skipsearch.config.studies import load_study
 
     path = _study_file(tmp_path)
-    written = reports_cmd_write(study, load_study(path), path, tmp_path / "out.html")
+    written = write_one_report(study, load_study(path), path, tmp_path / "out.html")
     assert written.read_text().count("Optimisation history") == 1
 
 
-def reports_cmd_write(study, config, study_path, target):
-    from skipsearch.cli.report_cmd import write_study_report
-
+def write_one_report(study, config, study_path, target):
     return write_study_report(study, config, study_path, "sqlite:///x.db", target, "skipsearch search demo.yaml")

@@ -46,7 +46,7 @@ def test_rescoring_predicts_from_costs_timed_on_the_rescoring_machine(tmp_path, 
     shared = setup.costs
     # as if the costs the study's workers share had been timed where verify passes are 1000x dearer
     slow_verify = [shared.verify[0]] + [v * 1000 for v in shared.verify[1:]]
-    setup._costs = dataclasses.replace(shared, verify=slow_verify, device="elsewhere")
+    setup.costs = dataclasses.replace(shared, verify=slow_verify, device="elsewhere")
     measurement = runner.rescore(setup, study, top=1, progress=False)[0]
     fresh = CostModel.from_dict(study.user_attrs["rescore_costs"])
     assert fresh.device != "elsewhere" and setup.costs == fresh

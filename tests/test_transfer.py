@@ -4,7 +4,13 @@ import optuna
 import pytest
 
 from skipsearch.errors import SkipsearchError
-from skipsearch.experiments.transfer import TransferTask, check_same_model, measure_transfer
+from skipsearch.experiments.transfer import (
+    TransferTask,
+    check_same_model,
+    exported_profile,
+    measure_transfer,
+    profile_path,
+)
 from skipsearch.reporting import data as reports
 from skipsearch.search import runner
 
@@ -49,3 +55,13 @@ def test_profiles_of_another_model_do_not_transfer(tmp_path, isolated_cache):
     tasks[1].profile = replace(profile, model=replace(profile.model, fingerprint="sha256:" + "0" * 64))
     with pytest.raises(SkipsearchError, match="one model"):
         check_same_model(tasks)
+
+
+def test_a_study_finds_its_exported_profile_or_names_the_missing_one(tmp_path):
+    config = study_config(tmp_path)
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), study_name=config.name)
+    assert profile_path(study, config) == tmp_path / "toy.profile.yaml"  # the config's, before any export
+    with pytest.raises(SkipsearchError, match="no exported profile"):
+        exported_profile(study, config)
+    study.set_user_attr("exported_profile", str(tmp_path / "elsewhere.yaml"))
+    assert profile_path(study, config) == tmp_path / "elsewhere.yaml"

@@ -28,7 +28,7 @@ from optuna.trial import TrialState, create_trial
 
 from skipsearch.cli import main
 from skipsearch.search.storages import open_storage
-from skipsearch.search.study import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
+from skipsearch.search.workers import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
 
 from conftest import make_tiny_llama, make_tokenizer
 

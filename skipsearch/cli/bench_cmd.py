@@ -23,12 +23,22 @@ from pathlib import Path
 
 import torch
 
-from skipsearch.cli.model_options import POLICY_COSTS, add_model_options, device_map_argument, model_options
-from skipsearch.config.profiles import check_profile_for_model, load_profile
+from skipsearch.cli.options import (
+    add_draft_arguments,
+    add_model_arguments,
+    add_skip_arguments,
+    device_map_argument,
+    draft_limits,
+    model_options,
+    parse_layers,
+    skip_for_model,
+    skip_source,
+)
+from skipsearch.config.profiles import Profile
 from skipsearch.engine.costs import describe_device
 from skipsearch.engine.drafting import NgramSettings
-from skipsearch.engine.models import DEFAULT_MODEL, load_model
-from skipsearch.engine.skipping import SkipSet, decoder_layers
+from skipsearch.engine.models import load_model
+from skipsearch.engine.skipping import decoder_layers
 from skipsearch.errors import SkipsearchError
 from skipsearch.experiments.bench import BASELINE, BenchPrompt, BenchResult, BenchSettings, run_bench
 from skipsearch.files import write_atomic
@@ -37,8 +47,6 @@ from skipsearch.version import __version__
 
 DEFAULT_EARLY_EXIT_LAYERS = (4, 8, 12, 16, 20, 24)
 DEFAULT_PROMPT_LOOKUP_NUM_TOKENS = (3, 5, 10)
-DEFAULT_MAX_DRAFT_TOKENS = 8
-DEFAULT_CONFIDENCE_THRESHOLD = 0.8
 CSV_COLUMNS = ("method", "tokens_per_s", "end_to_end_speedup", "acceptance_rate", "mean_accepted_tokens",
                "predicted_speedup", "identical", "tie_flips", "errors", "new_tokens", "time_s", "fell_back",
                "ngram_rounds", "layer_skip_rounds", "ngram_layer_skip_rounds", "plain_steps", "predicted_by")
@@ -55,19 +63,8 @@ def register(subparsers) -> None:
         "(when the profile has one) on the same prompts, interleaved, and report tokens/s, speedup, "
         "acceptance, rounds per drafter and the cost model's predicted speedup.",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"embedded name, hub id, model folder or .gguf file (default {DEFAULT_MODEL})")
-    parser.add_argument("--profile", metavar="FILE", help="profile .yaml with the skip set and draft settings")
-    parser.add_argument("--skip-attention", metavar="LAYERS", default="",
-                        help="0-based layers whose attention block the draft skips, e.g. 3,5 (instead of --profile)")
-    parser.add_argument("--skip-mlp", metavar="LAYERS", default="",
-                        help="0-based layers whose MLP block the draft skips, e.g. 7 (instead of --profile)")
-    parser.add_argument("--max-draft-tokens", type=int, metavar="N",
-                        help="draft tokens per round at most "
-                        f"(default: the profile's, else {DEFAULT_MAX_DRAFT_TOKENS})")
-    parser.add_argument("--confidence-threshold", type=float, metavar="X",
-                        help="stop drafting when the draft's top-1 probability is lower, in [0, 1]; 0 never stops "
-                        f"(default: the profile's, else {DEFAULT_CONFIDENCE_THRESHOLD})")
+    add_skip_arguments(parser)
+    add_draft_arguments(parser)
     parser.add_argument("--data", metavar="FILE",
                         help="Spec-Bench-style JSONL (question_id, category, turns); default: HumanEval")
     parser.add_argument("--category", metavar="NAME", help="with --data: keep only prompts of this category")
@@ -83,29 +80,17 @@ def register(subparsers) -> None:
                         help="values N for generate(prompt_lookup_num_tokens=N), each run, the fastest shown, e.g. "
                         "3,5,10; 'none' leaves prompt lookup out (default 3,5,10)")
     parser.add_argument("--cost-repeats", type=int, default=5, metavar="N",
-                        help="timings per configuration for the cost model; 0 leaves out predicted speedups "
+                        help="timings per configuration for the cost model (the costs of --policy-costs here); "
+                        "0 leaves out predicted speedups, and a profile's policy then weighs by the profile's costs "
                         "(default 5)")
-    parser.add_argument("--policy-costs", choices=POLICY_COSTS, default="here",
-                        help="what the profile's drafting policy weighs its options by: 'here' (default) the cost "
-                        "model this bench times, beside the methods it compares; 'profile' the costs the search stored")
     parser.add_argument("--out-dir", default="reports", metavar="DIR",
                         help="where the CSV and JSON go (default reports)")
-    add_model_options(parser)
+    add_model_arguments(parser)
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: torch's choice); recorded in the report's device")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for choosing prompts and the cost model's ids (default 0)")
     parser.set_defaults(func=run)
-
-
-def parse_layers(text: str, flag: str) -> tuple[int, ...]:
-    """"3,5,7" -> (3, 5, 7); "" -> ()."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    try:
-        return tuple(int(p) for p in parts)
-    except ValueError:
-        raise SkipsearchError(f"{flag} takes comma-separated 0-based layer numbers such as 3,5,7; "
-                              f"got {text!r}") from None
 
 
 def _slug(text: str) -> str:
@@ -120,8 +105,6 @@ def _model_slug(name: str) -> str:
 
 
 def _check_args(args) -> None:
-    if args.profile and (args.skip_attention or args.skip_mlp):
-        raise SkipsearchError("use either --profile or --skip-attention/--skip-mlp, not both")
     if args.category and not args.data:
         raise SkipsearchError("--category needs --data FILE (a Spec-Bench-style JSONL); HumanEval has no categories")
     if args.prompts < 1:
@@ -244,9 +227,8 @@ def table_lines(result: BenchResult) -> list[str]:
 
 def run(args) -> int:
     _check_args(args)
-    skip_set = SkipSet(attention=parse_layers(args.skip_attention, "--skip-attention"),
-                       mlp=parse_layers(args.skip_mlp, "--skip-mlp"))
-    profile = load_profile(args.profile) if args.profile else None
+    source = skip_source(args)
+    profile = source if isinstance(source, Profile) else None
     task, chosen = _choose_prompts(args)  # before loading the model: data errors show at once
 
     torch.manual_seed(args.seed)
@@ -255,26 +237,23 @@ def run(args) -> int:
     loaded = load_model(args.model, **model_options(args))
     model = loaded.model
     num_layers = len(decoder_layers(model))
-    max_draft_tokens, threshold = DEFAULT_MAX_DRAFT_TOKENS, DEFAULT_CONFIDENCE_THRESHOLD
+    skip_set = skip_for_model(source, model)
+    max_draft_tokens, threshold = draft_limits(args, source)
     # the profile's policy: its n-gram drafter also drafts the n-gram-only row
     ngram, policy = NgramSettings(), {}
     if profile is not None:
-        check_profile_for_model(profile, model)
-        skip_set = profile.skip
         draft = profile.draft
-        max_draft_tokens, threshold = draft.max_draft_tokens, draft.confidence_threshold
         ngram = draft.ngram or ngram
         if draft.ngram is not None or draft.policy is not None:
             # without a cost model of its own (--cost-repeats 0) the bench can only use the profile's
             here = args.policy_costs == "here" and args.cost_repeats > 0
             policy = {"policy_ngram": draft.ngram, "policy": draft.policy,
                       "policy_costs": None if here else draft.costs}
-    skip_set.check_against(num_layers)
     settings = BenchSettings(
         max_new_tokens=args.max_new_tokens,
         skip_set=skip_set if len(skip_set) else None,
-        max_draft_tokens=args.max_draft_tokens if args.max_draft_tokens is not None else max_draft_tokens,
-        confidence_threshold=args.confidence_threshold if args.confidence_threshold is not None else threshold,
+        max_draft_tokens=max_draft_tokens,
+        confidence_threshold=threshold,
         early_exit_layers=_early_exit_layers(args, num_layers),
         prompt_lookup_num_tokens=_prompt_lookup_num_tokens(args),
         ngram=ngram,

@@ -10,10 +10,10 @@ from pathlib import Path
 import optuna
 from tqdm.auto import tqdm
 
-from skipsearch.cli.search_cmd import add_study_overrides, configured
+from skipsearch.cli.options import add_study_overrides, configured
 from skipsearch.experiments.compare import CompareRow, compare_methods
 from skipsearch.files import write_atomic
-from skipsearch.reporting.data import compare_csv_path
+from skipsearch.reporting.page import compare_csv_path
 from skipsearch.search import runner
 from skipsearch.search.baselines import BASELINES
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from skipsearch.cli.profile_cmd import summary_lines
+from skipsearch.config.profile_summary import summary_lines
 from skipsearch.config.profiles import PROFILE_VERSION, Profile, dump_profile, load_profile
 from skipsearch.errors import SkipsearchError
 from skipsearch.files import write_atomic

@@ -6,66 +6,32 @@ import dataclasses
 import json
 import sys
 
-from skipsearch.cli.model_options import POLICY_COSTS, add_model_options, model_options
-from skipsearch.config.profiles import check_profile_for_model, decode_fields, load_profile
+from skipsearch.cli.options import (
+    add_draft_arguments,
+    add_model_arguments,
+    add_skip_arguments,
+    draft_limits,
+    model_options,
+    skip_for_model,
+    skip_source,
+)
+from skipsearch.config.profiles import Profile, decode_fields
 from skipsearch.engine.costs import relative_costs
 from skipsearch.engine.decoding import DecodeSettings, decode
 from skipsearch.engine.device_costs import costs_here
-from skipsearch.engine.models import DEFAULT_MODEL, load_model
+from skipsearch.engine.models import load_model
 from skipsearch.engine.skipping import SkipSet
 from skipsearch.engine.verdicts import load_memory, save_memory, verdict_key
-from skipsearch.errors import SkipsearchError
 from skipsearch.search.tasks import check_prompt_fits, format_prompt
 
 
-def parse_layer_list(text: str, flag: str) -> tuple[int, ...]:
-    """'3,5,7' -> (3, 5, 7); an empty string is no layers."""
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise SkipsearchError(f"{flag} takes comma-separated layer indices like 3,5,7; got {text!r}") from None
-
-
-def add_skip_arguments(parser) -> None:
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--profile", metavar="FILE", help="skip profile (.yaml) to draft with")
-    source.add_argument("--skip-attention", metavar="LAYERS", default="",
-                        help="comma-separated 0-based layers whose attention is skipped while drafting")
-    parser.add_argument("--skip-mlp", metavar="LAYERS", default="",
-                        help="comma-separated 0-based layers whose MLP is skipped while drafting")
-    parser.add_argument("--max-draft-tokens", type=int, metavar="N",
-                        help="tokens drafted per round at most (default: the profile's, else 8)")
-    parser.add_argument("--confidence-threshold", type=float, metavar="P",
-                        help="stop drafting when the draft's top-1 probability is below P "
-                             "(default: the profile's, else 0.8; 0 never stops early)")
-    parser.add_argument("--policy-costs", choices=POLICY_COSTS, default="here",
-                        help="what a profile's drafting policy weighs its options by: 'here' (default) times this "
-                             "device's forward passes once and caches them; 'profile' uses the costs the search "
-                             "stored, timed on its machine")
-
-
-def resolve_skip(args, model) -> tuple[SkipSet, int, float, dict]:
-    """The skip set and draft settings from --profile or the explicit lists; flags win over the
-    profile. The last item holds a profile's policy as DecodeSettings fields (ngram, costs, policy)."""
-    policy = {}
-    if args.profile:
-        if args.skip_mlp:
-            raise SkipsearchError("--skip-mlp cannot be combined with --profile; use one or the other")
-        profile = load_profile(args.profile)
-        check_profile_for_model(profile, model)
-        skip_set = profile.skip
-        policy = decode_fields(profile)
-        draft_tokens, threshold = policy.pop("max_draft_tokens"), policy.pop("confidence_threshold")
-    else:
-        skip_set = SkipSet(attention=parse_layer_list(args.skip_attention, "--skip-attention"),
-                           mlp=parse_layer_list(args.skip_mlp, "--skip-mlp"))
-        skip_set.check_against(model.config.num_hidden_layers)
-        draft_tokens, threshold = 8, 0.8
-    if args.max_draft_tokens is not None:
-        draft_tokens = args.max_draft_tokens
-    if args.confidence_threshold is not None:
-        threshold = args.confidence_threshold
-    return skip_set, draft_tokens, threshold, policy
+def _policy(source: Profile | SkipSet) -> dict:
+    """A profile's drafting policy as DecodeSettings fields (ngram, costs, policy); none for skip lists."""
+    if not isinstance(source, Profile):
+        return {}
+    policy = decode_fields(source)
+    del policy["max_draft_tokens"], policy["confidence_threshold"]  # draft_limits: the flags win over these
+    return policy
 
 
 def register(subparsers) -> None:
@@ -74,10 +40,9 @@ def register(subparsers) -> None:
         description="Generate with the full model's output, drafted by the model with sublayers skipped. "
                     "Without --profile or skip lists it decodes plainly.",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"embedded name, hub id, folder or .gguf (default {DEFAULT_MODEL})")
     parser.add_argument("--prompt", required=True, help="the user message")
     add_skip_arguments(parser)
+    add_draft_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
                         help="tokens to generate at most (default 128)")
     parser.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); > 0 samples")
@@ -89,14 +54,17 @@ def register(subparsers) -> None:
     parser.add_argument("--no-fallback", action="store_true",
                         help="keep drafting even when it is slower than plain decoding")
     parser.add_argument("--json", action="store_true", help="print one JSON object with text, token_ids and stats")
-    add_model_options(parser)
+    add_model_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    source = skip_source(args)  # before loading the model: bad flags and profiles fail at once
     loaded = load_model(args.model, **model_options(args))
     model, tokenizer = loaded.model, loaded.tokenizer
-    skip_set, draft_tokens, threshold, policy = resolve_skip(args, model)
+    skip_set = skip_for_model(source, model)
+    draft_tokens, threshold = draft_limits(args, source)
+    policy = _policy(source)
     prompt_ids = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     check_prompt_fits(prompt_ids, getattr(model.config, "max_position_embeddings", None), args.max_new_tokens,
                       "--prompt")

@@ -23,19 +23,12 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from skipsearch.cli import report_cmd
-from skipsearch.cli.model_options import add_model_options, device_map_argument, model_options
+from skipsearch.cli.options import add_study_overrides, configured, device_map_argument
 from skipsearch.config.profiles import load_profile
 from skipsearch.config.studies import (
-    OBJECTIVES,
-    SAMPLERS,
     ModelConfig,
     StudyConfig,
-    apply_overrides,
-    default_storage_url,
-    load_study,
     output_paths,
-    parse_skip_budget,
 )
 from skipsearch.engine.lossless import KINDS, LosslessCounts
 from skipsearch.engine.models import runs_on_cuda
@@ -48,40 +41,14 @@ from skipsearch.experiments.bench import (
     BenchSettings,
     run_bench,
 )
+from skipsearch.reporting.page import write_study_report
 from skipsearch.search import runner
 from skipsearch.search.storages import check_storage, redact
-from skipsearch.search.study import Interrupts, trial_counts
+from skipsearch.search.workers import Interrupts, trial_counts
 
 log = logging.getLogger(__name__)
 
 STOP_SECONDS = 300  # how long interrupted workers may take to finish their trials before they are killed
-
-
-def add_study_overrides(parser) -> None:
-    parser.add_argument("study", metavar="STUDY.yaml", help="study config (see studies/)")
-    parser.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold in total")
-    parser.add_argument("--sampler", choices=SAMPLERS)
-    parser.add_argument("--objective", choices=OBJECTIVES)
-    parser.add_argument("--skip-budget", type=parse_skip_budget, metavar="K",
-                        help="sublayers to skip: a fraction of the eligible ones (0.2) or a count (11)")
-    parser.add_argument("--storage", metavar="URL",
-                        help="where the study lives: sqlite:///FILE.db (default: a SQLite file next to the study), "
-                             "postgresql://USER:PASSWORD@HOST:PORT/DB (many machines) or FILE.log (an Optuna "
-                             "journal file on a shared file system)")
-    parser.add_argument("--seed", type=int, metavar="S")
-    parser.add_argument("--data", metavar="FILE", help="task data file (specbench, datasets)")
-    parser.add_argument("--category", metavar="NAME", help="task category to keep")
-    add_model_options(parser, from_study=True)
-
-
-def configured(args):
-    """The study config with command-line overrides, its storage URL and output paths."""
-    config = load_study(args.study)
-    config = apply_overrides(config, trials=args.trials, sampler=args.sampler, objective=args.objective,
-                             skip_budget=args.skip_budget, storage=args.storage, seed=args.seed, data=args.data,
-                             category=args.category, output_profile=getattr(args, "output", None),
-                             **model_options(args))
-    return config, default_storage_url(config, args.study)
 
 
 def register(subparsers) -> None:
@@ -315,7 +282,7 @@ def run(args) -> int:
     measurements = runner.rescore(setup, study, args.top, progress)
     command = redact("skipsearch " + shlex.join(sys.argv[1:]))
     written = runner.export_profiles(setup, measurements, study, storage, profile_path, args.top, command)
-    report = report_cmd.write_study_report(study, config, args.study, storage, report_path, command)
+    report = write_study_report(study, config, args.study, storage, report_path, command)
     best = measurements[0]
     print(f"study {config.name}: {len(runner.completed_trials(study))} trials in {redact(storage)}")
     print(f"best skip set: {best.skip_set.describe()} ({len(best.skip_set)} of {len(setup.eligible)} sublayers)")

@@ -474,5 +474,5 @@ def decode_fields(profile: Profile) -> dict[str, Any]:
 
 
 def profile_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of profile versions 1 and 2, shipped as skipsearch/profile.schema.json."""
+    """The JSON Schema (draft 2020-12) of profile versions 1 and 2, shipped as skipsearch/config/profile.schema.json."""
     return json.loads(resources.files("skipsearch.config").joinpath("profile.schema.json").read_text(encoding="utf-8"))

@@ -83,7 +83,9 @@ class Comparison:
 
 def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "tpe",
                     methods: list[str] | None = None, on_method=None) -> Comparison:
-    """Run every method from a clean memo, then re-score each best set on held-out prompts."""
+    """Time the costs on this machine, run every method from a clean memo, then re-score each
+    best set on held-out prompts."""
+    setup.time_costs()
     names = methods or ["skipsearch", *BASELINES]
     results = []
     proxy_seconds, full_seconds, evaluations = 0.0, 0.0, 0

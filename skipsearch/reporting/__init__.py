@@ -1,2 +1,4 @@
-"""The study report in three parts: data gathered from studies (pure), plotly figures built from
-that data, and the page written to disk (the only I/O)."""
+"""The study report in three parts, on Optuna's pattern: `data` gathers what the report shows from
+finished studies (pure), `figures` draws plotly figures from that data, and `page` lays them out
+as one offline HTML page and holds the only I/O (opening studies, reading the files beside them,
+writing the page)."""

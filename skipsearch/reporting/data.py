@@ -1,41 +1,28 @@
-"""Reports: one self-contained HTML page per search (or per set of searches) with plotly figures.
+"""What a report shows, gathered from finished studies: plain dataclasses (`ReportData` and its
+parts) and `gather_report_data`, which fills them.
 
-The work is split the way Optuna splits its plots: `gather_report_data` turns finished
-studies into plain dataclasses (pure, tested without a browser), `report_figures.build_figures`
-draws them, `render_report` lays the figures out in one page that embeds plotly.js once and
-loads nothing from the network, and `write_report` replaces the file atomically.
-
-This module knows nothing about models, prompts or decoding: it reads what `search` and
-`runner` recorded in the study (trial user attrs, study user attrs) and the exported profile's
-text. Every string that comes from a study, a config or a profile is escaped before it
-reaches the page or a figure.
+Pure, tested without a browser: nothing here draws, writes HTML or touches a file (`figures`
+draws this data, `page` lays it out and writes it). It knows nothing about models, prompts or
+decoding: it reads what `search` and `runner` recorded in the study (trial user attrs, study
+user attrs) and the exported profile's text, as given.
 """
 
 from __future__ import annotations
 
-import csv
-import html
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
 
 from skipsearch.engine.skipping import SUBLAYER_KINDS, SkipSet
-from skipsearch.errors import SkipsearchError
-from skipsearch.files import write_atomic
-from skipsearch.reporting.figures import build_figures
 from skipsearch.search.objectives import OBJECTIVES, front_flags
 
 __all__ = [
     "ReportData", "StudySummary", "History", "ParetoPoint", "LayerHeat", "RescoredPoint", "TaskSummary",
-    "TransferMatrix", "gather_report_data", "build_figures", "render_report", "write_report",
-    "read_compare_csv", "compare_csv_path", "top_n", "profile_mapping",
+    "TransferMatrix", "gather_report_data", "top_n", "profile_mapping",
 ]
-
 
 
 @dataclass
@@ -141,9 +128,6 @@ class ReportData:
     profiles: dict[str, str]  # study name -> profile YAML text
     commands: list[str]
     notes: list[str] = field(default_factory=list)  # what the report could not show, and why
-
-
-# ---------------------------------------------------------------------------- gathering
 
 
 def top_n(n_trials: int) -> int:
@@ -331,98 +315,3 @@ def _summary(study, name, objective, sampler, n_trials, profile: dict, config) -
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def compare_csv_path(study_name: str) -> Path:
-    """Where `skipsearch compare` writes its table for a study (relative to the current directory)."""
-    return Path("reports") / f"compare-{study_name}.csv"
-
-
-def read_compare_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            return [dict(row) for row in csv.DictReader(handle)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SkipsearchError(f"cannot read the comparison table {path}: {exc}") from exc
-
-
-# ---------------------------------------------------------------------------- rendering
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
-h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: .5em 0; font-size: 90%; }
-th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
-th { background: #f3f3f3; } pre { background: #f6f8fa; padding: .8em; overflow-x: auto; }
-.figure { margin: 1em 0; } .note { color: #8a5300; }
-"""
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    if columns is None:
-        columns = []
-        for row in rows:
-            columns += [c for c in row if c not in columns]
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
-
-
-def render_report(data: ReportData, figures: list) -> str:
-    """One HTML page, plotly.js inline once, no network URL; all data-derived text escaped."""
-    from plotly.offline import get_plotlyjs
-
-    names = ", ".join(s.name for s in data.studies)
-    models = sorted({s.model for s in data.studies if s.model})
-    tasks = sorted({s.task for s in data.studies if s.task})
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>skipsearch report: {html.escape(names)}</title>", f"<style>{_CSS}</style>",
-        f'<script type="text/javascript" id="plotlyjs">{get_plotlyjs()}</script>', "</head><body>",
-        f"<h1>skipsearch report: {html.escape(names)}</h1>",
-        f"<p>model: <b>{html.escape(', '.join(models) or 'unknown')}</b> &middot; "
-        f"task: <b>{html.escape(', '.join(tasks) or 'unknown')}</b></p>",
-        _table([{"study": s.name, "model": s.model, "task": s.task, "objective": s.objective, "sampler": s.sampler,
-                 "finished trials": s.trials, "skip budget": s.skip_budget, "device": s.device, "dtype": s.dtype}
-                for s in data.studies]),
-    ]
-    parts += [f'<p class="note">{html.escape(note)}</p>' for note in data.notes]
-    for i, (title, figure) in enumerate(figures):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        div = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{i}",
-                             config={"displaylogo": False, "responsive": True})
-        parts.append(f'<div class="figure">{div}</div>')
-    if data.rescored:
-        parts.append("<h2>Re-scored candidates (held-out prompts, real decoder)</h2>")
-        parts.append(_table([{"study": r.study, "rank": r.rank + 1, "trial": r.trial, "skip": r.skip,
-                              "matchness": r.matchness, "predicted acceptance": r.predicted_acceptance,
-                              "acceptance": r.acceptance_rate, "mean accepted tokens": r.mean_accepted_tokens,
-                              "predicted on search prompts": r.search_predicted_speedup,
-                              "predicted on held-out": r.predicted_speedup,
-                              "measured decode speedup": r.decode_speedup,
-                              "identical / tie flips / errors": r.lossless,
-                              "rounds n-gram / layer-skip / both / plain": r.rounds}
-                             for r in data.rescored]))
-    if data.compare_rows:
-        parts.append("<h2>Comparison of search methods</h2>")
-        parts.append(_table(data.compare_rows))
-    for name, text in data.profiles.items():
-        parts.append(f"<h2>Exported profile: {html.escape(name)}</h2><pre>{html.escape(text)}</pre>")
-    if data.commands:
-        parts.append("<h2>Commands to reproduce</h2>")
-        parts.append(f"<pre>{html.escape(chr(10).join(data.commands))}</pre>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def write_report(path: str | os.PathLike, text: str) -> Path:
-    """Replace `path` atomically (readers see the old page or the new one); its folder must exist."""
-    return write_atomic(path, text, what="report")

@@ -1,7 +1,7 @@
-"""Drawing for reports: plotly figures from `reports.ReportData`, nothing else.
+"""Drawing for reports: plotly figures from `data.ReportData`, nothing else.
 
 Each `_plot_*` takes gathered data and returns a figure; it computes nothing that a test
-would need to check (that lives in `reports.gather_report_data`). Plotly renders a subset of
+would need to check (that lives in `data.gather_report_data`). Plotly renders a subset of
 HTML in titles, legends, tick labels and hover text, so every string that comes from a study
 (names, samplers, tasks) goes through `html.escape` first.
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import html
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-if TYPE_CHECKING:
-    from skipsearch.reporting.data import ReportData
+from skipsearch.reporting.data import ReportData
 
 KINDS = ("attention", "mlp")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -31,7 +29,7 @@ def _color(i: int) -> str:
     return COLORS[i % len(COLORS)]
 
 
-def build_figures(data: "ReportData") -> list[tuple[str, go.Figure]]:
+def build_figures(data: ReportData) -> list[tuple[str, go.Figure]]:
     """(section title, figure) pairs in page order; sections without data are left out."""
     figures = []
     by_value = defaultdict(list)
@@ -68,7 +66,7 @@ def _plot_history(value_name: str, histories) -> go.Figure:
     return fig
 
 
-def _plot_pareto(data: "ReportData") -> go.Figure:
+def _plot_pareto(data: ReportData) -> go.Figure:
     fig = go.Figure()
     studies = list(dict.fromkeys(p.study for p in data.pareto))
     for i, study in enumerate(studies):
@@ -118,7 +116,7 @@ def _plot_heat(heat) -> go.Figure:
     return fig
 
 
-def _plot_rescored(data: "ReportData") -> go.Figure:
+def _plot_rescored(data: ReportData) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
         "decode speedup: cost model against wall clock",
         "acceptance (accepted / drafted): replayed against decoded, held-out prompts"))
@@ -150,7 +148,7 @@ def _plot_rescored(data: "ReportData") -> go.Figure:
     return fig
 
 
-def _plot_tasks(data: "ReportData") -> go.Figure:
+def _plot_tasks(data: ReportData) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("best measured acceptance rate", "best decode speedup"))
     labels = [_e(f"{t.study}" + (f" ({t.task})" if t.task else "")) for t in data.tasks]
     fig.add_trace(go.Bar(x=labels, y=[t.best_acceptance for t in data.tasks], name="acceptance rate",
@@ -164,7 +162,7 @@ def _plot_tasks(data: "ReportData") -> go.Figure:
     return fig
 
 
-def _plot_transfer(data: "ReportData") -> go.Figure:
+def _plot_transfer(data: ReportData) -> go.Figure:
     t = data.transfer
 
     def cell(i: int, j: int) -> str:

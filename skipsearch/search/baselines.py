@@ -8,21 +8,20 @@ the scorer for (a repeated proposal is free but still uses up a step of the sche
   k-subsets, every `bo_every`-th step a Bayesian-optimisation (UCB) suggestion.
 - `selfsd_search`: Draft & Verify / Self-SD (Zhang et al. 2023) — offline Bayesian
   optimisation over one value in [0, 1] per sublayer at every step.
-- `greedy_forward_selection`: the greedy baseline of DESIGN.md's measurements.
+- `greedy_forward_selection`: add the sublayer that keeps matchness highest, one at a time.
 - `evenly_spaced_layers`: Unified Layer Skipping (arXiv 2404.06954) — whole layers,
   evenly spaced, no search.
 - `early_exit_prefix`: LayerSkip (arXiv 2404.16710) — skip everything above an exit point.
 - `importance_ranking`: each sublayer skipped alone; a warm start and a heat map.
 
-Cost of bayes_opt's suggest() in 56 dimensions after 100 points, on this project's 2-core
-CPU with other jobs running: ~7 s with its defaults (10,000 random samples, then 10
-L-BFGS-B runs with finite-difference gradients, 5 GP-fit restarts), growing with the
-points registered (~30 s after 1,000). Here the acquisition is maximised over
-`acquisition_samples` random points refined by `acquisition_starts` L-BFGS-B run(s), with
-1 GP-fit restart, and the GP sees at most `gp_points` observations (the best half and
-the most recent half): ~1.5–2 s per suggestion (100 points), ~2–4 s (300 points).
-Self-SD suggests every step, so its window is 100; SWIFT suggests every 25th step and
-keeps all points up to 300, i.e. exactly as prescribed for its usual budgets.
+bayes_opt's suggest() with its defaults (10,000 random samples, then 10 L-BFGS-B runs with
+finite-difference gradients, 5 GP-fit restarts) takes seconds per call in 56 dimensions and
+grows with the points registered, which would make the Bayesian baselines slower than the
+proxy evaluations they save. Here the acquisition is maximised over `acquisition_samples`
+random points refined by `acquisition_starts` L-BFGS-B run(s), with 1 GP-fit restart, and the
+GP sees at most `gp_points` observations (the best half and the most recent half). Self-SD
+suggests every step, so its window is 100; SWIFT suggests every 25th step and keeps all
+points up to 300, i.e. exactly as prescribed for its usual budgets.
 
 This module knows nothing about models, references, tasks or storage: it only calls
 `score` (in practice `ProxyScorer.score`) on skip sets.

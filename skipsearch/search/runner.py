@@ -54,10 +54,9 @@ from skipsearch.search.study import (
     enqueue_warm_starts,
     make_sampler,
     open_study,
-    run_trials,
-    trial_counts,
 )
 from skipsearch.search.tasks import check_prompt_fits, format_prompt, load_task, split_prompts
+from skipsearch.search.workers import run_trials, trial_counts
 from skipsearch.version import __version__
 
 log = logging.getLogger(__name__)
@@ -80,19 +79,25 @@ class StudySetup:
 
     @property
     def costs(self) -> CostModel:
-        """Measured on first use, unless the study already holds the costs all its workers share."""
+        """The cost model the objective and the predictions use: the study's shared one (set by
+        `prepare_study`) or one timed here (`time_costs`). Reading it never times anything."""
         if self._costs is None:
-            context = int(sum(len(r.prompt_ids) for r in self.search_refs) / len(self.search_refs))
-            self._costs = measure_costs(self.loaded.model, context_tokens=context,
-                                        max_verify_tokens=self.verify_tokens)
+            raise SkipsearchError("internal error: the cost model is not set yet; call prepare_study or time_costs "
+                                  "first (please report this)")
         return self._costs
 
-    def remeasure_costs(self) -> CostModel:
-        """Time the costs again, here and now. The study's stored costs were timed by whichever
-        worker came first, perhaps on another machine or under other load; a prediction set
-        beside a measurement taken now needs costs timed now, on the machine that measures."""
-        self._costs = None
-        return self.costs
+    @costs.setter
+    def costs(self, costs: CostModel) -> None:
+        self._costs = costs
+
+    def time_costs(self) -> CostModel:
+        """Time this model's forward passes here and now (a benchmark of some seconds) and use them.
+        The study's stored costs were timed by whichever worker came first, perhaps on another
+        machine or under other load; a prediction set beside a measurement taken now needs costs
+        timed now, on the machine that measures."""
+        context = int(sum(len(r.prompt_ids) for r in self.search_refs) / len(self.search_refs))
+        self._costs = measure_costs(self.loaded.model, context_tokens=context, max_verify_tokens=self.verify_tokens)
+        return self._costs
 
     @property
     def verify_tokens(self) -> int:
@@ -143,8 +148,8 @@ def prepare(config: StudyConfig, progress: bool = True, loaded: LoadedModel | No
     """Load the task's prompts, the model (unless given), the warm-start profiles and the references.
 
     Cheap checks come first, so bad input fails before the slow steps: the task, then the
-    model, then whether each warm-start profile was made for this model. Costs are measured
-    on first use of `setup.costs`."""
+    model, then whether each warm-start profile was made for this model. Costs are a step of
+    their own: `prepare_study` (the study's shared ones) or `StudySetup.time_costs`."""
     task_cfg = config.task
     task = load_task(task_cfg.source, data=task_cfg.data, category=task_cfg.category, field=task_cfg.field,
                      split=task_cfg.split, category_field=task_cfg.category_field)
@@ -225,9 +230,9 @@ def prepare_study(setup: StudySetup, study: optuna.Study, progress: bool) -> Non
         study.set_user_attr("warm_started", True)
     stored = study.user_attrs.get("costs")
     if stored and setup.fits(CostModel.from_dict(stored)):
-        setup._costs = CostModel.from_dict(stored)
+        setup.costs = CostModel.from_dict(stored)
     else:
-        study.set_user_attr("costs", setup.costs.to_dict())
+        study.set_user_attr("costs", setup.time_costs().to_dict())
     study.set_user_attr("skip_budget", setup.k)
     study.set_user_attr("sampler", search_cfg.sampler)
 
@@ -363,7 +368,7 @@ def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) ->
     candidates = best_trials(study, objective, max(top, setup.config.search.rescore_top))
     if not candidates:
         raise SkipsearchError("the study has no finished trial that drafts (a skip set or n-grams); run more trials")
-    study.set_user_attr("rescore_costs", setup.remeasure_costs().to_dict())
+    study.set_user_attr("rescore_costs", setup.time_costs().to_dict())
     measurements = []
     for trial in tqdm(candidates, desc="re-scoring with the real decoder", disable=not progress, leave=False):
         attrs = trial.user_attrs
