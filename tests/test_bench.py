@@ -63,7 +63,7 @@ def fixed_costs(monkeypatch):
     records the verify lengths the bench asked for."""
     asked = []
 
-    def measure(model, context_tokens, max_verify_tokens, repeats, seed):
+    def measure(model, context_tokens, max_verify_tokens, repeats, seed, contexts=()):
         asked.append(max_verify_tokens)
         layers = model.config.num_hidden_layers
         return CostModel(attention=[1e-4] * layers, mlp=[1e-4] * layers, fixed=5e-4, verify=[1e-3] * max_verify_tokens,

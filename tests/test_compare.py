@@ -10,9 +10,13 @@ def test_every_method_runs_on_the_same_budget(tmp_path, isolated_cache):
     comparison = compare_methods(setup, budget=6, seed=0)
     rows = comparison.rows
     assert comparison.proxy_cost_ratio > 0
-    assert [row.method for row in rows] == ["skipsearch", "swift", "selfsd", "greedy", "evenly-spaced", "early-exit"]
+    assert [row.method for row in rows] == ["skipsearch", "swift", "selfsd", "greedy", "evenly-spaced", "early-exit",
+                                            "clasp", "clasp-sublayers", "knapspec"]
     for row in rows:
         assert 1 <= row.evaluations <= 6, row
+        # only the dynamic programs (and the default search's warm starts from them) run blocks alone
+        assert (row.block_forwards_as_evaluations > 0) == (row.method in ("skipsearch", "clasp", "clasp-sublayers",
+                                                                        "knapspec")), row
         assert 0 <= row.heldout_matchness <= 1 and 0 <= row.heldout_acceptance <= 1
         assert row.decode_speedup > 0
     # every method scored from a clean memo: the ranking alone costs the default search 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -236,3 +238,57 @@ def test_offloaded_layers_are_timed_on_their_own(tmp_path, monkeypatch):
     assert costs.mlp[0] == costs.mlp[1] and costs.mlp[2] == costs.mlp[3]
     assert {SkipSet(attention=(0, 1)), SkipSet(attention=(2, 3)), SkipSet(mlp=(0, 1)), SkipSet(mlp=(2, 3))} <= timed
     assert SkipSet(attention=(0, 1, 2, 3)) not in timed
+
+
+# ---------------------------------------------------------------------------- the context fit
+
+
+def test_the_context_fit_recovers_a_linear_attention_cost():
+    """Synthetic timings: attention costs 0.5 + 0.001 per context token in every layer."""
+    from skipsearch.engine.costs import with_context_fit
+
+    costs = dataclasses.replace(made_up_costs(), context_tokens=100, attention=[0.6] * 4)
+    points = [(n, [0.5 + 0.001 * n] * 4) for n in (500, 2000)]
+    fitted = with_context_fit(costs, points)
+    assert fitted.attention_slope == pytest.approx([0.001] * 4)
+    assert [p["context_tokens"] for p in fitted.context_points] == [100, 500, 2000]
+    longer = fitted.at_context(1100)
+    assert longer.attention == pytest.approx([1.6] * 4) and longer.mlp == costs.mlp and longer.fixed == costs.fixed
+    # every verified token attends to the 1000 tokens more in every layer
+    assert longer.verify == pytest.approx([v + n * 4.0 for n, v in enumerate(costs.verify, 1)])
+    assert fitted.at_context(100) == fitted and costs.at_context(5000) == costs  # no fit: one length only
+    assert CostModel.from_dict(fitted.to_dict()) == fitted
+
+
+def test_the_fit_never_makes_attention_cheaper_with_more_context():
+    from skipsearch.engine.costs import fit_slope
+
+    assert fit_slope([100, 200, 300], [3.0, 2.0, 1.0]) == 0.0
+    assert fit_slope([100, 100], [1.0, 2.0]) == 0.0
+    assert fit_slope([0, 10, 20], [1.0, 2.0, 3.0]) == pytest.approx(0.1)
+
+
+def test_measure_costs_times_attention_at_each_context(tiny_model):
+    costs = measure_costs(tiny_model, context_tokens=16, max_verify_tokens=2, repeats=1, contexts=(8, 64))
+    assert [p["context_tokens"] for p in costs.context_points] == [16, 8, 64]
+    assert len(costs.attention_slope) == costs.num_layers and all(s >= 0 for s in costs.attention_slope)
+    with pytest.raises(SkipsearchError, match="exceed the model's"):
+        measure_costs(tiny_model, context_tokens=16, max_verify_tokens=2, repeats=1, contexts=(10**6,))
+
+
+def test_a_replay_with_per_prompt_costs_weighs_each_prompt_by_its_plain_step():
+    from skipsearch.engine.costs import ReplayPrompt, prompt_costs, relative_costs, replay_drafting
+    from skipsearch.engine.decoding import DecodeSettings
+
+    skip = SkipSet(mlp=(1,))
+    prompts = [ReplayPrompt((1,) * n, tuple(range(10, 21)), ((0.99, True),) * 10) for n in (4, 400)]
+    settings = DecodeSettings(max_draft_tokens=3, confidence_threshold=0.5)
+    flat = made_up_costs()
+    _, one = replay_drafting(prompts, settings, True, relative_costs(flat, skip))
+    per_prompt, steps = prompt_costs(flat, skip, prompts)
+    assert replay_drafting(prompts, settings, True, per_prompt, plain_steps=steps)[1] == pytest.approx(one)
+    # with attention dearer at long contexts, drafting (which skips an MLP only) gains less there
+    sloped = dataclasses.replace(flat, attention_slope=[0.01] * 4)
+    per_prompt, steps = prompt_costs(sloped, skip, prompts)
+    assert steps[1] > steps[0]
+    assert replay_drafting(prompts, settings, True, per_prompt, plain_steps=steps)[1] < one

@@ -67,6 +67,15 @@ def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
     assert SkipSet.from_attrs(trials[0].user_attrs) == least_important(ranking, 2)
 
 
+def test_the_dynamic_programs_sets_and_their_neighbours_are_warm_starts(tmp_path, isolated_cache):
+    setup, study = _run(tmp_path, study_config(tmp_path, objective="matchness", trials=12),
+                        f"sqlite:///{tmp_path / 'dp.db'}")
+    warm = [SkipSet.from_attrs(t.user_attrs) for t in study.get_trials() if t.user_attrs.get("warm_start")]
+    clasp = runner.dp_method(setup, "clasp-sublayers", setup.k).best
+    knapspec = runner.dp_method(setup, "knapspec", setup.k).best
+    assert clasp in warm and knapspec in warm and all(len(s) == setup.k for s in warm)
+
+
 def test_resuming_adds_trials_instead_of_starting_over(tmp_path, isolated_cache):
     storage = f"sqlite:///{tmp_path / 'resume.db'}"
     _run(tmp_path, study_config(tmp_path, trials=3), storage)

@@ -17,7 +17,7 @@ from skipsearch.reporting.page import compare_csv_path
 from skipsearch.search import runner
 from skipsearch.search.baselines import BASELINES
 
-METHODS = ["skipsearch", *BASELINES]
+METHODS = ["skipsearch", *BASELINES, *runner.DP_METHODS]
 
 
 def register(subparsers) -> None:

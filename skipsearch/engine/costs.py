@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -57,6 +57,11 @@ class CostModel:
     device: str  # e.g. "cpu (2 threads)" or the CUDA device name
     dtype: str  # e.g. "float32"
     context_tokens: int = 0  # tokens already in the KV cache while timing
+    # per decoder layer: seconds one attention block adds per token of context, fitted as a line
+    # through the attention costs timed at `context_points` (empty: timed at one length only)
+    attention_slope: list[float] = field(default_factory=list)
+    # what the fit saw: [{"context_tokens": n, "attention": [per layer]}], the timing context first
+    context_points: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.attention) != len(self.mlp):
@@ -79,13 +84,26 @@ class CostModel:
         """One full-model step of plain decoding (one new token)."""
         return self.verify[0]
 
+    def at_context(self, context_tokens: int) -> "CostModel":
+        """The costs with `context_tokens` in the KV cache: every attention block, and every token
+        a pass verifies, costs its slope per context token more (or less) than at the timing
+        context; MLP blocks and the fixed part do not depend on the context."""
+        if not self.attention_slope or context_tokens == self.context_tokens:
+            return self
+        delta = context_tokens - self.context_tokens
+        attention = [max(0.0, cost + slope * delta) for cost, slope in zip(self.attention, self.attention_slope)]
+        per_token = sum(attention) - sum(self.attention)
+        verify = [max(cost + n * per_token, 0.0) for n, cost in enumerate(self.verify, 1)]
+        return dataclasses.replace(self, attention=attention, verify=verify, context_tokens=context_tokens)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CostModel":
         names = [f.name for f in dataclasses.fields(cls)]
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         unknown = sorted(set(data) - set(names))
         missing = [name for name in required if name not in data]
         if unknown or missing:
@@ -97,6 +115,8 @@ class CostModel:
             mlp=[float(v) for v in data["mlp"]],
             fixed=float(data["fixed"]),
             verify=[float(v) for v in data["verify"]],
+            attention_slope=[float(v) for v in data.get("attention_slope") or ()],
+            context_points=[dict(point) for point in data.get("context_points") or ()],
             device=str(data["device"]),
             dtype=str(data["dtype"]),
             context_tokens=int(data.get("context_tokens", 0)),
@@ -138,12 +158,32 @@ def layer_groups(model) -> list[tuple[int, ...]]:
     return [tuple(indices) for indices in groups.values()]
 
 
+def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The least-squares slope of ys against xs, never below 0 (a block is not cheaper with more
+    context; a negative fit is timing noise); 0 with fewer than two distinct xs."""
+    if len(set(xs)) < 2:
+        return 0.0
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+    return max(0.0, slope)
+
+
+def with_context_fit(costs: CostModel, points: Sequence[tuple[int, Sequence[float]]]) -> CostModel:
+    """`costs` with attention slopes fitted through its own point and `points` (context length,
+    per-layer attention costs timed there)."""
+    every = [(costs.context_tokens, list(costs.attention)), *((n, list(a)) for n, a in points)]
+    slopes = [fit_slope([n for n, _ in every], [a[i] for _, a in every]) for i in range(costs.num_layers)]
+    return dataclasses.replace(costs, attention_slope=slopes,
+                               context_points=[{"context_tokens": n, "attention": a} for n, a in every])
+
+
 def measure_costs(
     model,
     context_tokens: int = 128,
     max_verify_tokens: int = 9,
     repeats: int = 5,
     seed: int = 0,
+    contexts: Sequence[int] = (),
 ) -> CostModel:
     """Time the model's forward passes on its own device and return the medians as a CostModel.
 
@@ -154,6 +194,10 @@ def measure_costs(
     plain step's time less that of a step with the block kind skipped in one group of layers
     (`layer_groups`), shared out over the group. Neither the model nor torch's global random
     state is changed.
+
+    At each of the other `contexts` lengths the plain step and the steps without attention are
+    timed again, and every layer's attention cost gets a slope per context token fitted through
+    all lengths (`CostModel.at_context` uses it).
     """
     if context_tokens < 1 or max_verify_tokens < 1 or repeats < 1:
         raise SkipsearchError(
@@ -217,7 +261,7 @@ def measure_costs(
     if 0.0 in attention or 0.0 in mlp:
         log.warning("measure_costs: a block's cost was below the timing noise and is taken as 0; "
                     "use more repeats or a quieter machine")
-    return CostModel(
+    costs = CostModel(
         attention=attention,
         mlp=mlp,
         fixed=medians["nothing"],
@@ -226,6 +270,36 @@ def measure_costs(
         dtype=str(dtype).removeprefix("torch."),
         context_tokens=context_tokens,
     )
+    others = sorted({n for n in contexts if n != context_tokens})
+    if max_positions is not None and others and others[-1] + 1 > max_positions:
+        raise SkipsearchError(f"contexts up to {others[-1]} exceed the model's {max_positions} positions; "
+                              "use shorter contexts")
+    points = [(n, _attention_at(model, groups, n, repeats, generator, device)) for n in others]
+    return with_context_fit(costs, points) if points else costs
+
+
+def _attention_at(model, groups, context_tokens: int, repeats: int, generator, device) -> list[float]:
+    """Per layer, one attention block's cost on one new token after `context_tokens` of context."""
+    ids = torch.randint(0, model.config.vocab_size, (1, context_tokens + 1), generator=generator).to(device)
+    configurations = {"full": SkipSet(), **{f"no attention {g}": SkipSet(attention=group)
+                                            for g, group in enumerate(groups)}}
+    samples: dict[str, list[float]] = {name: [] for name in configurations}
+    with torch.inference_mode():
+        cache = forward.new_cache()
+        forward.run(model, cache, ids[:, :context_tokens], 0, logits_to_keep=1)
+        for round_ in range(repeats + 1):  # the first round warms up
+            for name, skip_set in configurations.items():
+                with skipping(model, skip_set), Stopwatch(device) as watch:
+                    forward.run(model, cache, ids[:, context_tokens:], context_tokens)
+                crop_cache(cache, context_tokens)
+                if round_:
+                    samples[name].append(watch.seconds)
+    full = median(samples["full"])
+    attention = [0.0] * len(decoder_layers(model))
+    for g, group in enumerate(groups):
+        for index in group:
+            attention[index] = max(0.0, (full - median(samples[f"no attention {g}"])) / len(group))
+    return attention
 
 
 # ---------------------------------------------------------------------------- predicting
@@ -353,8 +427,21 @@ def ngram_proposals(prompt: ReplayPrompt, ngram: NgramSettings) -> list[tuple[li
     return proposals
 
 
+def prompt_costs(costs: CostModel, skip_set: SkipSet,
+                 prompts: Sequence[ReplayPrompt]) -> tuple[list[RelativeCosts], list[float]]:
+    """Per prompt, the relative costs and the plain step's seconds at the context its rounds see
+    on average (the prompt and half its continuation): what `replay_drafting` weighs them by."""
+    relative, steps = [], []
+    for prompt in prompts:
+        here = costs.at_context(len(prompt.prompt_ids) + len(prompt.continuation) // 2)
+        relative.append(relative_costs(here, skip_set))
+        steps.append(here.plain_step)
+    return relative, steps
+
+
 def replay_drafting(prompts: Sequence[ReplayPrompt], settings: DecodeSettings, layer_skip: bool,
-                    costs: RelativeCosts, proposals: Sequence[list] | None = None) -> tuple[DecodeStats, float]:
+                    costs: RelativeCosts | Sequence[RelativeCosts], proposals: Sequence[list] | None = None,
+                    plain_steps: Sequence[float] | None = None) -> tuple[DecodeStats, float]:
     """Replay the decoder's rounds over reference continuations: (the counts decoding would
     make, the predicted speedup over plain decoding by `costs`, prefill left out).
 
@@ -364,10 +451,13 @@ def replay_drafting(prompts: Sequence[ReplayPrompt], settings: DecodeSettings, l
     still drafted. Layer-skip drafts are judged by the proxy, which saw the true prefix (also
     after a wrong n-gram draft, whose continuation is rejected anyway); n-gram drafts are exact.
     `proposals` (per prompt, from `ngram_proposals` with the settings' n-grams) saves
-    recomputing them.
+    recomputing them. `costs` is one for every prompt, or one per prompt (`prompt_costs`) with
+    `plain_steps`, each prompt's plain step in seconds, so that long prompts weigh as they take.
     """
-    stats, cost, tokens = DecodeStats(), 0.0, 0
+    stats, cost, plain = DecodeStats(), 0.0, 0.0
     for number, prompt in enumerate(prompts):
+        relative = costs if isinstance(costs, RelativeCosts) else costs[number]
+        weight = plain_steps[number] if plain_steps is not None else 1.0
         continuation = prompt.continuation
         policy = DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip, settings.max_draft_tokens)
         proposed = None
@@ -398,11 +488,11 @@ def replay_drafting(prompts: Sequence[ReplayPrompt], settings: DecodeSettings, l
                     accepted += not wrong
             count_round(stats, choice, drafted, accepted, steps)
             policy.record(choice, drafted, accepted)
-            cost += round_cost(costs, choice, drafted, steps)
+            cost += weight * round_cost(relative, choice, drafted, steps)
             new = continuation[committed:committed + accepted + 1]
             committed += len(new)
-            tokens += len(new)
-    return stats, (tokens / cost if cost else 1.0)
+            plain += weight * len(new)
+    return stats, (plain / cost if cost else 1.0)
 
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
@@ -440,9 +530,11 @@ def best_draft_settings(costs: CostModel, skip_set: SkipSet, prompts: Sequence[R
     if not candidates:
         raise SkipsearchError("nothing to draft with: an empty skip set needs n-gram drafting (policies)")
     proposals = {ngram: [ngram_proposals(prompt, ngram) for prompt in prompts] for ngram in NGRAM_CHOICES if ngram}
+    per_prompt, plain_steps = prompt_costs(costs, skip_set, prompts)
     best = None
     for candidate in candidates:
-        stats, speedup = replay_drafting(prompts, candidate, layer_skip, relative, proposals.get(candidate.ngram))
+        stats, speedup = replay_drafting(prompts, candidate, layer_skip, per_prompt, proposals.get(candidate.ngram),
+                                         plain_steps)
         if best is None or speedup > best[1]:
             best = (candidate, speedup, stats)
     return best

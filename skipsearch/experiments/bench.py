@@ -58,6 +58,7 @@ from skipsearch.engine.costs import (
     ReplayPrompt,
     measure_costs,
     predicted_speedup_from_stats,
+    prompt_costs,
     relative_costs,
     replay_drafting,
 )
@@ -386,18 +387,26 @@ def _timed(method: _Method, prompt_ids: list[int], max_new_tokens: int, device: 
     return token_ids, stats, watch.seconds
 
 
-def _prediction(method: _Method, stats: DecodeStats, costs: CostModel | None,
+def _prediction(method: _Method, runs: list[PromptRun], costs: CostModel | None,
                 replay: list[ReplayPrompt]) -> tuple[float | None, str | None]:
     """(predicted speedup, how) of a skipsearch row; (None, None) where it cannot be computed
-    (see the module docstring)."""
+    (see the module docstring). Each prompt is predicted with the costs at its own context
+    (`CostModel.at_context`) and weighs by the plain decoding time it would take."""
     if costs is None:
         return None, None
     if method.decode_settings.ngram is None:
-        return predicted_speedup_from_stats(costs, method.skip_set, stats), BY_COUNTS
+        plain = drafted = 0.0
+        for run, prompt in zip(runs, replay):  # both in the order the prompts ran
+            here = costs.at_context(len(prompt.prompt_ids) + len(run.token_ids) // 2)
+            plain_time = len(run.token_ids) * here.plain_step
+            plain += plain_time
+            drafted += plain_time / predicted_speedup_from_stats(here, method.skip_set, run.stats)
+        return (plain / drafted if drafted else 1.0), BY_COUNTS
     if len(method.skip_set):
         return None, None  # layer-skip drafts cannot be replayed without the proxy's trace
-    _, speedup = replay_drafting(replay, method.decode_settings, layer_skip=False,
-                                 costs=relative_costs(costs, method.skip_set))
+    per_prompt, plain_steps = prompt_costs(costs, method.skip_set, replay)
+    _, speedup = replay_drafting(replay, method.decode_settings, layer_skip=False, costs=per_prompt,
+                                 plain_steps=plain_steps)
     return speedup, BY_REPLAY
 
 
@@ -425,7 +434,7 @@ def _summarise(method: _Method, runs: list[PromptRun], baseline_tokens_per_s: fl
         row.layer_skip_rounds = stats.layer_skip_rounds
         row.ngram_layer_skip_rounds = stats.ngram_layer_skip_rounds
         row.plain_steps = stats.plain_steps
-        row.predicted_speedup, row.predicted_by = _prediction(method, stats, costs, replay)
+        row.predicted_speedup, row.predicted_by = _prediction(method, runs, costs, replay)
     return row
 
 
@@ -455,8 +464,13 @@ def run_bench(
     if settings.cost_repeats:
         context = _cost_context(prompts, settings, getattr(model.config, "max_position_embeddings", None))
         log.info("measuring the cost model (context %d tokens, %d repeats)", context, settings.cost_repeats)
+        # attention timed again at the shortest and longest contexts the prompts reach, for the
+        # predictions at each prompt's own context
+        lengths = [len(p.token_ids) + settings.max_new_tokens // 2 for p in prompts]
+        limit = getattr(model.config, "max_position_embeddings", None)
+        contexts = [n for n in (min(lengths), max(lengths)) if limit is None or n + 1 < limit]
         costs = measure_costs(model, context_tokens=context, max_verify_tokens=settings.max_verified + 1,
-                              repeats=settings.cost_repeats, seed=settings.seed)
+                              repeats=settings.cost_repeats, seed=settings.seed, contexts=contexts)
     methods = _methods(model, settings, costs)
 
     if settings.warmup_tokens:

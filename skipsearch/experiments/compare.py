@@ -19,7 +19,7 @@ from skipsearch.engine.costs import best_draft_settings
 from skipsearch.engine.skipping import SkipSet
 from skipsearch.search.baselines import BASELINES, MethodResult
 from skipsearch.search.neighbours import LocalSearch
-from skipsearch.search.runner import StudySetup, importance, measure, warm_start_sets
+from skipsearch.search.runner import DP_METHODS, StudySetup, dp_method, importance, measure, warm_start_sets
 from skipsearch.search.scoring import full_forward_seconds
 from skipsearch.search.study import (
     SkipObjective,
@@ -34,6 +34,8 @@ from skipsearch.search.study import (
 class CompareRow:
     method: str
     evaluations: int
+    # the dynamic programs' block forwards as the proxy evaluations they are worth at least
+    block_forwards_as_evaluations: float
     wall_time_s: float
     search_matchness: float
     heldout_matchness: float
@@ -86,16 +88,20 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
     """Time the costs on this machine, run every method from a clean memo, then re-score each
     best set on held-out prompts."""
     setup.time_costs()
-    names = methods or ["skipsearch", *BASELINES]
+    names = methods or ["skipsearch", *BASELINES, *DP_METHODS]
     results = []
     proxy_seconds, full_seconds, evaluations = 0.0, 0.0, 0
+    equivalents: dict[str, float] = {}  # the dynamic programs' block forwards as proxy evaluations
     for name in names:
         setup.scorer.forget()
         if name == "skipsearch":
             result = default_search(setup, budget, seed, sampler)
+        elif name in DP_METHODS:
+            result = dp_method(setup, name, setup.k)
         else:
             result = BASELINES[name](setup.scorer.score, setup.eligible, setup.k, budget, seed)
         proxy_seconds, evaluations = proxy_seconds + setup.scorer.seconds, evaluations + setup.scorer.evaluations
+        equivalents[name] = round(setup.scorer.block_forwards / (2 * len(setup.scorer.layers)), 1)
         # a full forward timed after each method, weighted by its evaluations: the machine's load
         # drifts over a long comparison, and both sides of the ratio should see the same drift
         full_seconds += setup.scorer.evaluations * full_forward_seconds(setup.loaded.model, setup.search_refs,
@@ -110,7 +116,7 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
         drafting, _, _ = best_draft_settings(setup.costs, result.best, setup.scorer.score(result.best).prompts,
                                              setup.config.draft.max_draft_tokens, setup.thresholds)
         measured = measure(setup, result.best, drafting.max_draft_tokens, drafting.confidence_threshold)
-        rows.append(CompareRow(result.method, result.evaluations, round(result.seconds, 2),
+        rows.append(CompareRow(result.method, result.evaluations, equivalents[result.method], round(result.seconds, 2),
                                round(result.best_score.matchness, 4), round(heldout.matchness, 4),
                                round(measured.acceptance_rate, 4), round(measured.predicted_speedup, 3),
                                round(measured.decode_speedup, 3), result.best.describe(),

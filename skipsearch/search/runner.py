@@ -32,6 +32,7 @@ from skipsearch.engine.costs import (
     CostModel,
     measure_costs,
     predicted_speedup_from_stats,
+    prompt_costs,
     relative_costs,
     replay_drafting,
 )
@@ -41,8 +42,9 @@ from skipsearch.engine.lossless import LosslessCounts, classify
 from skipsearch.engine.models import LoadedModel, load_model, model_fingerprint
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.errors import SkipsearchError
-from skipsearch.search.baselines import evenly_spaced, importance_ranking, least_important
-from skipsearch.search.neighbours import LocalSearch
+from skipsearch.search.baselines import MethodResult, evenly_spaced, importance_ranking, least_important
+from skipsearch.search.layer_dp import clasp, knapspec
+from skipsearch.search.neighbours import LocalSearch, neighbours
 from skipsearch.search.objectives import get_objective
 from skipsearch.search.references import Reference, reference_continuations
 from skipsearch.search.scoring import ProxyScorer
@@ -96,8 +98,18 @@ class StudySetup:
         machine or under other load; a prediction set beside a measurement taken now needs costs
         timed now, on the machine that measures."""
         context = int(sum(len(r.prompt_ids) for r in self.search_refs) / len(self.search_refs))
-        self._costs = measure_costs(self.loaded.model, context_tokens=context, max_verify_tokens=self.verify_tokens)
+        self._costs = measure_costs(self.loaded.model, context_tokens=context, max_verify_tokens=self.verify_tokens,
+                                    contexts=self.cost_contexts)
         return self._costs
+
+    @property
+    def cost_contexts(self) -> list[int]:
+        """Where attention is timed besides the mean prompt: 128, 512 and 2048 tokens as far as the
+        task's prompts reach, and the longest prompt with its continuation."""
+        longest = max(len(r.prompt_ids) + len(r.continuation) for r in self.search_refs + self.heldout_refs)
+        limit = getattr(self.loaded.model.config, "max_position_embeddings", None) or longest + 1
+        longest = min(longest, limit - 1)
+        return [n for n in (128, 512, 2048) if n < longest] + [longest]
 
     @property
     def verify_tokens(self) -> int:
@@ -202,10 +214,30 @@ def importance(setup: StudySetup, study: optuna.Study, progress: bool) -> list[t
     return ranking
 
 
+DP_METHODS = ("clasp", "clasp-sublayers", "knapspec")
+
+
+def dp_method(setup: StudySetup, name: str, k: int | None) -> MethodResult:
+    """CLaSp's or KnapSpec's set for this study on its search prompts; with k None KnapSpec picks
+    its own count. Needs the study's costs (KnapSpec weighs blocks by them)."""
+    if name == "knapspec":
+        return knapspec(setup.scorer, setup.costs, setup.eligible, k, setup.config.draft.max_draft_tokens,
+                        setup.thresholds)
+    if name not in DP_METHODS:
+        raise SkipsearchError(f"unknown dynamic program {name!r}; use one of {', '.join(DP_METHODS)}")
+    return clasp(setup.scorer, setup.eligible, setup.k if k is None else k, whole_layers=name == "clasp")
+
+
 def warm_start_sets(setup: StudySetup, ranking) -> list[SkipSet]:
+    """Sets the search tries before sampling: the least important sublayers, evenly spaced layers,
+    CLaSp's and KnapSpec's sets and their two nearest neighbours each, and warm-start profiles."""
     k, eligible = setup.k, setup.eligible
+    fixed = get_objective(setup.config.search.objective).fixed_count
     sets = [least_important(ranking, k), evenly_spaced(eligible, k)]
-    if setup.config.search.objective != "matchness":
+    for name, count in (("clasp-sublayers", k), ("knapspec", k if fixed else None)):
+        found = dp_method(setup, name, count).best
+        sets += [found, *neighbours(found, dict(ranking), eligible, fixed_count=fixed)[:2]]
+    if not fixed:
         # a free count: also try smaller and larger sets of the least important sublayers, and
         # none at all (n-gram drafting alone)
         sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
@@ -225,14 +257,16 @@ def prepare_study(setup: StudySetup, study: optuna.Study, progress: bool) -> Non
     ranking and the warm starts it yields, and the costs every worker's objective uses (so trial
     values from different workers compare)."""
     search_cfg = setup.config.search
-    if not study.user_attrs.get("warm_started"):
-        enqueue_warm_starts(study, warm_start_sets(setup, importance(setup, study, progress)), setup.eligible)
-        study.set_user_attr("warm_started", True)
     stored = study.user_attrs.get("costs")
     if stored and setup.fits(CostModel.from_dict(stored)):
         setup.costs = CostModel.from_dict(stored)
     else:
         study.set_user_attr("costs", setup.time_costs().to_dict())
+    if not study.user_attrs.get("warm_started"):  # after the costs: KnapSpec's warm start weighs by them
+        # no more than the study's trials: a warm start past the target would wait in the storage
+        sets = warm_start_sets(setup, importance(setup, study, progress))[:search_cfg.trials]
+        enqueue_warm_starts(study, sets, setup.eligible)
+        study.set_user_attr("warm_started", True)
     study.set_user_attr("skip_budget", setup.k)
     study.set_user_attr("sampler", search_cfg.sampler)
 
@@ -342,7 +376,9 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
                               "to time; use prompts it answers at more length")
     totals = DecodeStats.total(runs)
     heldout = setup.heldout_scorer.score(skip_set)
-    replayed, predicted = replay_drafting(heldout.prompts, drafting, len(skip_set) > 0, relative)
+    per_prompt, plain_steps = prompt_costs(setup.costs, skip_set, heldout.prompts)
+    replayed, predicted = replay_drafting(heldout.prompts, drafting, len(skip_set) > 0, per_prompt,
+                                          plain_steps=plain_steps)
     tokens_per_s, plain_tokens_per_s = draft_tokens / draft_time, plain_tokens / plain_time
     return Measurement(
         skip_set=skip_set,
@@ -422,8 +458,19 @@ def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Stu
             "heldout_prompts": len(setup.heldout_refs),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": command,
+            **_context_fit(costs),
         },
     )
+
+
+def _context_fit(costs: CostModel) -> dict:
+    """The cost model's attention-against-context fit, as a profile's provenance keeps it: the
+    context lengths timed, all attention blocks' seconds per token at each, and the fitted slope."""
+    if not costs.context_points:
+        return {}
+    return {"cost_contexts": [point["context_tokens"] for point in costs.context_points],
+            "attention_seconds_at_contexts": [round(sum(point["attention"]), 6) for point in costs.context_points],
+            "attention_seconds_per_context_token": float(f"{sum(costs.attention_slope):.3g}")}
 
 
 def export_profiles(setup: StudySetup, measurements: list[Measurement], study: optuna.Study, storage: str,

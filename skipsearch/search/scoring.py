@@ -49,6 +49,7 @@ class _PromptState:
     cache: DynamicCache  # the full model's KV of the prompt only
     prompt_length: int
     hidden: list[torch.Tensor]  # hidden[i]: input of layer i over the continuation, (1, T, hidden)
+    final: torch.Tensor  # the last layer's output after the final norm, (1, T, hidden)
     masks: list  # per layer attention mask for the continuation, as the model itself builds them
     position_ids: torch.Tensor  # (1, T)
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
@@ -84,6 +85,7 @@ class ProxyScorer:
         self.positions = sum(len(r.continuation) - 1 for r in usable)
         self.evaluations = 0
         self.seconds = 0.0
+        self.block_forwards = 0  # attention or MLP blocks `run_layer` ran over every prompt
         self._memo: dict[SkipSet, ProxyScore] = {}
         with torch.inference_mode():
             self._states = [self._prepare(r) for r in usable]
@@ -116,6 +118,7 @@ class ProxyScorer:
             cache=cache,
             prompt_length=start,
             hidden=list(out.hidden_states[:-1]),
+            final=out.hidden_states[-1],
             masks=masks,
             position_ids=position_ids,
             position_embeddings=model.model.rotary_emb(embeds, position_ids=position_ids),
@@ -142,10 +145,43 @@ class ProxyScorer:
             crop_cache(state.cache, state.prompt_length)
         return self.model.lm_head(self.model.model.norm(hidden))[0]  # (T, vocab)
 
+    # --- one layer at a time, for the dynamic programs over layers (`layer_dp`) -----------------
+
+    def layer_inputs(self) -> list[torch.Tensor]:
+        """Every prompt's input of the first layer: where a table over layers starts."""
+        return [state.hidden[0] for state in self._states]
+
+    def run_layer(self, index: int, hidden: list[torch.Tensor], skip_set: SkipSet) -> list[torch.Tensor]:
+        """Layer `index` over each prompt's continuation from `hidden`, with the blocks of `skip_set`
+        (sublayers of this layer only) left out, attending to the prompt's full-model KV."""
+        outputs = []
+        self.block_forwards += 2 - len(skip_set)
+        with torch.inference_mode(), skipping(self.model, skip_set):
+            for state, inputs in zip(self._states, hidden):
+                try:
+                    outputs.append(self.layers[index](
+                        inputs, attention_mask=state.masks[index], position_ids=state.position_ids, use_cache=True,
+                        position_embeddings=state.position_embeddings, **{self._layer_cache_keyword: state.cache}))
+                finally:
+                    crop_cache(state.cache, state.prompt_length)
+        return outputs
+
+    def similarity(self, hidden: list[torch.Tensor], depth: int) -> float:
+        """Mean cosine similarity, over every continuation position, of `hidden` (the output of
+        layer depth - 1) to the full model's state there; at the last depth both pass the final norm."""
+        last = depth == len(self.layers)
+        total = 0.0
+        with torch.inference_mode():
+            for state, states in zip(self._states, hidden):
+                ours = self.model.model.norm(states) if last else states
+                full = state.final if last else state.hidden[depth]
+                total += torch.nn.functional.cosine_similarity(ours.float(), full.float(), dim=-1).sum().item()
+        return total / sum(state.hidden[0].shape[1] for state in self._states)
+
     def forget(self) -> None:
         """Drop remembered scores and counters, so that methods compared on one scorer pay alike."""
         self._memo.clear()
-        self.evaluations, self.seconds = 0, 0.0
+        self.evaluations, self.seconds, self.block_forwards = 0, 0.0, 0
 
     def score(self, skip_set: SkipSet) -> ProxyScore:
         if skip_set in self._memo:

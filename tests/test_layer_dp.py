@@ -1,0 +1,103 @@
+"""CLaSp's and KnapSpec's dynamic programs on a tiny model, against brute force over small skip sets."""
+
+import copy
+import itertools
+import random
+
+import pytest
+import torch
+
+from skipsearch.engine import forward
+from skipsearch.engine.costs import CostModel
+from skipsearch.engine.decoding import DecodeSettings, decode
+from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
+from skipsearch.search.layer_dp import clasp, knapspec, layer_table
+from skipsearch.search.references import Reference
+from skipsearch.search.scoring import ProxyScorer
+
+ELIGIBLE = eligible_sublayers(4, keep_first=0, keep_last=0)
+
+
+@pytest.fixture
+def scorer(tiny_model):
+    rng = random.Random(3)
+    references = []
+    for i in range(2):
+        prompt = [rng.randrange(3, 128) for _ in range(5 + 2 * i)]
+        continuation = decode(tiny_model, prompt, None, DecodeSettings(max_new_tokens=10, fallback=False)).token_ids
+        references.append(Reference(str(i), tuple(prompt), tuple(continuation)))
+    return ProxyScorer(tiny_model, references)
+
+
+def _final_similarity_from_scratch(model, references, skip_set: SkipSet) -> float:
+    """The skipped model's final state over each continuation, from a full-model prompt cache, by
+    a whole forward pass (not layer by layer), against the full model's."""
+    total, positions = 0.0, 0
+    with torch.inference_mode():
+        for ref in references:
+            prompt = torch.tensor([ref.prompt_ids])
+            inputs = torch.tensor([ref.continuation[:-1]])
+            cache = forward.new_cache()
+            forward.run(model, cache, prompt, 0, logits_to_keep=1)
+            full = forward.run(model, copy.deepcopy(cache), inputs, prompt.shape[1], output_hidden_states=True)
+            with skipping(model, skip_set):
+                ours = forward.run(model, cache, inputs, prompt.shape[1], output_hidden_states=True)
+            total += torch.nn.functional.cosine_similarity(ours.hidden_states[-1], full.hidden_states[-1],
+                                                           dim=-1).sum().item()
+            positions += inputs.shape[1]
+    return total / positions
+
+
+def test_a_table_that_keeps_everything_holds_every_small_set_with_its_true_similarity(scorer, tiny_model):
+    table = layer_table(scorer, ELIGIBLE, 2, keep=lambda states: states)
+    sets = {count: sorted(SkipSet.from_sublayers(s.skipped).describe() for s in states)
+            for count, states in table.items()}
+    for count in (0, 1, 2):
+        expected = sorted(SkipSet.from_sublayers(c).describe() for c in itertools.combinations(ELIGIBLE, count))
+        assert sets[count] == expected
+    for state in table[2]:
+        brute = _final_similarity_from_scratch(tiny_model, scorer.references, SkipSet.from_sublayers(state.skipped))
+        assert state.similarity == pytest.approx(brute, abs=1e-5)
+
+
+def test_clasp_keeps_one_state_per_cell_and_returns_k_sublayers(scorer, tiny_model):
+    exhaustive = layer_table(scorer, ELIGIBLE, 3, keep=lambda states: states)
+    best_possible = max(s.similarity for s in exhaustive[3])
+    exhaustive_forwards = scorer.block_forwards
+    scorer.forget()
+    result = clasp(scorer, ELIGIBLE, 3, whole_layers=False)
+    assert len(result.best) == 3 and result.evaluations == 1 and scorer.block_forwards > 0
+    similarity = _final_similarity_from_scratch(tiny_model, scorer.references, result.best)
+    assert similarity <= best_possible + 1e-6
+    # the DP is greedy in depth: it costs far fewer block forwards than the exhaustive table
+    assert scorer.block_forwards < exhaustive_forwards
+
+
+def test_clasp_whole_layers_skips_whole_layers_and_an_odd_k_keeps_the_top_mlp(scorer):
+    even = clasp(scorer, ELIGIBLE, 4, whole_layers=True).best
+    assert even.attention == even.mlp and len(even) == 4
+    odd = clasp(scorer, ELIGIBLE, 3, whole_layers=True).best
+    assert len(odd) == 3 and set(odd.mlp) < set(odd.attention) and max(odd.attention) not in odd.mlp
+
+
+def _costs(attention: float) -> CostModel:
+    return CostModel(attention=[attention] * 4, mlp=[1.0] * 4, fixed=1.0, verify=[9.0 + n for n in range(9)],
+                     device="test", dtype="float32")
+
+
+def test_knapspec_picks_k_sublayers_that_clear_the_floor(scorer):
+    result = knapspec(scorer, _costs(1.0), ELIGIBLE, 2, max_draft_tokens=4, thresholds=(0.0,), floor=0.0)
+    assert len(result.best) == 2 and result.evaluations >= 1
+
+
+def test_knapspec_without_a_faithful_set_takes_the_most_similar(scorer):
+    exhaustive = layer_table(scorer, ELIGIBLE, 2, keep=lambda states: states)
+    result = knapspec(scorer, _costs(1.0), ELIGIBLE, 2, max_draft_tokens=4, thresholds=(0.0,), floor=1.01,
+                      beam=len(exhaustive[2]))
+    best = max(exhaustive[2], key=lambda s: s.similarity)
+    assert result.best == SkipSet.from_sublayers(best.skipped) and result.evaluations == 1
+
+
+def test_knapspec_with_a_free_count_chooses_its_own_count(scorer):
+    result = knapspec(scorer, _costs(5.0), ELIGIBLE, None, max_draft_tokens=4, thresholds=(0.0,), floor=0.0)
+    assert 1 <= len(result.best) <= len(ELIGIBLE) // 2
