@@ -238,6 +238,9 @@ def add_study_overrides(parser) -> None:
     parser.add_argument("--seed", type=int, metavar="S")
     parser.add_argument("--data", metavar="FILE", help="task data file (specbench, datasets)")
     parser.add_argument("--category", metavar="NAME", help="task category to keep")
+    parser.add_argument("--heldout-prompts", type=int, metavar="N",
+                        help="held-out prompts the best candidates are decoded on (default: the study's "
+                             "task.heldout_prompts)")
     add_model_options(parser, from_study=True)
 
 
@@ -246,6 +249,7 @@ def configured(args):
     config = load_study(args.study)
     config = apply_overrides(config, trials=args.trials, sampler=args.sampler, objective=args.objective,
                              skip_budget=args.skip_budget, storage=args.storage, seed=args.seed, data=args.data,
-                             category=args.category, output_profile=getattr(args, "output", None),
+                             category=args.category, heldout_prompts=args.heldout_prompts,
+                             output_profile=getattr(args, "output", None),
                              **model_options(args))
     return config, default_storage_url(config, args.study)

@@ -81,7 +81,8 @@ def _worker_command(args, storage: str) -> list[str]:
     command += ["search", args.study, "--storage", storage, "--trials-only", "--no-progress"]
     for flag, value in [("--trials", args.trials), ("--sampler", args.sampler), ("--objective", args.objective),
                         ("--skip-budget", args.skip_budget), ("--seed", args.seed), ("--data", args.data),
-                        ("--category", args.category), ("--dtype", args.dtype), ("--device", args.device),
+                        ("--category", args.category), ("--heldout-prompts", args.heldout_prompts),
+                        ("--dtype", args.dtype), ("--device", args.device),
                         ("--attn-implementation", args.attn_implementation)]:
         if value is not None:
             command += [flag, str(value)]

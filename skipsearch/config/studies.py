@@ -361,6 +361,7 @@ def apply_overrides(
     seed: Any = None,
     data: Any = None,
     category: Any = None,
+    heldout_prompts: Any = None,
     output_profile: Any = None,
     dtype: Any = None,
     device: Any = None,
@@ -370,7 +371,7 @@ def apply_overrides(
     """The study with command-line values (None = not given) replaced, validated again."""
     search_changes = {"trials": trials, "sampler": sampler, "objective": objective, "skip_budget": skip_budget,
                       "seed": seed}
-    task_changes = {"data": data, "category": category}
+    task_changes = {"data": data, "category": category, "heldout_prompts": heldout_prompts}
     model_changes = {"dtype": dtype, "device": device, "device_map": device_map,
                      "attn_implementation": attn_implementation}
     search_changes = {k: v for k, v in search_changes.items() if v is not None}

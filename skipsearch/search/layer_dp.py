@@ -38,7 +38,7 @@ from skipsearch.search.scoring import ProxyScorer
 
 # KnapSpec's defaults here: final cosine similarity a set must keep, and states kept per cell
 FIDELITY_FLOOR = 0.9
-BEAM = 3
+BEAM = 2
 
 
 @dataclass

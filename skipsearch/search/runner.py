@@ -234,8 +234,10 @@ def warm_start_sets(setup: StudySetup, ranking) -> list[SkipSet]:
     k, eligible = setup.k, setup.eligible
     fixed = get_objective(setup.config.search.objective).fixed_count
     sets = [least_important(ranking, k), evenly_spaced(eligible, k)]
-    for name, count in (("clasp-sublayers", k), ("knapspec", k if fixed else None)):
-        found = dp_method(setup, name, count).best
+    # KnapSpec at the budget also with a free count: choosing its own count costs it a proxy
+    # evaluation per count, more than a warm start is worth
+    for name in ("clasp-sublayers", "knapspec"):
+        found = dp_method(setup, name, k).best
         sets += [found, *neighbours(found, dict(ranking), eligible, fixed_count=fixed)[:2]]
     if not fixed:
         # a free count: also try smaller and larger sets of the least important sublayers, and
