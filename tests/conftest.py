@@ -189,3 +189,17 @@ def tiny_loaded():
     from skipsearch.engine.models import LoadedModel
 
     return LoadedModel(model=make_tiny_llama(), tokenizer=make_tokenizer(), name="tiny", source="memory")
+
+
+def tiny_references(model, count: int, seed: int, new_tokens: int, first_length: int = 4) -> list:
+    """References of random prompts (lengths first_length, +2, +4, …) with the model's greedy continuations."""
+    from skipsearch.engine.decoding import DecodeSettings, decode
+    from skipsearch.search.references import Reference
+
+    rng = random.Random(seed)
+    references = []
+    for i in range(count):
+        prompt = [rng.randrange(3, 128) for _ in range(first_length + 2 * i)]
+        settings = DecodeSettings(max_new_tokens=new_tokens, fallback=False)
+        references.append(Reference(str(i), tuple(prompt), tuple(decode(model, prompt, None, settings).token_ids)))
+    return references

@@ -2,31 +2,24 @@
 
 import copy
 import itertools
-import random
 
 import pytest
 import torch
 
 from skipsearch.engine import forward
 from skipsearch.engine.costs import CostModel
-from skipsearch.engine.decoding import DecodeSettings, decode
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
 from skipsearch.search.layer_dp import clasp, knapspec, layer_table
-from skipsearch.search.references import Reference
 from skipsearch.search.scoring import ProxyScorer
+
+from conftest import tiny_references
 
 ELIGIBLE = eligible_sublayers(4, keep_first=0, keep_last=0)
 
 
 @pytest.fixture
 def scorer(tiny_model):
-    rng = random.Random(3)
-    references = []
-    for i in range(2):
-        prompt = [rng.randrange(3, 128) for _ in range(5 + 2 * i)]
-        continuation = decode(tiny_model, prompt, None, DecodeSettings(max_new_tokens=10, fallback=False)).token_ids
-        references.append(Reference(str(i), tuple(prompt), tuple(continuation)))
-    return ProxyScorer(tiny_model, references)
+    return ProxyScorer(tiny_model, tiny_references(tiny_model, count=2, seed=3, new_tokens=10, first_length=5))
 
 
 def _final_similarity_from_scratch(model, references, skip_set: SkipSet) -> float:

@@ -6,15 +6,13 @@ import pytest
 
 from skipsearch.config.profiles import check_profile_for_model, load_profile
 from skipsearch.engine.costs import CostModel
-from skipsearch.engine.decoding import DecodeSettings, decode
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.errors import SkipsearchError
 from skipsearch.search import runner
-from skipsearch.search.references import Reference
 from skipsearch.search.scoring import ProxyScorer, score_from_scratch
 from skipsearch.search.study import open_study
 
-from conftest import study_config, tiny_loaded
+from conftest import study_config, tiny_loaded, tiny_references
 
 
 def _run(tmp_path, config, storage):
@@ -94,12 +92,8 @@ def test_references_are_cached_on_disk(tmp_path, isolated_cache):
 
 
 def test_proxy_equals_a_from_scratch_computation(tiny_model):
+    references = tiny_references(tiny_model, count=3, seed=1, new_tokens=12)
     rng = random.Random(1)
-    references = []
-    for i in range(3):
-        prompt = [rng.randrange(3, 128) for _ in range(4 + 2 * i)]
-        continuation = decode(tiny_model, prompt, None, DecodeSettings(max_new_tokens=12, fallback=False)).token_ids
-        references.append(Reference(str(i), tuple(prompt), tuple(continuation)))
     scorer = ProxyScorer(tiny_model, references)
     eligible = eligible_sublayers(4, keep_first=0, keep_last=0)
     scored = set()
