@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from skipsearch.engine import forward
-from skipsearch.engine.costs import CostModel
+from skipsearch.engine.costs import CostModel, best_draft_length
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
-from skipsearch.search.layer_dp import clasp, knapspec, layer_table
+from skipsearch.search.layer_dp import SHORTLIST, clasp, knapspec, knapspec_shortlist, layer_table
 from skipsearch.search.scoring import ProxyScorer
 
 from conftest import tiny_references
@@ -94,3 +94,17 @@ def test_knapspec_without_a_faithful_set_takes_the_most_similar(scorer):
 def test_knapspec_with_a_free_count_chooses_its_own_count(scorer):
     result = knapspec(scorer, _costs(5.0), ELIGIBLE, None, max_draft_tokens=4, thresholds=(0.0,), floor=0.0)
     assert 1 <= len(result.best) <= len(ELIGIBLE) // 2
+
+
+def test_knapspecs_shortlist_ranks_its_faithful_sets_by_similarity_taken_as_acceptance(scorer):
+    costs = _costs(5.0)
+    shortlist = knapspec_shortlist(scorer, costs, ELIGIBLE, None, max_draft_tokens=4, floor=0.0, size=len(ELIGIBLE) * 2)
+    finals = [s for n, states in layer_table(scorer, ELIGIBLE, len(ELIGIBLE) // 2, keep=lambda states: states).items()
+              if n for s in states]
+    similarity = {SkipSet.from_sublayers(s.skipped): s.similarity for s in finals}
+    estimates = [best_draft_length(costs, s, min(1.0, max(0.0, similarity[s])), 4)[1] for s in shortlist]
+    assert len(shortlist) > SHORTLIST and estimates == sorted(estimates, reverse=True)
+    assert knapspec_shortlist(scorer, costs, ELIGIBLE, None, max_draft_tokens=4, floor=0.0) == shortlist[:SHORTLIST]
+    # KnapSpec scores only its shortlist, and its own count's choice is one of those sets
+    result = knapspec(scorer, costs, ELIGIBLE, None, max_draft_tokens=4, thresholds=(0.0,), floor=0.0)
+    assert result.best in shortlist[:SHORTLIST] and result.evaluations <= SHORTLIST

@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from skipsearch.config.profiles import check_profile_for_model, load_profile
-from skipsearch.engine.costs import CostModel
+from skipsearch.engine.costs import CostModel, best_draft_settings
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.errors import SkipsearchError
 from skipsearch.search import runner
@@ -72,6 +72,18 @@ def test_the_dynamic_programs_sets_and_their_neighbours_are_warm_starts(tmp_path
     clasp = runner.dp_method(setup, "clasp-sublayers", setup.k).best
     knapspec = runner.dp_method(setup, "knapspec", setup.k).best
     assert clasp in warm and knapspec in warm and all(len(s) == setup.k for s in warm)
+
+
+def test_with_a_free_count_knapspecs_own_choice_is_a_warm_start(tmp_path, isolated_cache):
+    setup, study = _run(tmp_path, study_config(tmp_path, objective="speedup", trials=16),
+                        f"sqlite:///{tmp_path / 'free.db'}")
+    own = runner.dp_method(setup, "knapspec", None)
+    warm = {SkipSet.from_attrs(t.user_attrs): t for t in study.get_trials() if t.user_attrs.get("warm_start")}
+    assert own.best in warm
+    # the trial scored it as KnapSpec does (and also weighed n-gram policies, which can only add)
+    _, knapspec_speedup, _ = best_draft_settings(setup.costs, own.best, own.best_score.prompts,
+                                                 setup.config.draft.max_draft_tokens, setup.thresholds)
+    assert warm[own.best].value >= knapspec_speedup - 1e-9
 
 
 def test_resuming_adds_trials_instead_of_starting_over(tmp_path, isolated_cache):

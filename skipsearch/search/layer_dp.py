@@ -9,10 +9,12 @@ instead of scoring candidates one by one.
 - KnapSpec (arXiv 2602.20217): attention and MLP blocks are knapsack items weighted by the time a
   draft step saves without them (from the cost model at the prompts' context length, where
   attention is dearer the longer the context). A cell keeps the few states that no other beats on
-  both fidelity and time saved; of the final sets whose cosine similarity clears a floor, the one
-  with the most predicted tokens per unit of time wins (the cost model's replay of drafting over
-  the proxy's outcomes, as the search predicts). At a fixed skip count it chooses among sets of
-  that count; with a free count, among sets of every count up to half the eligible sublayers.
+  both fidelity and time saved. The final sets whose cosine similarity clears a floor are ranked by
+  the speedup the cost model predicts with the similarity as acceptance (the paper's estimate);
+  the first few are scored by the proxy, and the one with the most predicted tokens per unit of
+  time wins (the cost model's replay of drafting over the proxy's outcomes, as the search
+  predicts). At a fixed skip count it chooses among sets of that count; with a free count, among
+  sets of every count up to half the eligible sublayers.
 
 The hidden states are the proxy's (`ProxyScorer`): every search prompt's reference continuation,
 attending to the full model's KV of the prompt. Work is counted in block forwards (an attention
@@ -30,7 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from skipsearch.engine.costs import CostModel, best_draft_settings
+from skipsearch.engine.costs import CostModel, best_draft_length, best_draft_settings
 from skipsearch.engine.skipping import SUBLAYER_KINDS, SkipSet
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.baselines import MethodResult, Sublayer
@@ -39,6 +41,9 @@ from skipsearch.search.scoring import ProxyScorer
 # KnapSpec's defaults here: final cosine similarity a set must keep, and states kept per cell
 FIDELITY_FLOOR = 0.9
 BEAM = 2
+# KnapSpec's sets scored by the proxy: a free count has up to BEAM faithful sets per count, and
+# scoring each costs a proxy evaluation
+SHORTLIST = 4
 
 
 @dataclass
@@ -131,15 +136,15 @@ def clasp(scorer: ProxyScorer, eligible: Sequence[Sublayer], k: int, whole_layer
                         [score.matchness])
 
 
-def knapspec(scorer: ProxyScorer, costs: CostModel, eligible: Sequence[Sublayer], k: int | None,
-             max_draft_tokens: int, thresholds: Sequence[float], floor: float = FIDELITY_FLOOR,
-             beam: int = BEAM) -> MethodResult:
-    """KnapSpec's set: exactly k sublayers, or with k None the count it finds best. `costs` should
-    be timed at the prompts' context length (`CostModel.at_context`)."""
+def knapspec_shortlist(scorer: ProxyScorer, costs: CostModel, eligible: Sequence[Sublayer], k: int | None,
+                       max_draft_tokens: int, floor: float = FIDELITY_FLOOR, beam: int = BEAM,
+                       size: int = SHORTLIST) -> list[SkipSet]:
+    """KnapSpec's candidate sets, best first: the table's final states that clear the fidelity floor
+    (or the most similar one if none does), ranked by the speedup the cost model predicts with each
+    state's cosine similarity taken as its acceptance rate, as the paper estimates it without
+    decoding; the first `size`. With k None, of every count up to half the eligible sublayers."""
     if k is not None:
         _check(eligible, k)
-    started = time.perf_counter()
-    evaluations = scorer.evaluations
     weight = {**{("attention", i): c for i, c in enumerate(costs.attention)},
               **{("mlp", i): c for i, c in enumerate(costs.mlp)}}
     max_count = k if k is not None else max(1, len(eligible) // 2)
@@ -148,9 +153,22 @@ def knapspec(scorer: ProxyScorer, costs: CostModel, eligible: Sequence[Sublayer]
     if not finals:
         raise SkipsearchError(f"KnapSpec found no set of {k} eligible sublayers; use a smaller --skip-budget")
     faithful = [s for s in finals if s.similarity >= floor] or [max(finals, key=lambda s: s.similarity)]
+    sets = [SkipSet.from_sublayers(s.skipped) for s in faithful]
+    estimate = {skip_set: best_draft_length(costs, skip_set, min(1.0, max(0.0, s.similarity)), max_draft_tokens)[1]
+                for skip_set, s in zip(sets, faithful)}
+    return sorted(estimate, key=lambda skip_set: -estimate[skip_set])[:size]
+
+
+def knapspec(scorer: ProxyScorer, costs: CostModel, eligible: Sequence[Sublayer], k: int | None,
+             max_draft_tokens: int, thresholds: Sequence[float], floor: float = FIDELITY_FLOOR,
+             beam: int = BEAM) -> MethodResult:
+    """KnapSpec's set: exactly k sublayers, or with k None the count it finds best. Its shortlist is
+    scored by the proxy, and the set with the most predicted tokens per unit of time wins. `costs`
+    should be timed at the prompts' context length (`CostModel.at_context`)."""
+    started = time.perf_counter()
+    evaluations = scorer.evaluations
     best, best_speedup, best_score = None, -math.inf, None
-    for state in faithful:
-        skip_set = SkipSet.from_sublayers(state.skipped)
+    for skip_set in knapspec_shortlist(scorer, costs, eligible, k, max_draft_tokens, floor, beam):
         score = scorer.score(skip_set)
         _, speedup, _ = best_draft_settings(costs, skip_set, score.prompts, max_draft_tokens, thresholds)
         if speedup > best_speedup:

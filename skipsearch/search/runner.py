@@ -43,7 +43,7 @@ from skipsearch.engine.models import LoadedModel, load_model, model_fingerprint
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.baselines import MethodResult, evenly_spaced, importance_ranking, least_important
-from skipsearch.search.layer_dp import clasp, knapspec
+from skipsearch.search.layer_dp import clasp, knapspec, knapspec_shortlist
 from skipsearch.search.neighbours import LocalSearch, neighbours
 from skipsearch.search.objectives import get_objective
 from skipsearch.search.references import Reference, reference_continuations
@@ -230,18 +230,19 @@ def dp_method(setup: StudySetup, name: str, k: int | None) -> MethodResult:
 
 def warm_start_sets(setup: StudySetup, ranking) -> list[SkipSet]:
     """Sets the search tries before sampling: the least important sublayers, evenly spaced layers,
-    CLaSp's and KnapSpec's sets and their two nearest neighbours each, and warm-start profiles."""
+    CLaSp's and KnapSpec's sets and their two nearest neighbours each, and warm-start profiles.
+    With a free count also KnapSpec's shortlist at its own count: the trials score it as KnapSpec
+    would, so the search's best is at least KnapSpec's choice on the search prompts."""
     k, eligible = setup.k, setup.eligible
     fixed = get_objective(setup.config.search.objective).fixed_count
     sets = [least_important(ranking, k), evenly_spaced(eligible, k)]
-    # KnapSpec at the budget also with a free count: choosing its own count costs it a proxy
-    # evaluation per count, more than a warm start is worth
     for name in ("clasp-sublayers", "knapspec"):
         found = dp_method(setup, name, k).best
         sets += [found, *neighbours(found, dict(ranking), eligible, fixed_count=fixed)[:2]]
     if not fixed:
-        # a free count: also try smaller and larger sets of the least important sublayers, and
-        # none at all (n-gram drafting alone)
+        sets += knapspec_shortlist(setup.scorer, setup.costs, eligible, None, setup.config.draft.max_draft_tokens)
+        # smaller and larger sets of the least important sublayers, and none at all (n-gram
+        # drafting alone)
         sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
         sets.append(SkipSet())
     allowed = set(eligible)
