@@ -227,37 +227,9 @@ def measure_costs(
         configurations[f"no mlp {number}"] = (SkipSet(mlp=group), 1)
     configurations.update({f"verify {n}": (SkipSet(), n) for n in range(1, max_verify_tokens + 1)})
 
-    with torch.inference_mode():
-        cache = forward.new_cache()
-        forward.run(model, cache, context[:, :context_tokens], 0, logits_to_keep=1)
-
-        def timed(skip_set: SkipSet, new_tokens: int) -> float:
-            ids = context[:, context_tokens : context_tokens + new_tokens]
-            with skipping(model, skip_set), Stopwatch(device) as watch:
-                # every position's logits, as the decoder computes them while drafting and verifying
-                forward.run(model, cache, ids, context_tokens)
-            crop_cache(cache, context_tokens)
-            return watch.seconds
-
-        for skip_set, new_tokens in configurations.values():  # warm-up
-            timed(skip_set, new_tokens)
-        samples: dict[str, list[float]] = {name: [] for name in configurations}
-        for _ in range(repeats):
-            for name, (skip_set, new_tokens) in configurations.items():
-                samples[name].append(timed(skip_set, new_tokens))
-
-    medians = {name: median(times) for name, times in samples.items()}
-    unsteady = [name for name, times in samples.items() if max(times) > 2 * min(times)]
-    if unsteady:
-        log.warning("measure_costs: timings varied more than 2x between repeats (%s); the machine is busy or "
-                    "its clock changes, and the cost model is unreliable", ", ".join(unsteady))
-    full = medians["verify 1"]
-    attention, mlp = [0.0] * num_layers, [0.0] * num_layers
-    for number, group in enumerate(groups):
-        # Noise can make a difference negative on a small model; a block never costs less than nothing.
-        for index in group:
-            attention[index] = max(0.0, (full - medians[f"no attention {number}"]) / len(group))
-            mlp[index] = max(0.0, (full - medians[f"no mlp {number}"]) / len(group))
+    medians = _timed_medians(model, context, context_tokens, configurations, repeats, device)
+    attention = _per_layer(medians, groups, "no attention", num_layers)
+    mlp = _per_layer(medians, groups, "no mlp", num_layers)
     if 0.0 in attention or 0.0 in mlp:
         log.warning("measure_costs: a block's cost was below the timing noise and is taken as 0; "
                     "use more repeats or a quieter machine")
@@ -281,25 +253,52 @@ def measure_costs(
 def _attention_at(model, groups, context_tokens: int, repeats: int, generator, device) -> list[float]:
     """Per layer, one attention block's cost on one new token after `context_tokens` of context."""
     ids = torch.randint(0, model.config.vocab_size, (1, context_tokens + 1), generator=generator).to(device)
-    configurations = {"full": SkipSet(), **{f"no attention {g}": SkipSet(attention=group)
-                                            for g, group in enumerate(groups)}}
-    samples: dict[str, list[float]] = {name: [] for name in configurations}
+    configurations = {"verify 1": (SkipSet(), 1),
+                      **{f"no attention {g}": (SkipSet(attention=group), 1) for g, group in enumerate(groups)}}
+    medians = _timed_medians(model, ids, context_tokens, configurations, repeats, device)
+    return _per_layer(medians, groups, "no attention", len(decoder_layers(model)))
+
+
+def _timed_medians(model, ids: torch.Tensor, context_tokens: int, configurations: dict[str, tuple[SkipSet, int]],
+                   repeats: int, device) -> dict[str, float]:
+    """Each configuration's (skip set, new tokens) median time over `repeats` passes after the
+    cache holds `ids[:, :context_tokens]`, interleaved, after one warm-up pass of each. Every pass
+    appends `new tokens` of `ids` at explicit positions and the cache is cropped back after it,
+    so all passes see the same context."""
     with torch.inference_mode():
         cache = forward.new_cache()
         forward.run(model, cache, ids[:, :context_tokens], 0, logits_to_keep=1)
-        for round_ in range(repeats + 1):  # the first round warms up
-            for name, skip_set in configurations.items():
-                with skipping(model, skip_set), Stopwatch(device) as watch:
-                    forward.run(model, cache, ids[:, context_tokens:], context_tokens)
-                crop_cache(cache, context_tokens)
-                if round_:
-                    samples[name].append(watch.seconds)
-    full = median(samples["full"])
-    attention = [0.0] * len(decoder_layers(model))
-    for g, group in enumerate(groups):
+
+        def timed(skip_set: SkipSet, new_tokens: int) -> float:
+            with skipping(model, skip_set), Stopwatch(device) as watch:
+                # every position's logits, as the decoder computes them while drafting and verifying
+                forward.run(model, cache, ids[:, context_tokens : context_tokens + new_tokens], context_tokens)
+            crop_cache(cache, context_tokens)
+            return watch.seconds
+
+        for skip_set, new_tokens in configurations.values():  # warm-up
+            timed(skip_set, new_tokens)
+        samples: dict[str, list[float]] = {name: [] for name in configurations}
+        for _ in range(repeats):
+            for name, (skip_set, new_tokens) in configurations.items():
+                samples[name].append(timed(skip_set, new_tokens))
+    unsteady = [name for name, times in samples.items() if max(times) > 2 * min(times)]
+    if unsteady:
+        log.warning("measure_costs: timings varied more than 2x between repeats (%s, %d-token context); the "
+                    "machine is busy or its clock changes, and the cost model is unreliable", ", ".join(unsteady),
+                    context_tokens)
+    return {name: median(times) for name, times in samples.items()}
+
+
+def _per_layer(medians: dict[str, float], groups: list[tuple[int, ...]], without: str, num_layers: int) -> list[float]:
+    """Per layer, one block's cost: the plain step less the step `without` the block kind in the
+    layer's group (`"no attention"` or `"no mlp"`), shared out over the group; noise can make the
+    difference negative on a small model, and a block never costs less than nothing."""
+    costs = [0.0] * num_layers
+    for number, group in enumerate(groups):
         for index in group:
-            attention[index] = max(0.0, (full - median(samples[f"no attention {g}"])) / len(group))
-    return attention
+            costs[index] = max(0.0, (medians["verify 1"] - medians[f"{without} {number}"]) / len(group))
+    return costs
 
 
 # ---------------------------------------------------------------------------- predicting
