@@ -55,9 +55,20 @@ def run(args) -> int:
     setup = runner.prepare(config, progress=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per in-memory study otherwise
     bar = tqdm(total=len(args.methods), desc="methods", leave=False)
+    measuring = None
+
+    def measured(name: str) -> None:
+        nonlocal measuring
+        if measuring is None:
+            bar.close()
+            measuring = tqdm(total=len(args.methods), desc="held-out decoding", leave=False)
+        measuring.update(1)
+
     comparison = compare_methods(setup, args.budget, config.search.seed, config.search.sampler, args.methods,
-                                 on_method=lambda name: bar.update(1))
+                                 on_method=lambda name: bar.update(1), on_measured=measured)
     bar.close()
+    if measuring is not None:
+        measuring.close()
     rows = comparison.rows
     print(f"k = {setup.k} of {len(setup.eligible)} sublayers, budget {args.budget} evaluations, "
           f"seed {config.search.seed}, {len(setup.search_refs)} search / {len(setup.heldout_refs)} held-out prompts, "

@@ -84,7 +84,7 @@ class Comparison:
 
 
 def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "tpe",
-                    methods: list[str] | None = None, on_method=None) -> Comparison:
+                    methods: list[str] | None = None, on_method=None, on_measured=None) -> Comparison:
     """Time the costs on this machine, run every method from a clean memo, then re-score each
     best set on held-out prompts."""
     setup.time_costs()
@@ -122,4 +122,6 @@ def compare_methods(setup: StudySetup, budget: int, seed: int, sampler: str = "t
                                round(measured.decode_speedup, 3), result.best.describe(),
                                measured.lossless["identical"], measured.lossless["tie_flip"],
                                measured.lossless["error"]))
+        if on_measured is not None:
+            on_measured(result.method)
     return Comparison(rows, proxy_seconds / max(evaluations, 1), full_seconds / max(evaluations, 1))
