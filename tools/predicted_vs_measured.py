@@ -1,6 +1,8 @@
 """Predicted against measured decode speedup on short and long prompts, with the cost model timed
 at one context length ("flat") and with its context fit ("per context"), for a study's exported
-profile and for KnapSpec's set at its own skip count (layer skip only, as KnapSpec drafts).
+profile as deployed (its n-gram drafts and policy included) and for KnapSpec's set at its own
+skip count, drafting by layer skip only as KnapSpec does, and, where the profile drafts n-grams
+too, with the n-gram policy the search would give it.
 
     python tools/predicted_vs_measured.py studies/humaneval.yaml studies/specbench-summarization.yaml \
         --heldout-prompts 12 --out reports/dp/predicted-vs-measured.csv
@@ -24,15 +26,25 @@ from skipsearch.engine.costs import best_draft_settings, prompt_costs, replay_dr
 from skipsearch.files import write_atomic
 from skipsearch.search import runner
 
-COLUMNS = ("study", "candidate", "skip", "prompt_tokens", "measured", "predicted_per_context", "predicted_flat",
-           "per_context_error", "flat_error")
+COLUMNS = ("study", "candidate", "skip", "drafting", "prompt_tokens", "measured", "predicted_per_context",
+           "predicted_flat", "per_context_error", "flat_error")
 
 
-def _flat_prediction(setup, skip_set, drafting, prompts) -> float:
+def _flat_prediction(setup, skip_set, candidate, prompts) -> float:
     """The held-out replay's predicted speedup with the costs of the timing context for every prompt."""
     flat = dataclasses.replace(setup.costs, attention_slope=[])
+    drafting = runner.drafting_settings(setup, flat, skip_set, *candidate)
     per_prompt, steps = prompt_costs(flat, skip_set, prompts)
     return replay_drafting(prompts, drafting, len(skip_set) > 0, per_prompt, plain_steps=steps)[1]
+
+
+def _searched(setup, skip_set, policies: bool) -> tuple:
+    """The draft settings the search would give `skip_set`, chosen on the search prompts:
+    (max draft tokens, confidence threshold, n-gram settings, policy settings)."""
+    settings, _, _ = best_draft_settings(setup.costs, skip_set, setup.scorer.score(skip_set).prompts,
+                                         setup.config.draft.max_draft_tokens, setup.thresholds, policies)
+    policy = settings.policy if settings.costs is not None else None
+    return settings.max_draft_tokens, settings.confidence_threshold, settings.ngram, policy
 
 
 def rows_for(study_path: str, heldout: int) -> list[dict]:
@@ -43,27 +55,34 @@ def rows_for(study_path: str, heldout: int) -> list[dict]:
     candidates = []
     if Path(profile_path).is_file():
         profile = load_profile(profile_path)
-        candidates.append(("exported profile", profile.skip, profile.draft))
+        draft = profile.draft
+        candidates.append(("exported profile", profile.skip,
+                           (draft.max_draft_tokens, draft.confidence_threshold, draft.ngram, draft.policy)))
     knapspec = runner.dp_method(setup, "knapspec", None).best
-    candidates.append(("knapspec (own count)", knapspec, None))
+    candidates.append(("knapspec (own count)", knapspec, _searched(setup, knapspec, policies=False)))
+    if any(c[2][2] is not None for c in candidates):  # a profile with n-gram drafts: KnapSpec's set with them too
+        candidates.append(("knapspec (own count) + n-gram policy", knapspec, _searched(setup, knapspec, policies=True)))
     rows = []
-    for name, skip_set, draft in candidates:
-        search_prompts = setup.scorer.score(skip_set).prompts
-        drafting, _, _ = best_draft_settings(setup.costs, skip_set, search_prompts, config.draft.max_draft_tokens,
-                                             setup.thresholds)
-        if draft is not None:  # the profile's own drafting, as deployed
-            drafting = dataclasses.replace(drafting, max_draft_tokens=draft.max_draft_tokens,
-                                           confidence_threshold=draft.confidence_threshold)
-        measured = runner.measure(setup, skip_set, drafting.max_draft_tokens, drafting.confidence_threshold)
+    for name, skip_set, candidate in candidates:
+        measured = runner.measure(setup, skip_set, candidate[0], candidate[1], ngram=candidate[2], policy=candidate[3])
         per_context = measured.predicted_speedup  # the replay with the costs at each prompt's context
-        flat = _flat_prediction(setup, skip_set, drafting, setup.heldout_scorer.score(skip_set).prompts)
+        flat = _flat_prediction(setup, skip_set, candidate, setup.heldout_scorer.score(skip_set).prompts)
         tokens = sum(len(r.prompt_ids) for r in setup.heldout_refs) // len(setup.heldout_refs)
-        rows.append({"study": config.name, "candidate": name, "skip": skip_set.describe(), "prompt_tokens": tokens,
+        rows.append({"study": config.name, "candidate": name, "skip": skip_set.describe(),
+                     "drafting": _drafting(candidate), "prompt_tokens": tokens,
                      "measured": round(measured.decode_speedup, 3), "predicted_per_context": round(per_context, 3),
                      "predicted_flat": round(flat, 3),
                      "per_context_error": round(per_context / measured.decode_speedup - 1, 3),
                      "flat_error": round(flat / measured.decode_speedup - 1, 3)})
     return rows
+
+
+def _drafting(candidate) -> str:
+    max_draft, threshold, ngram, policy = candidate
+    text = f"{max_draft} drafts, threshold {threshold}"
+    if ngram is not None:
+        text += f", n-grams {ngram.min_n}-{ngram.max_n} up to {ngram.max_tokens}"
+    return text + (f", policy margin {policy.margin}" if policy is not None else "")
 
 
 def main() -> int:

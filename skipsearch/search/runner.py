@@ -333,6 +333,17 @@ class Measurement:
         return {**self.skip_set.to_attrs(), **record}
 
 
+def drafting_settings(setup: StudySetup, costs: CostModel, skip_set: SkipSet, max_draft_tokens: int,
+                      confidence_threshold: float, ngram: NgramSettings | None = None,
+                      policy: PolicySettings | None = None) -> DecodeSettings:
+    """The decoder's settings for one drafting policy on the held-out prompts, fallback off; a
+    policy weighs its options by `costs` relative to the full model."""
+    return DecodeSettings(max_new_tokens=setup.config.task.reference_tokens, max_draft_tokens=max_draft_tokens,
+                          confidence_threshold=confidence_threshold, fallback=False, ngram=ngram,
+                          costs=relative_costs(costs, skip_set) if policy is not None else None,
+                          policy=policy or PolicySettings())
+
+
 def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float,
             trial: int | None = None, ngram: NgramSettings | None = None,
             policy: PolicySettings | None = None) -> Measurement:
@@ -345,12 +356,8 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
     bfloat16/float16 a difference is re-scored, counted as a tie flip or an error, and only an
     error (a defect) stops the measurement."""
     model = setup.loaded.model
-    length = setup.config.task.reference_tokens
-    plain = DecodeSettings(max_new_tokens=length, fallback=False)
-    relative = relative_costs(setup.costs, skip_set)
-    drafting = DecodeSettings(max_new_tokens=length, max_draft_tokens=max_draft_tokens,
-                              confidence_threshold=confidence_threshold, fallback=False, ngram=ngram,
-                              costs=relative if policy is not None else None, policy=policy or PolicySettings())
+    plain = DecodeSettings(max_new_tokens=setup.config.task.reference_tokens, fallback=False)
+    drafting = drafting_settings(setup, setup.costs, skip_set, max_draft_tokens, confidence_threshold, ngram, policy)
     # one untimed run first: the first decode after loading pays one-off allocation costs
     decode(model, list(setup.heldout_refs[0].prompt_ids), None, DecodeSettings(max_new_tokens=4, fallback=False))
     plain_time = draft_time = 0.0
