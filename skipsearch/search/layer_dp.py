@@ -14,7 +14,7 @@ instead of scoring candidates one by one.
   the first few are scored by the proxy, and the one with the most predicted tokens per unit of
   time wins (the cost model's replay of drafting over the proxy's outcomes, as the search
   predicts). At a fixed skip count it chooses among sets of that count; with a free count, among
-  sets of every count up to half the eligible sublayers.
+  sets of every count up to a limit (by default half the eligible sublayers).
 
 The hidden states are the proxy's (`ProxyScorer`): every search prompt's reference continuation,
 attending to the full model's KV of the prompt. Work is counted in block forwards (an attention
@@ -138,16 +138,17 @@ def clasp(scorer: ProxyScorer, eligible: Sequence[Sublayer], k: int, whole_layer
 
 def knapspec_shortlist(scorer: ProxyScorer, costs: CostModel, eligible: Sequence[Sublayer], k: int | None,
                        max_draft_tokens: int, floor: float = FIDELITY_FLOOR, beam: int = BEAM,
-                       size: int = SHORTLIST) -> list[SkipSet]:
+                       size: int = SHORTLIST, max_count: int | None = None) -> list[SkipSet]:
     """KnapSpec's candidate sets, best first: the table's final states that clear the fidelity floor
     (or the most similar one if none does), ranked by the speedup the cost model predicts with each
     state's cosine similarity taken as its acceptance rate, as the paper estimates it without
-    decoding; the first `size`. With k None, of every count up to half the eligible sublayers."""
+    decoding; the first `size`. With k None, of every count up to `max_count` (by default half the
+    eligible sublayers): the table's cost grows with it."""
     if k is not None:
         _check(eligible, k)
     weight = {**{("attention", i): c for i, c in enumerate(costs.attention)},
               **{("mlp", i): c for i, c in enumerate(costs.mlp)}}
-    max_count = k if k is not None else max(1, len(eligible) // 2)
+    max_count = k if k is not None else max(1, min(max_count or len(eligible) // 2, len(eligible)))
     table = layer_table(scorer, eligible, max_count, _undominated(beam), saved_by=weight.__getitem__)
     finals = table.get(k, []) if k is not None else [s for n, states in table.items() if n for s in states]
     if not finals:
@@ -161,14 +162,14 @@ def knapspec_shortlist(scorer: ProxyScorer, costs: CostModel, eligible: Sequence
 
 def knapspec(scorer: ProxyScorer, costs: CostModel, eligible: Sequence[Sublayer], k: int | None,
              max_draft_tokens: int, thresholds: Sequence[float], floor: float = FIDELITY_FLOOR,
-             beam: int = BEAM) -> MethodResult:
-    """KnapSpec's set: exactly k sublayers, or with k None the count it finds best. Its shortlist is
+             beam: int = BEAM, max_count: int | None = None) -> MethodResult:
+    """KnapSpec's set: exactly k sublayers, or with k None the count it finds best (up to `max_count`). Its shortlist is
     scored by the proxy, and the set with the most predicted tokens per unit of time wins. `costs`
     should be timed at the prompts' context length (`CostModel.at_context`)."""
     started = time.perf_counter()
     evaluations = scorer.evaluations
     best, best_speedup, best_score = None, -math.inf, None
-    for skip_set in knapspec_shortlist(scorer, costs, eligible, k, max_draft_tokens, floor, beam):
+    for skip_set in knapspec_shortlist(scorer, costs, eligible, k, max_draft_tokens, floor, beam, max_count=max_count):
         score = scorer.score(skip_set)
         _, speedup, _ = best_draft_settings(costs, skip_set, score.prompts, max_draft_tokens, thresholds)
         if speedup > best_speedup:

@@ -217,12 +217,18 @@ def importance(setup: StudySetup, study: optuna.Study, progress: bool) -> list[t
 DP_METHODS = ("clasp", "clasp-sublayers", "knapspec")
 
 
+def free_count_limit(setup: StudySetup) -> int:
+    """The largest count KnapSpec considers choosing its own: twice the study's budget, as the
+    largest least-important warm start, at most half the eligible sublayers."""
+    return max(1, min(2 * setup.k, len(setup.eligible) // 2))
+
+
 def dp_method(setup: StudySetup, name: str, k: int | None) -> MethodResult:
     """CLaSp's or KnapSpec's set for this study on its search prompts; with k None KnapSpec picks
-    its own count. Needs the study's costs (KnapSpec weighs blocks by them)."""
+    its own count (up to `free_count_limit`). Needs the study's costs (KnapSpec weighs blocks by them)."""
     if name == "knapspec":
         return knapspec(setup.scorer, setup.costs, setup.eligible, k, setup.config.draft.max_draft_tokens,
-                        setup.thresholds)
+                        setup.thresholds, max_count=free_count_limit(setup))
     if name not in DP_METHODS:
         raise SkipsearchError(f"unknown dynamic program {name!r}; use one of {', '.join(DP_METHODS)}")
     return clasp(setup.scorer, setup.eligible, setup.k if k is None else k, whole_layers=name == "clasp")
@@ -240,7 +246,8 @@ def warm_start_sets(setup: StudySetup, ranking) -> list[SkipSet]:
         found = dp_method(setup, name, k).best
         sets += [found, *neighbours(found, dict(ranking), eligible, fixed_count=fixed)[:2]]
     if not fixed:
-        sets += knapspec_shortlist(setup.scorer, setup.costs, eligible, None, setup.config.draft.max_draft_tokens)
+        sets += knapspec_shortlist(setup.scorer, setup.costs, eligible, None, setup.config.draft.max_draft_tokens,
+                                   max_count=free_count_limit(setup))
         # smaller and larger sets of the least important sublayers, and none at all (n-gram
         # drafting alone)
         sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
