@@ -234,7 +234,7 @@ def dp_method(setup: StudySetup, name: str, k: int | None) -> MethodResult:
     return clasp(setup.scorer, setup.eligible, setup.k if k is None else k, whole_layers=name == "clasp")
 
 
-def warm_start_sets(setup: StudySetup, ranking) -> list[SkipSet]:
+def warm_start_sets(setup: StudySetup, ranking, progress: bool = False) -> list[SkipSet]:
     """Sets the search tries before sampling: the least important sublayers, evenly spaced layers,
     CLaSp's and KnapSpec's sets and their two nearest neighbours each, and warm-start profiles.
     With a free count also KnapSpec's shortlist at its own count: the trials score it as KnapSpec
@@ -242,16 +242,20 @@ def warm_start_sets(setup: StudySetup, ranking) -> list[SkipSet]:
     k, eligible = setup.k, setup.eligible
     fixed = get_objective(setup.config.search.objective).fixed_count
     sets = [least_important(ranking, k), evenly_spaced(eligible, k)]
+    bar = tqdm(total=2 if fixed else 3, desc="warm starts (dynamic programs)", disable=not progress, leave=False)
     for name in ("clasp-sublayers", "knapspec"):
         found = dp_method(setup, name, k).best
         sets += [found, *neighbours(found, dict(ranking), eligible, fixed_count=fixed)[:2]]
+        bar.update(1)
     if not fixed:
         sets += knapspec_shortlist(setup.scorer, setup.costs, eligible, None, setup.config.draft.max_draft_tokens,
                                    max_count=free_count_limit(setup))
+        bar.update(1)
         # smaller and larger sets of the least important sublayers, and none at all (n-gram
         # drafting alone)
         sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
         sets.append(SkipSet())
+    bar.close()
     allowed = set(eligible)
     for path, profile in setup.warm_profiles:
         kept = [s for s in profile.skip.sublayers if s in allowed]
@@ -274,7 +278,7 @@ def prepare_study(setup: StudySetup, study: optuna.Study, progress: bool) -> Non
         study.set_user_attr("costs", setup.time_costs().to_dict())
     if not study.user_attrs.get("warm_started"):  # after the costs: KnapSpec's warm start weighs by them
         # no more than the study's trials: a warm start past the target would wait in the storage
-        sets = warm_start_sets(setup, importance(setup, study, progress))[:search_cfg.trials]
+        sets = warm_start_sets(setup, importance(setup, study, progress), progress)[:search_cfg.trials]
         enqueue_warm_starts(study, sets, setup.eligible)
         study.set_user_attr("warm_started", True)
     study.set_user_attr("skip_budget", setup.k)
