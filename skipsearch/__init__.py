@@ -7,8 +7,8 @@ first use: importing the package, or an engine module, pulls in nothing else.
 
 import importlib
 
-from skipsearch.engine.decoding import DecodeSettings, DecodeStats, FallbackMemory, decode
-from skipsearch.engine.drafting import PolicySettings
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, decode
+from skipsearch.engine.drafting import NgramSettings, PolicyMemory, PolicySettings
 from skipsearch.engine.models import LoadedModel, load_model, model_fingerprint
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
 from skipsearch.errors import SkipsearchError
@@ -32,8 +32,9 @@ __all__ = [
     *_LAZY,
     "DecodeSettings",
     "DecodeStats",
-    "FallbackMemory",
     "LoadedModel",
+    "NgramSettings",
+    "PolicyMemory",
     "PolicySettings",
     "SkipSet",
     "SkipsearchError",

@@ -64,22 +64,23 @@ from skipsearch.config.profiles import (
     parse_profile,
 )
 from skipsearch.engine import forward
-from skipsearch.engine.costs import relative_costs
 from skipsearch.engine.decoding import (
     DecodeSettings,
     DecodeStats,
-    FallbackMemory,
-    FallbackRule,
-    _choose,
-    _draft,
-    _Forward,
-    _point_mass,
-    _verify,
-    crop_cache,
+    ForwardStep,
+    choose_token,
+    draft_tokens,
+    new_guard,
+    new_policy,
+    point_mass,
+    resolve_costs,
+    verify_drafts,
 )
-from skipsearch.engine.device_costs import costs_here
-from skipsearch.engine.drafting import NGRAM, PLAIN, DraftPolicy, NgramIndex, RelativeCosts, count_round
+from skipsearch.engine.drafting import NgramIndex, PolicyMemory, RelativeCosts
+from skipsearch.engine.forward import crop_cache
 from skipsearch.engine.models import model_fingerprint
+from skipsearch.engine.rounds import run_rounds
+from skipsearch.engine.skipping import SkipSet
 from skipsearch.engine.timing import device_time
 from skipsearch.errors import SkipsearchError
 
@@ -92,14 +93,14 @@ _OUTPUT_CACHE_FIELD = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclas
 
 
 # ---------------------------------------------------------------------------------------------
-# the profile: loaded once per file version, checked once per model, one fallback memory per policy
+# the profile: loaded once per file version, checked once per model, one policy memory per profile
 
 
 @dataclasses.dataclass
 class _ModelState:
     fingerprint: str | None = None
     fits: set[ProfileModel] = dataclasses.field(default_factory=set)  # profiles' models checked against it
-    memories: dict[tuple, FallbackMemory] = dataclasses.field(default_factory=dict)
+    memories: dict[tuple, PolicyMemory] = dataclasses.field(default_factory=dict)
 
 
 _states: weakref.WeakKeyDictionary[torch.nn.Module, _ModelState] = weakref.WeakKeyDictionary()
@@ -145,19 +146,24 @@ def check_once(model, profile: Profile) -> None:
     state.fits.add(profile.model)
 
 
-def decode_settings(profile: Profile, do_sample: bool = False, max_draft_tokens: int | None = None,
-                    confidence_threshold: float | None = None, fallback: bool = True) -> DecodeSettings:
-    """The decoder settings `self_speculative` drafts with: the profile's policy
-    (`profiles.decode_fields`) with the overrides given.
+def decode_settings(profile: Profile | None, do_sample: bool = False, max_draft_tokens: int | None = None,
+                    confidence_threshold: float | None = None, fallback: bool = True, plain: bool = False,
+                    policy_costs: str = "here") -> DecodeSettings:
+    """The decoder settings `self_speculative` drafts with: the profile's (`profiles.decode_fields`)
+    with the overrides given; without a profile, n-gram drafting under the default policy;
+    `plain`: nothing drafts.
 
     Sampling is `temperature` 1 with no top-k/top-p here because the scores it samples from are
     already generate's processed ones, warpers included."""
-    fields = decode_fields(profile)
+    temperature = 1.0 if do_sample else 0.0
+    if plain:
+        return DecodeSettings(temperature=temperature, ngram=None, costs=None, fallback=False)
+    fields = decode_fields(profile, policy_costs) if profile is not None else {}
     if max_draft_tokens is not None:
         fields["max_draft_tokens"] = max_draft_tokens
     if confidence_threshold is not None:
         fields["confidence_threshold"] = confidence_threshold
-    return DecodeSettings(temperature=1.0 if do_sample else 0.0, fallback=fallback, **fields)
+    return DecodeSettings(temperature=temperature, fallback=fallback, **fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,11 +278,11 @@ class _Scorer:
 
 
 class _ScoredForward:
-    """`decoding._draft`'s forward step, returning usable processed scores instead of raw logits,
+    """`decoding.draft_tokens`'s forward step, returning usable processed scores instead of raw logits,
     so a layer-skip draft is proposed (and, when sampling, drawn) from the distribution generate
     would use at that position."""
 
-    def __init__(self, step: _Forward, sequence: _Sequence, scorer: _Scorer):
+    def __init__(self, step: ForwardStep, sequence: _Sequence, scorer: _Scorer):
         self.step, self.sequence, self.scorer = step, sequence, scorer
 
     def __call__(self, token_ids: list[int], start: int, logits_to_keep: int = 0) -> torch.Tensor:
@@ -340,127 +346,153 @@ def self_speculative(
     max_draft_tokens: int | None = None,
     confidence_threshold: float | None = None,
     fallback: bool = True,
-    fallback_memory: FallbackMemory | None = None,
+    plain: bool = False,
+    policy_memory: PolicyMemory | None = None,
     skip_stats: DecodeStats | None = None,
     policy_costs: str | RelativeCosts = "here",
     **model_kwargs,
 ):
-    """A `generate(custom_generate=...)` decoding method: self-speculative decoding with a profile.
+    """A `generate(custom_generate=...)` decoding method: self-speculative decoding.
 
     `skip_profile`: a profile path or a loaded `Profile` (checked once per model against its
-    fingerprint). `max_draft_tokens`, `confidence_threshold`: override the profile's. `fallback`:
-    switch to plain decoding for the rest of a call once drafting proves slower (as
-    `decoding.decode`); `fallback_memory`: the verdict carried across calls (default: one per
-    model and policy, kept by this module). `skip_stats`: a fresh `DecodeStats` that this call fills
-    with its counts and times. `policy_costs`: what a profile's drafting policy weighs its options
-    by: "here" (this device's costs, timed once and cached: `device_costs`), "profile" (the costs
-    the search stored) or given `RelativeCosts`. The rest is what `generate` prepares and passes."""
+    fingerprint); without one the runtime drafts from the context's n-grams under its default
+    priors. `plain`: draft nothing. `max_draft_tokens`, `confidence_threshold`: override the
+    profile's. `fallback`: suspend drafting for a while whenever it proves slower than plain steps
+    by the clock (`drafting.ThroughputGuard`). `policy_memory`: the evidence carried across calls
+    (default: one per model and profile, kept by this module). `skip_stats`: a fresh `DecodeStats`
+    that this call fills with its counts and times. `policy_costs`: what the policy weighs its
+    options by: "here" (this device's costs, timed once and cached: `device_costs`), "profile" (the
+    costs the search stored) or given `RelativeCosts`. The rest is what `generate` prepares and passes."""
     streamer = _streamer_from_generate(streamer)
     try:
         return _self_speculative(model, input_ids, logits_processor, stopping_criteria, generation_config,
                                  synced_gpus, streamer, skip_profile, max_draft_tokens, confidence_threshold,
-                                 fallback, fallback_memory, skip_stats, policy_costs, model_kwargs)
+                                 fallback, plain, policy_memory, skip_stats, policy_costs, model_kwargs)
     finally:
         if streamer is not None:
             streamer.end()
 
 
+class _Generating:
+    """`generate`'s side of a round (`rounds.RoundBackend`): the decoder's steps with generate's
+    processors applied at every scored position and its stopping criteria after every token."""
+
+    def __init__(self, model, skip_set, settings: DecodeSettings, sequence: _Sequence, scorer: _Scorer,
+                 output: _Output, max_length: int | None, stop_ids: set[int]):
+        self.model, self.skip_set, self.settings = model, skip_set, settings
+        self.sequence, self.scorer, self.output, self.max_length = sequence, scorer, output, max_length
+        self.stop_ids = stop_ids
+        self.device = forward.input_device(model)
+        self.cache = forward.new_cache()
+        self.step = ForwardStep(model, self.cache, self.device)
+        self.draft_step = _ScoredForward(self.step, sequence, scorer) if scorer.processors else self.step
+        self.done = False
+        self.usable: torch.Tensor | None = None  # the last usable scores: point masses are made like them
+
+    @property
+    def new_tokens(self) -> int:
+        return self.output.new_tokens
+
+    @property
+    def length(self) -> int:
+        return self.sequence.length - 1  # positions with full-model KV: all but the pending token
+
+    def now(self) -> float:
+        return device_time(self.device)
+
+    def prefill(self, prompt: list[int]) -> None:
+        raw, processed, usable = self.scorer(self.step(prompt, 0, logits_to_keep=1)[-1:], [len(prompt)])
+        self.usable = usable
+        self.done = self.output.commit([choose_token(usable[0], self.settings, None)], processed, raw)
+
+    def budget(self) -> int:
+        longest = self.settings.longest_draft
+        return longest if self.max_length is None else min(longest, self.max_length - self.sequence.length - 1)
+
+    def proposal(self):
+        index = self.output.index
+        return index.propose() if index is not None else ([], 0)
+
+    def plain(self) -> None:
+        raw, processed, usable = self.scorer(self.step([self.output.last], self.length)[-1:], [self.sequence.length])
+        self.usable = usable
+        self.done = self.output.commit([choose_token(usable[0], self.settings, None)], processed, raw)
+
+    def point_masses(self, tokens):
+        return [] if self.settings.greedy else [point_mass(token, self.usable) for token in tokens]
+
+    def draft(self, after, budget: int):
+        length = self.length
+        tokens, probs, steps = draft_tokens(self.draft_step, self.skip_set, self.model, [self.output.last, *after],
+                                            length, budget, self.settings, None, self.stop_ids)
+        crop_cache(self.cache, length)
+        return tokens, probs, steps
+
+    def verify(self, drafts, draft_probs) -> int:
+        length, drafts = self.length, list(drafts)
+        self.sequence.place(drafts, self.sequence.length)
+        raw, processed, usable = self.scorer(self.step([self.output.last] + drafts, length),
+                                             [self.sequence.length + i for i in range(len(drafts) + 1)])
+        accepted, next_token = verify_drafts(usable, drafts, list(draft_probs), self.settings, None)
+        crop_cache(self.cache, length + 1 + accepted)
+        self.usable = usable
+        self.done = self.output.commit(drafts[:accepted] + [next_token], processed, raw)
+        return accepted
+
+
 def _self_speculative(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
-                      streamer, skip_profile, max_draft_tokens, confidence_threshold, fallback, fallback_memory,
+                      streamer, skip_profile, max_draft_tokens, confidence_threshold, fallback, plain, policy_memory,
                       skip_stats, policy_costs, model_kwargs):
     _check_call(model, input_ids, generation_config, synced_gpus, model_kwargs)
     if stopping_criteria is None:
         stopping_criteria = StoppingCriteriaList()
-    profile = _resolve_profile(skip_profile)
-    check_once(model, profile)
+    profile = None if skip_profile is None else _resolve_profile(skip_profile)
+    if profile is not None:
+        check_once(model, profile)
+    if isinstance(policy_costs, RelativeCosts):
+        given_costs, policy_costs = policy_costs, "here"
+    else:
+        given_costs = None
     settings = decode_settings(profile, bool(generation_config.do_sample), max_draft_tokens, confidence_threshold,
-                               fallback)
-    skip_set = profile.skip
+                               fallback, plain, policy_costs)
+    if given_costs is not None and settings.costs is not None:
+        settings = dataclasses.replace(settings, costs=given_costs)
+    skip_set = profile.skip if profile is not None and not plain else SkipSet()
     max_length = generation_config.max_length or stopping_criteria.max_length
-    device = forward.input_device(model)
     prompt = input_ids[0].tolist()
-    if settings.costs is not None and policy_costs != "profile":
-        if policy_costs == "here":
-            # the context decoding spends most of its steps at: the prompt and half the output
-            middle = len(prompt) + max(0, (max_length or len(prompt)) - len(prompt)) // 2
-            policy_costs = relative_costs(costs_here(model, middle, settings.longest_draft + 1), skip_set)
-        elif not isinstance(policy_costs, RelativeCosts):
-            raise SkipsearchError(f'policy_costs: expected "here", "profile" or RelativeCosts, got {policy_costs!r}')
-        settings = dataclasses.replace(settings, costs=policy_costs)
-    stop_ids = _stop_ids(generation_config)
+    # the context decoding spends most of its steps at: the prompt and half the output
+    middle = len(prompt) + max(0, (max_length or len(prompt)) - len(prompt)) // 2
+    settings = resolve_costs(model, skip_set, settings, middle)
     keep = bool(generation_config.return_dict_in_generate)
 
-    sequence = _Sequence(input_ids, device, (max_length or len(prompt) + 64) + settings.longest_draft + 1)
+    sequence = _Sequence(input_ids, forward.input_device(model),
+                         (max_length or len(prompt) + 64) + settings.longest_draft + 1)
     scorer = _Scorer(logits_processor, sequence)
-    cache = forward.new_cache()
-    step = _Forward(model, cache, device)
-    draft_step = _ScoredForward(step, sequence, scorer) if logits_processor else step
     index = NgramIndex(settings.ngram, prompt) if settings.ngram is not None else None
     output = _Output(sequence, stopping_criteria, streamer, index, keep and bool(generation_config.output_scores),
                      keep and bool(getattr(generation_config, "output_logits", False)))
-    policy = DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip=len(skip_set) > 0,
-                         max_draft_tokens=settings.max_draft_tokens)
+    memory = policy_memory
+    if memory is None and (len(skip_set) or settings.ngram is not None):
+        memory = _state(model).memories.setdefault((skip_set, settings), PolicyMemory())
+    policy = new_policy(settings, skip_set, memory)
+    backend = _Generating(model, skip_set, settings, sequence, scorer, output, max_length, _stop_ids(generation_config))
 
     stats = skip_stats if skip_stats is not None else DecodeStats()
-    memory = fallback_memory
-    if memory is None and settings.fallback:
-        memory = _state(model).memories.setdefault((skip_set, settings), FallbackMemory())
-    fallback = FallbackRule(settings, stats, memory, drafts=len(skip_set) > 0 or settings.ngram is not None)
-
     with torch.inference_mode():
-        start = device_time(device)
-        raw, processed, usable = scorer(step(prompt, 0, logits_to_keep=1)[-1:], [len(prompt)])
-        done = output.commit([_choose(usable[0], settings, None)], processed, raw)
-        stats.prefill_time_s = device_time(device) - start
-
-        while not done:
-            length = sequence.length - 1  # positions with full-model KV: all but the pending token
-            pending = output.last
-            budget = settings.longest_draft if max_length is None else min(settings.longest_draft,
-                                                                           max_length - sequence.length - 1)
-            choice = fallback.choose(policy, index, budget)
-            if choice.kind == PLAIN:
-                step_start = device_time(device)
-                raw, processed, usable = scorer(step([pending], length)[-1:], [sequence.length])
-                done = output.commit([_choose(usable[0], settings, None)], processed, raw)
-                count_round(stats, choice, 0, 0, 0)
-                fallback.plain_step(device_time(device) - step_start)
-                continue
-
-            round_start = device_time(device)
-            drafts = list(choice.tokens)  # an n-gram draft, if any: a point mass when sampling
-            draft_probs = [] if settings.greedy else [_point_mass(token, usable) for token in drafts]
-            steps = 0
-            if choice.kind != NGRAM:  # the skipped model drafts, after the n-gram tokens where it continues them
-                more, more_probs, steps = _draft(draft_step, skip_set, model, [pending] + drafts, length,
-                                                 choice.draft_tokens, settings, None, stop_ids)
-                drafts, draft_probs = drafts + more, draft_probs + more_probs
-                crop_cache(cache, length)
-            verify_start = device_time(device)
-            sequence.place(drafts, sequence.length)
-            raw, processed, usable = scorer(step([pending] + drafts, length),
-                                            [sequence.length + i for i in range(len(drafts) + 1)])
-            accepted, next_token = _verify(usable, drafts, draft_probs, settings, None)
-            crop_cache(cache, length + 1 + accepted)
-            done = output.commit(drafts[:accepted] + [next_token], processed, raw)
-            round_end = device_time(device)
-
-            stats.draft_time_s += verify_start - round_start
-            stats.verify_time_s += round_end - verify_start
-            count_round(stats, choice, len(drafts), accepted, steps)
-            policy.record(choice, len(drafts), accepted)
-            fallback.drafting_round(round_end - round_start, accepted + 1, output.new_tokens)
-
-        stats.total_time_s = device_time(device) - start
+        start = backend.now()
+        backend.prefill(prompt)
+        stats.prefill_time_s = backend.now() - start
+        run_rounds(backend, policy, new_guard(settings), stats, drafts=len(skip_set) > 0 or settings.ngram is not None)
+        stats.total_time_s = backend.now() - start
     stats.new_tokens = output.new_tokens
-    fallback.finish()
+    policy.remember()
 
     sequences = sequence.prefix(sequence.length).clone().to(input_ids.device)
     if not keep:
         return sequences
-    crop_cache(cache, sequence.length - 1)  # as generate leaves it: every token but the last
+    crop_cache(backend.cache, sequence.length - 1)  # as generate leaves it: every token but the last
     return GenerateDecoderOnlyOutput(sequences=sequences, scores=output.scores, logits=output.logits,
-                                     **{_OUTPUT_CACHE_FIELD: cache})
+                                     **{_OUTPUT_CACHE_FIELD: backend.cache})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,17 +7,14 @@ import dataclasses
 import pytest
 import torch
 
-from skipsearch.engine.costs import (
-    CostModel,
+from skipsearch.engine.costs import CostModel, draft_step_cost, measure_costs, verify_cost
+from skipsearch.engine.decoding import DecodeStats
+from skipsearch.engine.prediction import (
     best_draft_length,
-    draft_step_cost,
     expected_tokens_per_round,
-    measure_costs,
     predicted_speedup,
     predicted_speedup_from_stats,
-    verify_cost,
 )
-from skipsearch.engine.decoding import DecodeStats
 from skipsearch.engine.skipping import SkipSet, decoder_layers
 from skipsearch.errors import SkipsearchError
 
@@ -156,8 +153,9 @@ def test_cost_model_from_dict_names_bad_keys():
 
 
 def _replay(trace, gamma, threshold):
-    from skipsearch.engine.costs import ReplayPrompt, relative_costs, replay_drafting
+    from skipsearch.engine.costs import relative_costs
     from skipsearch.engine.decoding import DecodeSettings
+    from skipsearch.engine.replay import ReplayPrompt, replay_drafting
 
     prompt = ReplayPrompt((1, 2), tuple(range(10, 10 + len(trace) + 1)), tuple(trace))
     settings = DecodeSettings(max_draft_tokens=gamma, confidence_threshold=threshold)
@@ -180,7 +178,8 @@ def test_replayed_drafting_follows_the_decoder_loop():
 
 
 def test_best_draft_settings_prefers_long_drafts_when_drafts_are_right():
-    from skipsearch.engine.costs import ReplayPrompt, best_draft_settings
+    from skipsearch.engine.replay import ReplayPrompt
+    from skipsearch.search.draft_grid import best_draft_settings
 
     costs = made_up_costs()
     skip = SkipSet(attention=(0, 1, 2, 3), mlp=(0, 1, 2))
@@ -277,8 +276,9 @@ def test_measure_costs_times_attention_at_each_context(tiny_model):
 
 
 def test_a_replay_with_per_prompt_costs_weighs_each_prompt_by_its_plain_step():
-    from skipsearch.engine.costs import ReplayPrompt, prompt_costs, relative_costs, replay_drafting
+    from skipsearch.engine.costs import relative_costs
     from skipsearch.engine.decoding import DecodeSettings
+    from skipsearch.engine.replay import ReplayPrompt, prompt_costs, replay_drafting
 
     skip = SkipSet(mlp=(1,))
     prompts = [ReplayPrompt((1,) * n, tuple(range(10, 21)), ((0.99, True),) * 10) for n in (4, 400)]

@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import pytest
@@ -5,8 +6,9 @@ import torch
 from transformers import DynamicCache
 
 from skipsearch.engine import decoding
-from skipsearch.engine.decoding import DecodeSettings, DecodeStats, FallbackMemory, crop_cache, decode, warp
-from skipsearch.engine.forward import cache_keyword
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, decode, warp
+from skipsearch.engine.drafting import PolicyMemory, PolicySettings, RelativeCosts
+from skipsearch.engine.forward import cache_keyword, crop_cache
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
 from skipsearch.errors import SkipsearchError
 
@@ -35,7 +37,7 @@ def test_greedy_is_identical_togenerate_greedy(tiny_model, max_draft_tokens):
     for prompt in prompts:
         expected = generate_greedy(tiny_model, prompt, 12)
         for skip_set in skip_sets:
-            settings = DecodeSettings(max_new_tokens=12, max_draft_tokens=max_draft_tokens,
+            settings = DecodeSettings(max_new_tokens=12, max_draft_tokens=max_draft_tokens, ngram=None, costs=None,
                                       confidence_threshold=0.0, fallback=False)
             assert decode(tiny_model, prompt, skip_set, settings).token_ids == expected, skip_set
 
@@ -51,7 +53,7 @@ def test_greedy_is_identical_to_generate_on_smollm(smollm):
         for skip_set in random_skip_sets(30, 5, seed=i):
             # thin the random sets so drafts get accepted sometimes and the accept path runs
             thin = SkipSet(attention=skip_set.attention[::4], mlp=skip_set.mlp[::6])
-            settings = DecodeSettings(max_new_tokens=12, max_draft_tokens=3,
+            settings = DecodeSettings(max_new_tokens=12, max_draft_tokens=3, ngram=None, costs=None,
                                       confidence_threshold=0.0, fallback=False)
             assert decode(model, prompt, thin, settings).token_ids == expected, thin
 
@@ -60,7 +62,8 @@ def test_perfect_draft_is_fully_accepted():
     model, skip_set = _perfect_draft_model()
     prompt = [5, 6, 7]
     # the prefill gives the first token, then six rounds of 4 drafts + 1 token each
-    settings = DecodeSettings(max_new_tokens=31, max_draft_tokens=4, confidence_threshold=0.0, fallback=False)
+    settings = DecodeSettings(max_new_tokens=31, max_draft_tokens=4, confidence_threshold=0.0, fallback=False,
+                              ngram=None, costs=None)
     result = decode(model, prompt, skip_set, settings)
     assert result.token_ids == generate_greedy(model, prompt, 31)
     stats = result.stats
@@ -80,7 +83,8 @@ def test_eos_inside_an_accepted_draft_stops_where_generate_stops():
         model.generation_config.eos_token_id = eos
         expected = generate_greedy(model, prompt, 30)
         assert expected[-1] == eos and len(expected) == position + 1
-        settings = DecodeSettings(max_new_tokens=30, max_draft_tokens=6, confidence_threshold=0.0, fallback=False)
+        settings = DecodeSettings(max_new_tokens=30, max_draft_tokens=6, confidence_threshold=0.0, fallback=False,
+                                  ngram=None, costs=None)
         result = decode(model, prompt, skip_set, settings)
         assert result.token_ids == expected
         assert result.stats.accepted_tokens > 0
@@ -93,21 +97,21 @@ def test_cache_rollback_after_rejection_at_every_draft_position(tiny_model, reje
     gamma = 6
     truth = generate_greedy(tiny_model, prompt, gamma + 2)
     cache = DynamicCache()
-    forward = decoding._Forward(tiny_model, cache, torch.device("cpu"))
+    forward = decoding.ForwardStep(tiny_model, cache, torch.device("cpu"))
     length = len(prompt)
     with torch.inference_mode():
         forward(prompt, 0)
         pending = truth[0]
         # run a real draft with a skipped attention layer so the layers' lengths diverge
-        _, _, steps = decoding._draft(forward, SkipSet(attention=(1,), mlp=(2,)), tiny_model, [pending], length, gamma,
-                        DecodeSettings(confidence_threshold=0.0), None, set())
+        _, _, steps = decoding.draft_tokens(forward, SkipSet(attention=(1,), mlp=(2,)), tiny_model, [pending], length,
+                                            gamma, DecodeSettings(confidence_threshold=0.0), None, set())
         assert steps == gamma
         assert len({layer.get_seq_length() for layer in cache.layers}) == 2
         crop_cache(cache, length)
         drafts = truth[1: gamma + 1]
         drafts[reject_at] = (drafts[reject_at] + 1) % 128
         logits = forward([pending] + drafts, length)
-        accepted, next_token = decoding._verify(logits, drafts, [], DecodeSettings(), None)
+        accepted, next_token = decoding.verify_drafts(logits, drafts, [], DecodeSettings(), None)
         assert accepted == reject_at and next_token == truth[reject_at + 1]
         crop_cache(cache, length + 1 + accepted)
 
@@ -126,7 +130,7 @@ def test_speculative_sampling_matches_the_full_model_distribution(monkeypatch):
     skip_set = SkipSet(attention=(1,), mlp=(0,))
     # the first token comes from the prefill; with three tokens the second always comes out
     # of a draft-and-verify round (accepted draft or residual resample)
-    settings = DecodeSettings(max_new_tokens=3, max_draft_tokens=1, confidence_threshold=0.0,
+    settings = DecodeSettings(max_new_tokens=3, max_draft_tokens=1, confidence_threshold=0.0, ngram=None, costs=None,
                               temperature=1.0, top_k=5, fallback=False)
     exact = exact_two_token_distribution(model, prompt, settings)
     # total variation of an empirical 36-cell distribution from 2000 draws is ~0.03 by chance; the
@@ -139,7 +143,7 @@ def test_speculative_sampling_matches_the_full_model_distribution(monkeypatch):
         target = warp(logits, settings)
         return len(drafts), int(torch.multinomial(target[-1], 1, generator=generator))
 
-    monkeypatch.setattr(decoding, "_verify", accept_every_draft)
+    monkeypatch.setattr(decoding, "verify_drafts", accept_every_draft)
     wrong_tv = 0.5 * (empirical_two_token_distribution(model, prompt, skip_set, settings, 400)
                       - exact).abs().sum().item()
     assert wrong_tv > 2 * tolerance
@@ -151,38 +155,37 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model):
     assert decode(tiny_model, [5, 6], SkipSet(attention=(2,)), settings).token_ids == first
 
 
-def test_bad_profile_falls_back_to_plain_decoding(tiny_model):
+def test_the_guard_suspends_drafting_that_is_slower_by_the_clock(tiny_model):
+    """The fixed rule drafts every round; with everything skipped nothing is accepted, so rounds cost
+    more per token than plain steps and the guard suspends drafting early."""
     everything = SkipSet.from_sublayers(eligible_sublayers(4, keep_first=0, keep_last=0))
     prompt = [7, 8, 9]
-    settings = DecodeSettings(max_new_tokens=64, max_draft_tokens=8, confidence_threshold=0.0)
+    settings = DecodeSettings(max_new_tokens=64, max_draft_tokens=8, confidence_threshold=0.0, ngram=None, costs=None)
     result = decode(tiny_model, prompt, everything, settings)
     assert result.token_ids == generate_greedy(tiny_model, prompt, 64)
     assert result.stats.fell_back
     assert result.stats.fallback_at_token < 32
+    unguarded = decode(tiny_model, prompt, everything, dataclasses.replace(settings, fallback=False))
+    assert not unguarded.stats.fell_back and unguarded.stats.rounds > 50
 
 
-def test_a_memory_carries_the_fallback_to_later_calls_and_rechecks(tiny_model):
+def test_a_memory_carries_what_the_policy_learned_to_the_next_call(tiny_model):
+    """A skip set whose drafts are all rejected: the first call learns it, the next starts from it
+    and drafts with it less."""
     everything = SkipSet.from_sublayers(eligible_sublayers(4, keep_first=0, keep_last=0))
-    settings = DecodeSettings(max_new_tokens=40, max_draft_tokens=8, confidence_threshold=0.0)
-    memory = FallbackMemory(recheck_every=3)
-    results = [decode(tiny_model, [7, 8, 10 + i], everything, settings, memory=memory) for i in range(4)]
-    for i, result in enumerate(results):
-        assert result.token_ids == generate_greedy(tiny_model, [7, 8, 10 + i], 40)
-        assert result.stats.fell_back
-    assert [r.stats.draft_steps > 0 for r in results] == [True, False, False, True]  # the 4th rechecks
-    assert [r.stats.fallback_at_token for r in results][1:3] == [0, 0]
-
-
-def test_a_memory_of_a_call_that_did_not_fall_back_changes_nothing(tiny_model):
-    memory = FallbackMemory()
-    slow = DecodeSettings(max_new_tokens=40, max_draft_tokens=1, confidence_threshold=0.0, fallback=False)
-    decode(tiny_model, [7, 8, 9], SkipSet(mlp=(2,)), slow, memory=memory)  # without the fallback: no verdict
-    assert memory.plain_calls_left == 0
-    memory.record(True)
-    memory.record(False)
-    assert not memory.take_plain_call()
-    with pytest.raises(SkipsearchError, match="recheck_every"):
-        FallbackMemory(recheck_every=0)
+    costs = RelativeCosts(verify=tuple(1.0 + 0.1 * n for n in range(20)), draft_step=0.3)
+    settings = DecodeSettings(max_new_tokens=40, max_draft_tokens=8, confidence_threshold=0.0, ngram=None,
+                              costs=costs, fallback=False, policy=PolicySettings(layer_skip_prior=0.9, explore=False))
+    memory = PolicyMemory()
+    first = decode(tiny_model, [7, 8, 9], everything, settings, memory=memory)
+    assert memory.layer_skip is not None and memory.layer_skip.rejected[0] > 0
+    second = decode(tiny_model, [7, 8, 10], everything, settings, memory=memory)
+    alone = decode(tiny_model, [7, 8, 10], everything, settings)
+    assert second.token_ids == alone.token_ids == generate_greedy(tiny_model, [7, 8, 10], 40)
+    assert second.stats.rounds < alone.stats.rounds
+    assert first.stats.accepted_tokens == 0
+    with pytest.raises(SkipsearchError, match="call_discount"):
+        PolicyMemory(call_discount=1.5)
 
 
 def test_batches_are_refused_with_a_clear_message(tiny_model):

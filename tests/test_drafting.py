@@ -2,24 +2,27 @@
 shared by the decoder and the search's replay."""
 
 import dataclasses
+import random
 
 import pytest
 import torch
 
-from skipsearch.engine.costs import replay_drafting
 from skipsearch.engine.decoding import DecodeSettings, DecodeStats, decode
 from skipsearch.engine.drafting import (
     LAYER_SKIP,
     NGRAM,
     PLAIN,
+    AcceptanceCounts,
     DraftPolicy,
-    Estimate,
     NgramIndex,
     NgramSettings,
     PolicySettings,
+    Priors,
     RelativeCosts,
+    ThroughputGuard,
     expected_tokens,
 )
+from skipsearch.engine.replay import replay_drafting
 from skipsearch.engine.skipping import SkipSet
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.references import Reference
@@ -39,33 +42,51 @@ GPU = RelativeCosts(verify=tuple(1.0 + 0.01 * n for n in range(11)), draft_step=
 CHEAP = dataclasses.replace(GPU, draft_step=0.15)  # a skip set that leaves out most of the model
 
 
-def _longest_earlier_match(tokens, settings):
-    """The n-gram rule written plainly, as a reference for the incremental index."""
-    for n in range(settings.max_n, settings.min_n - 1, -1):
-        if len(tokens) < n:
-            continue
-        suffix = tokens[-n:]
-        for end in range(len(tokens) - 1, n - 1, -1):
-            if tokens[end - n:end] == suffix:
-                return tokens[end:end + settings.max_tokens], n
-    return [], 0
+def _reference_proposal(tokens, settings):
+    """The n-gram rule written plainly, as a reference for the incremental index: the longest
+    suffix seen before, then token by token the most frequent follower of the draft's tail (the
+    latest among equals), backing off to shorter tails but not below min(first match, 2)."""
+
+    def follower(context, shortest):
+        for n in range(settings.max_n, shortest - 1, -1):
+            if len(context) < n:
+                continue
+            counts, latest = {}, {}
+            for end in range(n, len(tokens)):  # only committed tokens are followers
+                if tuple(tokens[end - n:end]) == tuple(context[-n:]):
+                    counts[tokens[end]] = counts.get(tokens[end], 0) + 1
+                    latest[tokens[end]] = end
+            if counts:
+                return max(counts, key=lambda t: (counts[t], latest[t])), n
+        return None, 0
+
+    token, match = follower(tokens, settings.min_n)
+    if token is None:
+        return [], 0
+    draft = [token]
+    while len(draft) < settings.max_tokens:
+        token, n = follower(tokens + draft, max(settings.min_n, min(match, 2)))
+        if token is None:
+            break
+        draft.append(token)
+    return draft, match
 
 
-def test_the_index_proposes_what_followed_the_latest_longest_match():
-    index = NgramIndex(NgramSettings(min_n=1, max_n=3, max_tokens=3), [7, 1, 2, 3, 9, 1, 2, 4, 5, 1, 2])
-    # "1 2" ends the context; its latest earlier occurrence is followed by 4 5 1
-    assert index.propose() == ([4, 5, 1], 2)
+def test_the_index_proposes_the_most_frequent_continuation():
+    index = NgramIndex(NgramSettings(min_n=1, max_n=3, max_tokens=3), [7, 1, 2, 3, 9, 1, 2, 3, 5, 1, 2, 4, 6, 1, 2])
+    # "1 2" ends the context; it was followed by 3 twice and by 4 once (the latest): 3 wins, then "2 3" -> 9 or 5
+    draft, match = index.propose()
+    assert (draft[0], match) == (3, 2)
+    assert draft[1] == 5  # "1 2 3" was followed by 9 and by 5 once each: the latest
     index.extend([4])
-    assert index.propose() == ([5, 1, 2], 3)  # "1 2 4" occurred once before
+    assert index.propose()[0][0] == 6  # "1 2 4" occurred once, followed by 6
     assert NgramIndex(NgramSettings(min_n=2), [1, 2, 3]).propose() == ([], 0)
 
 
 def test_the_incremental_index_equals_the_rule_and_grows_with_the_new_tokens_only():
-    import random
-
     rng = random.Random(0)
     settings = NgramSettings(min_n=1, max_n=4, max_tokens=5)
-    tokens = [rng.randrange(6) for _ in range(30)]
+    tokens = [rng.randrange(6) for _ in range(60)]
     index = NgramIndex(settings, tokens[:10])
     writes = {"n": 0}
 
@@ -74,12 +95,12 @@ def test_the_incremental_index_equals_the_rule_and_grows_with_the_new_tokens_onl
             writes["n"] += 1
             super().__setitem__(key, value)
 
-    index._ends = {n: Counting(ends) for n, ends in index._ends.items()}
-    for end in range(10, 30):
+    index._followers = {n: Counting(table) for n, table in index._followers.items()}
+    for end in range(10, 60):
         before = writes["n"]
         index.extend(tokens[end:end + 1])
-        assert writes["n"] - before <= 4  # one gram per length for one new token, whatever the context
-        assert index.propose() == _longest_earlier_match(tokens[:end + 1], settings)
+        assert writes["n"] - before <= 4  # at most one new n-gram per length for one token, whatever the context
+        assert index.propose() == _reference_proposal(tokens[:end + 1], settings)
 
 
 def test_bad_ngram_and_policy_settings_are_refused():
@@ -91,43 +112,101 @@ def test_bad_ngram_and_policy_settings_are_refused():
         PolicySettings(ngram_prior=1.0)
 
 
-def test_expected_tokens_and_the_estimate():
+def test_expected_tokens_and_the_posterior_by_position():
     assert expected_tokens(0.0, 5) == 1.0 and expected_tokens(1.0, 3) == 4.0
     assert expected_tokens(0.5, 2) == pytest.approx(1.75)
-    estimate = Estimate(prior=0.5, weight=2)
-    estimate.record(drafted=4, accepted=4)
-    estimate.record(drafted=4, accepted=1)
-    assert estimate.value == pytest.approx((1 + 5) / (2 + 5 + 1))
+    counts = AcceptanceCounts.of_drafts([(4, 4), (4, 1), (2, 0)], positions=4)
+    assert counts.accepted == (2, 1, 1, 1) and counts.rejected == (1, 1, 0, 0) and counts.drafts == 3
+    # prior Beta(0.5 * 2, 0.5 * 2) per position, plus the counts; nothing fades without rounds
+    policy = DraftPolicy(GPU, PolicySettings(layer_skip_prior=0.5, prior_weight=2, discount=1.0), layer_skip=True,
+                         max_draft_tokens=4, priors=Priors(layer_skip=counts))
+    assert policy.acceptance(LAYER_SKIP) == pytest.approx([(1 + 2) / (2 + 3), (1 + 1) / (2 + 2), 2 / 3, 2 / 3])
+    # a profile's counts are capped, so that this device's evidence can overrule them
+    strong = Priors(layer_skip=AcceptanceCounts((900.0,), (100.0,)))
+    capped = DraftPolicy(GPU, PolicySettings(layer_skip_prior=0.5, prior_weight=2, prior_cap=8), layer_skip=True,
+                         max_draft_tokens=1, priors=strong)
+    assert capped.acceptance(LAYER_SKIP) == pytest.approx([(1 + 7.2) / (2 + 8)])
+    with pytest.raises(SkipsearchError, match="one entry per draft position"):
+        AcceptanceCounts((1.0,), ())
 
 
 def test_where_verifying_costs_most_of_a_step_the_policy_decodes_plainly():
     """On this CPU verifying two tokens costs 1.7 steps: a draft must be likely to pay for it.
     At 0.4 per token neither drafter pays; at 0.6 three n-gram tokens do (verifying 4 costs 1.9)."""
-    policy = DraftPolicy(CPU, PolicySettings(ngram_prior=0.4, layer_skip_prior=0.4), NgramSettings(), layer_skip=True)
-    assert policy.choose(8, proposal=[5, 6, 7], match=2).kind == PLAIN
-    policy = DraftPolicy(CPU, PolicySettings(ngram_prior=0.6, layer_skip_prior=0.4), NgramSettings(), layer_skip=True)
-    assert policy.choose(8, proposal=[5, 6, 7], match=2).tokens == (5, 6, 7)
+    means = dict(explore=False)
+    policy = DraftPolicy(CPU, PolicySettings(ngram_prior=0.4, layer_skip_prior=0.4, **means), NgramSettings(),
+                         layer_skip=True)
+    assert policy.choose(8, proposal=[5, 6, 7], match=3).kind == PLAIN
+    policy = DraftPolicy(CPU, PolicySettings(ngram_prior=0.6, layer_skip_prior=0.4, **means), NgramSettings(),
+                         layer_skip=True)
+    assert policy.choose(8, proposal=[5, 6, 7], match=3).tokens == (5, 6, 7)
 
 
 def test_where_verifying_is_nearly_free_the_same_rule_drafts_long():
-    policy = DraftPolicy(GPU, PolicySettings(ngram_prior=0.9, layer_skip_prior=0.6), NgramSettings(), layer_skip=True)
-    choice = policy.choose(8, proposal=[5, 6, 7, 8, 9, 10, 11, 12, 13, 14], match=2)
+    means = dict(explore=False)
+    policy = DraftPolicy(GPU, PolicySettings(ngram_prior=0.9, layer_skip_prior=0.6, **means), NgramSettings(),
+                         layer_skip=True)
+    choice = policy.choose(8, proposal=[5, 6, 7, 8, 9, 10, 11, 12, 13, 14], match=3)
     assert choice.kind == NGRAM and choice.tokens == (5, 6, 7, 8, 9, 10, 11, 12)
     # a skipped model at a fifth of a step, right 80% of the time: drafts of several tokens on
     # the GPU, none where verifying costs 1.7 steps and a draft step 0.8
     cheap = RelativeCosts(verify=GPU.verify, draft_step=0.2)
-    choice = DraftPolicy(cheap, PolicySettings(layer_skip_prior=0.8), layer_skip=True, max_draft_tokens=8).choose(8)
+    choice = DraftPolicy(cheap, PolicySettings(layer_skip_prior=0.8, **means), layer_skip=True,
+                         max_draft_tokens=8).choose(8)
     assert choice.kind == LAYER_SKIP and choice.draft_tokens >= 4
-    assert DraftPolicy(CPU, PolicySettings(layer_skip_prior=0.8), layer_skip=True).choose(8).kind == PLAIN
+    assert DraftPolicy(CPU, PolicySettings(layer_skip_prior=0.8, **means), layer_skip=True).choose(8).kind == PLAIN
 
 
-def test_the_policy_learns_to_stop_drafting_what_is_rejected():
-    policy = DraftPolicy(CPU, PolicySettings(ngram_prior=0.9), NgramSettings(min_n=2, max_n=2), layer_skip=False)
-    first = policy.choose(8, proposal=[1, 2, 3], match=2)
-    assert first.kind == NGRAM
-    for _ in range(20):
-        policy.record(first, drafted=3, accepted=0)
-    assert policy.choose(8, proposal=[1, 2, 3], match=2).kind == PLAIN
+def _stream(policy, accepts, rounds, proposal=(1, 2, 3, 4, 5, 6), match=3):
+    """Run `rounds` rounds of a synthetic acceptance stream: `accepts(round, choice)` says how many
+    of the choice's drafted tokens the full model accepts. Returns the kinds chosen."""
+    kinds = []
+    for number in range(rounds):
+        choice = policy.choose(8, proposal=list(proposal), match=match)
+        drafted = len(choice.tokens) + choice.draft_tokens
+        policy.record(choice, drafted, min(drafted, accepts(number, choice)) if drafted else 0)
+        kinds.append(choice.kind)
+    return kinds
+
+
+def test_a_drafter_that_stops_paying_mid_generation_is_dropped_within_bounded_rounds():
+    """n-gram drafts accepted whole for 60 rounds, then never: with Thompson sampling and discounted
+    evidence the policy keeps drafting while they pay and drafts in at most a quarter of the rounds
+    a few dozen rounds after (the guard bounds what those cost by the clock)."""
+    for seed in range(5):
+        policy = DraftPolicy(CPU, PolicySettings(seed=seed), NgramSettings(), layer_skip=False)
+        kinds = _stream(policy, lambda number, choice: 99 if number < 60 else 0, 200)
+        assert kinds[20:60].count(NGRAM) >= 36, seed
+        assert kinds[100:].count(NGRAM) <= 25, seed  # re-checked at a bounded rate after the drop
+
+
+def test_a_drafter_that_starts_paying_is_picked_up():
+    """A skip set rejected for 60 rounds, then accepted whole: the faded evidence lets Thompson
+    sampling try it again, and the policy drafts with it once it pays."""
+    cheap = RelativeCosts(verify=CPU.verify, draft_step=0.2)
+    for seed in range(5):
+        policy = DraftPolicy(cheap, PolicySettings(seed=seed), layer_skip=True, max_draft_tokens=6)
+        kinds = _stream(policy, lambda number, choice: 0 if number < 60 else 99, 400, proposal=(), match=0)
+        assert kinds[40:60].count(LAYER_SKIP) <= 10, seed
+        assert kinds[300:].count(LAYER_SKIP) >= 80, seed
+
+
+def test_the_guard_suspends_drafting_slower_than_plain_steps_and_lets_it_back():
+    guard = ThroughputGuard(probe_steps=2, min_rounds=4, first_backoff=16)
+    assert not guard.allows_drafting(1)
+    guard.plain_step(1.0)
+    guard.plain_step(1.0)
+    assert guard.allows_drafting(3)
+    tokens = 3
+    for _ in range(4):  # 3 seconds for 2 tokens: slower than a plain step per token
+        tokens += 2
+        guard.drafting_round(3.0, 2, tokens)
+    assert guard.suspensions == [tokens] and not guard.allows_drafting(tokens + 15)
+    assert guard.allows_drafting(tokens + 16)
+    for _ in range(10):  # 1.5 seconds for 3 tokens: drafting pays, no new suspension
+        tokens += 3
+        guard.drafting_round(1.5, 3, tokens)
+    assert guard.suspensions == [tokens - 30]
 
 
 def test_without_costs_the_rule_is_fixed():
@@ -148,18 +227,17 @@ def _repeating_prompt(length=24, period=7, offset=3):
 @pytest.mark.parametrize("costs", [None, GPU, CPU, CHEAP], ids=["fixed", "gpu-costs", "cpu-costs", "cheap-drafts"])
 def test_greedy_with_ngram_drafts_is_identical_to_generate(family, costs):
     model = make_tiny(family)
-    continued = 0
+    drafted = 0
     for prompt in (_repeating_prompt(), _repeating_prompt(30, 5, 9), [4, 8, 15, 16, 23, 42]):
         expected = generate_greedy(model, prompt, 16)
         for skip_set in (None, SkipSet(attention=(2,)), SkipSet(mlp=(0, 3))):
             settings = DecodeSettings(max_new_tokens=16, max_draft_tokens=4, confidence_threshold=0.0, fallback=False,
                                       ngram=NgramSettings(min_n=1, max_n=3, max_tokens=6), costs=costs,
-                                      policy=PolicySettings(ngram_prior=0.9, layer_skip_prior=0.5))
+                                      policy=PolicySettings(ngram_prior=0.9, layer_skip_prior=0.8))
             result = decode(model, prompt, skip_set, settings)
             assert result.token_ids == expected, (prompt, skip_set)
-            continued += result.stats.ngram_layer_skip_rounds
-    if costs is CHEAP:  # the skipped model continued n-gram drafts, wrong ones included
-        assert continued > 0
+            drafted += result.stats.rounds
+    assert drafted > 0
 
 
 def _perfect_draft_model():
@@ -179,14 +257,14 @@ def test_decoder_and_replay_count_the_same_rounds(mode):
     ngram = NgramSettings(min_n=1, max_n=3, max_tokens=6)
     settings = {
         "ngram only": dict(ngram=ngram, costs=GPU),
-        "layer skip": dict(costs=GPU),
+        "layer skip": dict(ngram=None, costs=GPU),
         "hybrid, gpu costs": dict(ngram=ngram, costs=GPU),
         "hybrid, cpu costs": dict(ngram=ngram, costs=CPU),
         # short, trusted n-gram drafts and draft steps at a seventh of a plain step: continuing pays
         "continued, cheap drafts": dict(ngram=NgramSettings(min_n=1, max_n=3, max_tokens=2),
                                         costs=CHEAP,
                                         policy=PolicySettings(ngram_prior=0.95, layer_skip_prior=0.7)),
-        "fixed": dict(ngram=ngram),
+        "fixed": dict(ngram=ngram, costs=None),
     }[mode]
     skip = SkipSet() if mode == "ngram only" else skip_set
     decoding = DecodeSettings(max_new_tokens=24, max_draft_tokens=4, confidence_threshold=0.0, fallback=False,
@@ -217,7 +295,7 @@ def test_a_sampled_ngram_draft_is_a_point_mass_that_keeps_the_full_models_distri
     model = sharp_tiny_model()
     prompt = [0, 3, 1, 4, 2, 5, 3, 0, 4, 1, 5, 2]  # every token occurs, followed by another
     settings = DecodeSettings(max_new_tokens=3, confidence_threshold=0.0, temperature=1.0, top_k=5, fallback=False,
-                              ngram=NgramSettings(min_n=1, max_n=1, max_tokens=1))
+                              ngram=NgramSettings(min_n=1, max_n=1, max_tokens=1), costs=GPU)
     skip_set = None
     if continued:  # room for one more token, and costs under which continuing pays from the first round
         skip_set = SkipSet(mlp=(1,))
@@ -236,32 +314,6 @@ def test_a_sampled_ngram_draft_is_a_point_mass_that_keeps_the_full_models_distri
     def accept_every_draft(logits, drafts, draft_probs, settings, generator):
         return len(drafts), int(torch.multinomial(warp(logits, settings)[-1], 1, generator=generator))
 
-    monkeypatch.setattr(decoding, "_verify", accept_every_draft)
+    monkeypatch.setattr(decoding, "verify_drafts", accept_every_draft)
     wrong = empirical_two_token_distribution(model, prompt, skip_set, settings, 400)
     assert 0.5 * (wrong - exact).abs().sum().item() > 2 * tolerance
-
-
-def test_with_a_policy_the_fallback_waits_for_more_rounds():
-    """Under a cost-model policy the fallback judges after `policy_fallback_rounds`, so the
-    policy's first rounds, drafted on its priors, do not end a policy that pays once it learnt."""
-    assert DecodeSettings(fallback_min_rounds=2).fallback_rounds == 2
-    assert DecodeSettings(fallback_min_rounds=2, costs=GPU, policy_fallback_rounds=8).fallback_rounds == 8
-
-
-def test_a_policy_s_verdict_on_one_prompt_does_not_carry_to_the_next(monkeypatch):
-    """The fixed rule's fallback verdict carries across calls through a FallbackMemory; a cost-model
-    policy's does not, since its n-gram drafts depend on each prompt."""
-    from skipsearch.engine.decoding import FallbackMemory
-
-    model = make_tiny_llama()
-    skip_set = SkipSet(attention=(0, 1, 2, 3), mlp=(0, 1, 2, 3))  # drafts that are always rejected
-    # a clock that ticks once per reading: a round (3 readings) of one token costs 2 plain steps
-    monkeypatch.setattr("skipsearch.engine.timing.time.perf_counter", iter(range(0, 10**9, 1)).__next__)
-    for costs, carried in ((None, True), (GPU, False)):
-        settings = DecodeSettings(max_new_tokens=40, max_draft_tokens=2, confidence_threshold=0.0, costs=costs,
-                                  fallback_min_rounds=1, policy_fallback_rounds=1)
-        memory = FallbackMemory()
-        first = decode(model, _repeating_prompt(), skip_set, settings, memory=memory).stats
-        second = decode(model, _repeating_prompt(), skip_set, settings, memory=memory).stats
-        assert first.fell_back and first.fallback_at_token > 0
-        assert (second.fallback_at_token == 0) is carried

@@ -10,7 +10,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PhiConfig, PhiForCausalLM
 
 from skipsearch.engine import forward
-from skipsearch.engine.decoding import DecodeSettings, crop_cache, decode
+from skipsearch.engine.decoding import DecodeSettings, decode
+from skipsearch.engine.forward import crop_cache
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.references import Reference

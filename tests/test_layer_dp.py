@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from skipsearch.engine import forward
-from skipsearch.engine.costs import CostModel, best_draft_length
+from skipsearch.engine.costs import CostModel
+from skipsearch.engine.prediction import best_draft_length
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
 from skipsearch.search.layer_dp import SHORTLIST, clasp, knapspec, knapspec_shortlist, layer_table
 from skipsearch.search.scoring import ProxyScorer

@@ -203,7 +203,7 @@ def test_counts_add_up_by_kind():
 def test_a_broken_verifier_is_caught_as_an_error(tiny_model, monkeypatch):
     """A test double of the verifier that corrupts the full model's token once: the lossless
     check must call the result an error, whatever the precision."""
-    real_verify = decoding._verify
+    real_verify = decoding.verify_drafts
     calls = {"n": 0}
 
     def corrupting(*args, **kwargs):
@@ -211,7 +211,7 @@ def test_a_broken_verifier_is_caught_as_an_error(tiny_model, monkeypatch):
         calls["n"] += 1
         return accepted, (token + 1) % 128 if calls["n"] == 2 else token
 
-    monkeypatch.setattr(decoding, "_verify", corrupting)
+    monkeypatch.setattr(decoding, "verify_drafts", corrupting)
     prompt = [random.Random(0).randrange(3, 128) for _ in range(6)]
     reference = generate_greedy(tiny_model, prompt, 12)
     produced = decode(tiny_model, prompt, SkipSet(mlp=(2,)),

@@ -5,10 +5,11 @@ import optuna
 import pytest
 
 from skipsearch.config.profiles import check_profile_for_model, load_profile
-from skipsearch.engine.costs import CostModel, best_draft_settings
+from skipsearch.engine.costs import CostModel
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.errors import SkipsearchError
 from skipsearch.search import runner
+from skipsearch.search.draft_grid import best_draft_settings
 from skipsearch.search.scoring import ProxyScorer, score_from_scratch
 from skipsearch.search.study import open_study
 

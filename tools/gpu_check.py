@@ -102,7 +102,7 @@ def _decoder_overhead(model, prompt: list[int], new_tokens: int, repeats: int = 
 
     device = forward.input_device(model)
     ids = torch.tensor([prompt], device=device)
-    settings = DecodeSettings(max_new_tokens=new_tokens, fallback=False)
+    settings = DecodeSettings.plain(new_tokens)
     times = {"generate": [], "skipsearch": []}
     with torch.inference_mode():
         for _ in range(repeats + 1):  # the first round warms up
@@ -126,7 +126,7 @@ def _lossless(model, prompts: list[list[int]], skip_set, new_tokens: int) -> dic
 
     counts = LosslessCounts()
     for prompt in prompts:
-        plain = decode(model, prompt, None, DecodeSettings(max_new_tokens=new_tokens, fallback=False)).token_ids
+        plain = decode(model, prompt, None, DecodeSettings.plain(new_tokens)).token_ids
         drafted = decode(model, prompt, skip_set, DecodeSettings(max_new_tokens=new_tokens, max_draft_tokens=8,
                                                                  confidence_threshold=0.0, fallback=False))
         counts.add(classify(model, prompt, plain, drafted.token_ids))
@@ -134,7 +134,7 @@ def _lossless(model, prompts: list[list[int]], skip_set, new_tokens: int) -> dic
 
 
 def _best_length(costs, skip_set, acceptance: float) -> dict:
-    from skipsearch.engine.costs import best_draft_length
+    from skipsearch.engine.prediction import best_draft_length
 
     draft_tokens, speedup = best_draft_length(costs, skip_set, acceptance, len(costs.verify) - 1)
     return {"draft_tokens": draft_tokens, "speedup": round(speedup, 3)}

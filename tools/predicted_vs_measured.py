@@ -22,9 +22,10 @@ from pathlib import Path
 
 from skipsearch.config.profiles import load_profile
 from skipsearch.config.studies import apply_overrides, load_study, output_paths
-from skipsearch.engine.costs import best_draft_settings, prompt_costs, replay_drafting
+from skipsearch.engine.replay import prompt_costs, replay_drafting
 from skipsearch.files import write_atomic
 from skipsearch.search import runner
+from skipsearch.search.draft_grid import best_draft_settings
 
 COLUMNS = ("study", "candidate", "skip", "drafting", "prompt_tokens", "measured", "predicted_per_context",
            "predicted_flat", "per_context_error", "flat_error")

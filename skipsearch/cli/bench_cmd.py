@@ -34,7 +34,7 @@ from skipsearch.cli.options import (
     skip_for_model,
     skip_source,
 )
-from skipsearch.config.profiles import Profile
+from skipsearch.config.profiles import Profile, decode_fields
 from skipsearch.engine.costs import describe_device
 from skipsearch.engine.drafting import NgramSettings
 from skipsearch.engine.models import load_model
@@ -239,16 +239,14 @@ def run(args) -> int:
     num_layers = len(decoder_layers(model))
     skip_set = skip_for_model(source, model)
     max_draft_tokens, threshold = draft_limits(args, source)
-    # the profile's policy: its n-gram drafter also drafts the n-gram-only row
+    # the runtime's defaults row drafts with the default n-grams; the profile's row as the runtime reads it
     ngram, policy = NgramSettings(), {}
     if profile is not None:
-        draft = profile.draft
-        ngram = draft.ngram or ngram
-        if draft.ngram is not None or draft.policy is not None:
-            # without a cost model of its own (--cost-repeats 0) the bench can only use the profile's
-            here = args.policy_costs == "here" and args.cost_repeats > 0
-            policy = {"policy_ngram": draft.ngram, "policy": draft.policy,
-                      "policy_costs": None if here else draft.costs}
+        fields = decode_fields(profile)
+        # without a cost model of its own (--cost-repeats 0) the bench uses the profile's, where it has them
+        here = args.policy_costs == "here" and (args.cost_repeats > 0 or profile.draft.costs is None)
+        policy = {"policy_ngram": fields["ngram"], "policy": fields["policy"], "policy_priors": fields["priors"],
+                  "policy_costs": None if here else profile.draft.costs}
     settings = BenchSettings(
         max_new_tokens=args.max_new_tokens,
         skip_set=skip_set if len(skip_set) else None,

@@ -16,20 +16,19 @@ from skipsearch.cli.options import (
     skip_source,
 )
 from skipsearch.config.profiles import Profile, decode_fields
-from skipsearch.engine.costs import relative_costs
 from skipsearch.engine.decoding import DecodeSettings, decode
-from skipsearch.engine.device_costs import costs_here
 from skipsearch.engine.models import load_model
 from skipsearch.engine.skipping import SkipSet
-from skipsearch.engine.verdicts import load_memory, save_memory, verdict_key
+from skipsearch.engine.verdicts import load_memory, memory_key, save_memory
 from skipsearch.search.tasks import check_prompt_fits, format_prompt
 
 
-def _policy(source: Profile | SkipSet) -> dict:
-    """A profile's drafting policy as DecodeSettings fields (ngram, costs, policy); none for skip lists."""
+def _policy(source: Profile | SkipSet, policy_costs: str) -> dict:
+    """A profile's drafting as DecodeSettings fields (ngram, policy, priors, costs); the runtime's
+    defaults for skip lists or nothing."""
     if not isinstance(source, Profile):
         return {}
-    policy = decode_fields(source)
+    policy = decode_fields(source, policy_costs)
     del policy["max_draft_tokens"], policy["confidence_threshold"]  # draft_limits: the flags win over these
     return policy
 
@@ -37,8 +36,9 @@ def _policy(source: Profile | SkipSet) -> dict:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate", help="generate text with self-speculative decoding (lossless)",
-        description="Generate with the full model's output, drafted by the model with sublayers skipped. "
-                    "Without --profile or skip lists it decodes plainly.",
+        description="Generate with the full model's output, drafted by the model with sublayers skipped and "
+                    "by n-grams of the context, as the runtime's policy chooses each round with this device's "
+                    "costs. Without --profile or skip lists it drafts n-grams only; --plain drafts nothing.",
     )
     parser.add_argument("--prompt", required=True, help="the user message")
     add_skip_arguments(parser)
@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, metavar="S", help="random seed for sampling")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the prompt as plain text")
     parser.add_argument("--no-fallback", action="store_true",
-                        help="keep drafting even when it is slower than plain decoding")
+                        help="keep drafting even when the clock says it is slower than plain decoding")
+    parser.add_argument("--plain", action="store_true", help="decode plainly: draft nothing (for comparison)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with text, token_ids and stats")
     add_model_arguments(parser)
     parser.set_defaults(func=run)
@@ -73,13 +74,14 @@ def run(args) -> int:
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
         fallback=not args.no_fallback, **policy,
     )
-    if settings.costs is not None and args.policy_costs == "here":
-        # the context decoding spends most of its steps at: the prompt and half the output
-        here = costs_here(model, len(prompt_ids) + args.max_new_tokens // 2, settings.longest_draft + 1)
-        settings = dataclasses.replace(settings, costs=relative_costs(here, skip_set))
-    # the fallback's verdict outlives the process: a losing policy is proved slower once, not per call
-    key = verdict_key(args.model, loaded.dtype, str(loaded.device), skip_set, settings)
-    memory = load_memory(key) if settings.fallback else None
+    if args.plain:
+        skip_set = SkipSet()
+        settings = dataclasses.replace(settings, ngram=None, costs=None, fallback=False)
+    # what the policy learned outlives the process: a losing drafter is shown to lose once, not per call
+    memory = None
+    if len(skip_set) or settings.ngram is not None:
+        key = memory_key(args.model, loaded.dtype, str(loaded.device), skip_set, settings)
+        memory = load_memory(key)
 
     stream = None
     if not args.json:
@@ -108,7 +110,8 @@ def run(args) -> int:
         f"{stats['ngram_layer_skip_rounds']} n-gram continued by the skip set), "
         f"acceptance {stats['acceptance_rate']:.2f}, "
         f"mean accepted {stats['mean_accepted_tokens']:.2f}"
-        + (f", fell back to plain decoding at token {stats['fallback_at_token']}" if stats["fell_back"] else "")
+        + (f", drafting suspended at token {stats['fallback_at_token']} (slower than plain by the clock)"
+           if stats["fell_back"] else "")
         + "]",
         file=sys.stderr,
     )

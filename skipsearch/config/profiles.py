@@ -1,17 +1,20 @@
 """Profiles: the versioned YAML files that record one model's drafting policy for one task.
 
-A profile names the sublayers to skip while drafting (the skip set; empty for a policy that
-drafts with n-grams only), the n-gram drafter's settings and the settings and measured costs
-the drafting policy (`skipsearch.engine.drafting`) decides with. The dataclasses below are the schema
-of version 2; their field names are the YAML keys. Version 1 files (skip set and draft length
-only) still load, as a policy that drafts every round with the skip set; files are always
-written as version 2.
+A profile names the sublayers to skip while drafting (the skip set; empty for n-gram drafting
+only), the draft settings and the n-gram drafter's, and the acceptance evidence the search
+measured, with counts (`draft.priors`): what does not depend on the device. The runtime
+(`skipsearch.engine.drafting`) decides each round with its own device's costs, starting from
+these priors. The dataclasses below are the schema of version 3; their field names are the YAML
+keys. Versions 1 and 2 still load: their `ngram: null` meant the search had switched n-gram
+drafting off, and the runtime now drafts n-grams with its defaults there (in version 3 null turns
+it off); version 2's policy settings load as the runtime's, its costs are kept for `policy_costs
+"profile"`. Files are always written as version 3.
 
 `parse_profile` checks a loaded mapping and reports the first problem as one line naming the
 file, the field path and what is expected. `load_profile` and `save_profile` read and
 atomically write files; `check_profile_for_model` refuses a profile made for another model;
 `decode_fields` turns the drafting policy into the decoder's settings.
-`profile.schema.json`, next to this module, describes both versions for other runtimes.
+`profile.schema.json`, next to this module, describes the versions for other runtimes.
 
 This module knows nothing about searching, decoding or measuring: metrics, costs and
 provenance are recorded as given.
@@ -35,14 +38,14 @@ from typing import Any, NoReturn
 import torch
 import yaml
 
-from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.drafting import AcceptanceCounts, NgramSettings, PolicySettings, Priors, RelativeCosts
 from skipsearch.engine.models import model_fingerprint
 from skipsearch.engine.skipping import SUBLAYER_KINDS, SkipSet
 from skipsearch.errors import SkipsearchError
 from skipsearch.files import write_atomic
 
-PROFILE_VERSION = 2
-KNOWN_VERSIONS = (1, 2)
+PROFILE_VERSION = 3
+KNOWN_VERSIONS = (1, 2, 3)
 HEADER = f"# skipsearch profile v{PROFILE_VERSION} — load with skipsearch or PyYAML\n"
 FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -60,12 +63,11 @@ class DraftSettings:
     # the layer-skip drafter: the model with the skip set left out
     max_draft_tokens: int  # >= 1
     confidence_threshold: float  # in [0, 1]: stop drafting when the draft's top-1 probability is lower
-    ngram: NgramSettings | None = None  # None: no n-gram drafting
-    # None: a fixed choice, as before policies (version 1): the skip set drafts every round, or
-    # without one the n-gram draft wherever there is one. Set together with the costs it weighs
-    # its options by, relative to one plain step and measured on metrics.device.
-    policy: PolicySettings | None = None
+    ngram: NgramSettings | None = None  # None: no n-gram drafting (version 3; see the module docstring)
+    policy: PolicySettings | None = None  # None: the runtime's defaults
+    # relative to one plain step, measured on metrics.device; the runtime times its own
     costs: RelativeCosts | None = None
+    priors: Priors | None = None  # acceptance evidence with counts (version 3)
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,11 @@ NON_NEGATIVE = ("a non-negative number", lambda v: v >= 0)
 UNIT_INTERVAL = ("a number in [0, 1]", lambda v: 0 <= v <= 1)
 BELOW_ONE = ("a number in [0, 1)", lambda v: 0 <= v < 1)
 POSITIVE = ("a number > 0", lambda v: v > 0)
-# draft keys that version 1 did not have
+# draft keys that version 1 did not have, and those version 3 added
 V2_DRAFT_KEYS = ("ngram", "policy", "costs")
+V3_DRAFT_KEYS = ("priors",)
+# policy keys of version 2, required there; version 3 may add the others
+V2_POLICY_KEYS = ("ngram_prior", "layer_skip_prior", "prior_weight", "margin")
 
 
 class _Checker:
@@ -185,6 +190,11 @@ class _Checker:
         if not _is_int(value) or value < minimum:
             self.expect(where, expected, value)
         return int(value)
+
+    def boolean(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            self.expect(where, "true or false", value)
+        return value
 
     def number(self, value: Any, where: str, bounds: tuple[str, Any] = NON_NEGATIVE) -> float:
         expected, within = bounds
@@ -249,17 +259,22 @@ class _Checker:
             for key in V2_DRAFT_KEYS:
                 if key in value:
                     self.fail(f"draft.{key}", "not part of a version 1 profile; set skipsearch_profile: 2 to use it")
+        if version == 2 and isinstance(value, dict) and "priors" in value:
+            self.fail("draft.priors", "not part of a version 2 profile; set skipsearch_profile: 3 to use it")
         data = self.mapping(value, "draft", ("max_draft_tokens", "confidence_threshold"),
-                            V2_DRAFT_KEYS if version >= 2 else ())
+                            (V2_DRAFT_KEYS if version >= 2 else ()) + (V3_DRAFT_KEYS if version >= 3 else ()))
         draft = DraftSettings(
             max_draft_tokens=self.integer(data["max_draft_tokens"], "draft.max_draft_tokens", 1,
                                           "an integer >= 1"),
             confidence_threshold=self.number(data["confidence_threshold"], "draft.confidence_threshold",
                                              UNIT_INTERVAL),
             ngram=self.ngram(data.get("ngram")),
-            policy=self.policy(data.get("policy")),
+            policy=self.policy(data.get("policy"), version),
             costs=self.costs(data.get("costs")),
+            priors=self.priors(data.get("priors")),
         )
+        if version >= 3:
+            return draft
         if draft.policy is None and draft.costs is not None:
             self.fail("draft.costs", "only a policy uses costs; set draft.policy too, or set costs to null")
         if draft.policy is not None and draft.costs is None:
@@ -275,15 +290,51 @@ class _Checker:
             key: self.integer(data[key], f"draft.ngram.{key}", 1, "an integer >= 1") for key in data
         })
 
-    def policy(self, value: Any) -> PolicySettings | None:
+    def policy(self, value: Any, version: int) -> PolicySettings | None:
         if value is None:
             return None
-        data = self.mapping(value, "draft.policy", _field_names(PolicySettings), null_means="a fixed choice")
+        extra = tuple(name for name in _field_names(PolicySettings) if name not in V2_POLICY_KEYS)
+        data = self.mapping(value, "draft.policy", V2_POLICY_KEYS if version == 2 else (),
+                            extra if version >= 3 else (), null_means="the runtime's defaults")
         bounds = {"ngram_prior": BELOW_ONE, "layer_skip_prior": BELOW_ONE, "prior_weight": POSITIVE,
-                  "margin": POSITIVE}
+                  "margin": POSITIVE, "discount": ("a number in (0, 1]", lambda v: 0 < v <= 1),
+                  "prior_cap": POSITIVE}
         return self.build(PolicySettings, "draft.policy", **{
-            key: self.number(data[key], f"draft.policy.{key}", bounds[key]) for key in data
+            key: (self.integer(data[key], f"draft.policy.{key}", 0, "an integer >= 0") if key == "seed"
+                  else self.boolean(data[key], f"draft.policy.{key}") if key == "explore"
+                  else self.number(data[key], f"draft.policy.{key}", bounds[key])) for key in data
         })
+
+    def counts(self, value: Any, where: str, extra: tuple[str, ...] = ()) -> AcceptanceCounts:
+        data = self.mapping(value, where, ("accepted", "rejected") + extra)
+        lists = {}
+        for key in ("accepted", "rejected"):
+            if not isinstance(data[key], list):
+                self.expect(f"{where}.{key}", "a list of counts by draft position", data[key])
+            lists[key] = tuple(self.number(c, f"{where}.{key}[{i}]") for i, c in enumerate(data[key]))
+        if len(lists["accepted"]) != len(lists["rejected"]):
+            self.fail(where, f"accepted and rejected need one count per draft position each, got "
+                      f"{len(lists['accepted'])} and {len(lists['rejected'])}")
+        return AcceptanceCounts(lists["accepted"], lists["rejected"])
+
+    def priors(self, value: Any) -> Priors | None:
+        if value is None:
+            return None
+        data = self.mapping(value, "draft.priors", (), ("layer_skip", "ngram"), null_means="no evidence")
+        layer_skip = data.get("layer_skip")
+        ngram = data.get("ngram") or []
+        if not isinstance(ngram, list):
+            self.expect("draft.priors.ngram", "a list of {match, accepted, rejected}", ngram)
+        by_match = {}
+        for position, item in enumerate(ngram):
+            where = f"draft.priors.ngram[{position}]"
+            counts = self.counts(item, where, ("match",))
+            match = self.integer(item["match"], f"{where}.match", 1, "an integer >= 1")
+            if match in by_match:
+                self.fail(f"{where}.match", f"match length {match} is listed twice")
+            by_match[match] = counts
+        return Priors(layer_skip=None if layer_skip is None else self.counts(layer_skip, "draft.priors.layer_skip"),
+                      ngram=tuple(sorted(by_match.items())))
 
     def costs(self, value: Any) -> RelativeCosts | None:
         if value is None:
@@ -343,11 +394,14 @@ def parse_profile(data: Any, source: str = "<profile>") -> Profile:
     task = check.text(data["task"], "task")
     skip = check.skip(data["skip"], model.num_hidden_layers)
     draft = check.draft(data["draft"], version)
-    # Version 1 files with an empty skip set loaded before version 2 and still do (they decode plainly).
-    if version >= 2 and not skip and draft.ngram is None:
+    # Version 1 files with an empty skip set loaded before version 2 and still do (they draft n-grams).
+    if version >= 3 and not skip and draft.ngram is None:
+        check.fail("skip", "the profile drafts nothing: the skip set is empty and draft.ngram is null; "
+                   "skip at least one sublayer or set draft.ngram")
+    if version == 2 and not skip and draft.ngram is None:
         check.fail("skip", "the policy drafts nothing: the skip set is empty and draft.ngram is null; "
                    "skip at least one sublayer or set draft.ngram")
-    if skip and draft.ngram is not None and draft.policy is None:
+    if version == 2 and skip and draft.ngram is not None and draft.policy is None:
         check.fail("draft.ngram", "never used: without draft.policy the skip set drafts every round; "
                    "add a policy and its costs, or set ngram to null")
     return Profile(
@@ -395,22 +449,44 @@ def load_profile(path: str | os.PathLike) -> Profile:
 
 
 def profile_to_dict(profile: Profile) -> dict[str, Any]:
-    """The profile as plain YAML/JSON data of version 2, keys in file order; unmeasured metrics are left out."""
+    """The profile as plain YAML/JSON data of version 3, keys in file order; unmeasured metrics are left out.
+    What was read as version 1 or 2 is written as version 3 as the runtime reads it (`decode_fields`):
+    without n-gram settings, with the default ones."""
+    draft = profile.draft
     data: dict[str, Any] = {
-        "skipsearch_profile": PROFILE_VERSION,  # what was read as version 1 is written as version 2
+        "skipsearch_profile": PROFILE_VERSION,
         "model": dataclasses.asdict(profile.model),
         "task": profile.task,
         "skip": {kind: list(getattr(profile.skip, kind)) for kind in SUBLAYER_KINDS},
-        "draft": dataclasses.asdict(profile.draft),
+        "draft": {"max_draft_tokens": draft.max_draft_tokens, "confidence_threshold": draft.confidence_threshold,
+                  "ngram": None if draft.ngram is None else dataclasses.asdict(draft.ngram)},
     }
-    if profile.draft.costs is not None:
-        data["draft"]["costs"]["verify"] = list(profile.draft.costs.verify)  # a YAML list, not a Python tuple
+    if profile.skipsearch_profile < 3 and draft.ngram is None:
+        data["draft"]["ngram"] = dataclasses.asdict(NgramSettings())
+    if draft.policy is not None:
+        data["draft"]["policy"] = dataclasses.asdict(draft.policy)
+    if draft.costs is not None:
+        data["draft"]["costs"] = {"verify": list(draft.costs.verify), "draft_step": draft.costs.draft_step}
+    if draft.priors is not None:
+        data["draft"]["priors"] = priors_to_dict(draft.priors)
     if profile.metrics is not None:
         data["metrics"] = {k: v for k, v in dataclasses.asdict(profile.metrics).items() if v is not None}
     if profile.provenance:
         data["provenance"] = {k: list(v) if isinstance(v, (list, tuple)) else v
                               for k, v in profile.provenance.items()}
     return data
+
+
+def priors_to_dict(priors: Priors) -> dict[str, Any]:
+    def counts(c: AcceptanceCounts) -> dict[str, list]:
+        return {"accepted": [_count(v) for v in c.accepted], "rejected": [_count(v) for v in c.rejected]}
+
+    return {"layer_skip": None if priors.layer_skip is None else counts(priors.layer_skip),
+            "ngram": [{"match": n, **counts(c)} for n, c in priors.ngram]}
+
+
+def _count(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else round(float(value), 3)
 
 
 class _ProfileDumper(yaml.SafeDumper):
@@ -460,19 +536,31 @@ def check_profile_for_model(profile: Profile, model: torch.nn.Module, fingerprin
             )
 
 
-def decode_fields(profile: Profile) -> dict[str, Any]:
-    """The profile's drafting policy as `decoding.DecodeSettings` fields: `max_draft_tokens`,
-    `confidence_threshold` and `ngram`, and `costs` and `policy` where it has a policy (without
-    one the decoder's fixed choice applies). Every runtime that decodes with a profile reads it
-    through this one function."""
+def decode_fields(profile: Profile, costs: str = "here") -> dict[str, Any]:
+    """The profile as `decoding.DecodeSettings` fields: `max_draft_tokens`, `confidence_threshold`,
+    `ngram`, `policy`, `priors` and `costs` — "here" (the runtime times this device's) or
+    "profile" (those stored, where the search ran; a profile without them is refused). Every
+    runtime that decodes with a profile reads it through this one function.
+
+    A version 1 or 2 profile without n-gram settings drafts n-grams with the defaults: its null
+    was the search's choice on a few prompts, not the user's."""
     draft = profile.draft
-    fields: dict[str, Any] = {"max_draft_tokens": draft.max_draft_tokens,
-                              "confidence_threshold": draft.confidence_threshold, "ngram": draft.ngram}
-    if draft.policy is not None and draft.costs is not None:
-        fields.update(costs=draft.costs, policy=draft.policy)
-    return fields
+    ngram = draft.ngram
+    if ngram is None and profile.skipsearch_profile < 3:
+        ngram = NgramSettings()
+    if costs == "profile":
+        if draft.costs is None:
+            raise SkipsearchError("the profile stores no costs to decide with; use this device's (policy costs "
+                                  "'here')")
+        chosen: Any = draft.costs
+    elif costs == "here":
+        chosen = "here"
+    else:
+        raise SkipsearchError(f'policy costs: expected "here" or "profile", got {costs!r}')
+    return {"max_draft_tokens": draft.max_draft_tokens, "confidence_threshold": draft.confidence_threshold,
+            "ngram": ngram, "policy": draft.policy or PolicySettings(), "priors": draft.priors, "costs": chosen}
 
 
 def profile_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of profile versions 1 and 2, shipped as skipsearch/config/profile.schema.json."""
+    """The JSON Schema (draft 2020-12) of profile versions 1-3, shipped as skipsearch/config/profile.schema.json."""
     return json.loads(resources.files("skipsearch.config").joinpath("profile.schema.json").read_text(encoding="utf-8"))

@@ -1,13 +1,13 @@
-"""A cost model of self-speculative decoding, measured on the device the model runs on.
+"""The cost model of self-speculative decoding, measured on the device the model runs on.
 
 `measure_costs` times single-token forward passes of the model with every attention block,
 every MLP block, or everything skipped, and verify passes of 1..n tokens; `CostModel` holds
-the result in seconds. The pure functions below turn a skip set and an acceptance rate into
-a predicted speedup over plain decoding, so a search can rank skip sets without decoding,
-and a benchmark can set the prediction beside the measured speedup.
+the result in seconds; `draft_step_cost`, `verify_cost` and `relative_costs` read a skip set's
+costs off it. Predictions from these costs live in `prediction`, the replay of drafting over
+reference continuations in `replay`.
 
-This module knows nothing about tasks, prompts, profiles or search; it does no file I/O
-(`to_dict` / `from_dict` let callers save a CostModel as JSON or YAML).
+This module knows nothing about tasks, prompts, profiles, decoding or search; it does no file
+I/O (`to_dict` / `from_dict` let callers save a CostModel as JSON or YAML).
 """
 
 from __future__ import annotations
@@ -21,18 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from skipsearch.engine import forward
-from skipsearch.engine.decoding import DecodeSettings, DecodeStats, crop_cache
-from skipsearch.engine.drafting import (
-    NGRAM,
-    PLAIN,
-    DraftPolicy,
-    NgramIndex,
-    NgramSettings,
-    PolicySettings,
-    RelativeCosts,
-    count_round,
-    round_cost,
-)
+from skipsearch.engine.drafting import RelativeCosts
 from skipsearch.engine.skipping import SkipSet, decoder_layers, skipping
 from skipsearch.engine.timing import Stopwatch, median
 from skipsearch.errors import SkipsearchError
@@ -273,7 +262,7 @@ def _timed_medians(model, ids: torch.Tensor, context_tokens: int, configurations
             with skipping(model, skip_set), Stopwatch(device) as watch:
                 # every position's logits, as the decoder computes them while drafting and verifying
                 forward.run(model, cache, ids[:, context_tokens : context_tokens + new_tokens], context_tokens)
-            crop_cache(cache, context_tokens)
+            forward.crop_cache(cache, context_tokens)
             return watch.seconds
 
         for skip_set, new_tokens in configurations.values():  # warm-up
@@ -301,7 +290,7 @@ def _per_layer(medians: dict[str, float], groups: list[tuple[int, ...]], without
     return costs
 
 
-# ---------------------------------------------------------------------------- predicting
+# ---------------------------------------------------------------------------- a skip set's costs
 
 
 def draft_step_cost(costs: CostModel, skip_set: SkipSet) -> float:
@@ -335,205 +324,8 @@ def verify_cost(costs: CostModel, tokens: float) -> float:
     return (1 - share) * costs.verify[low - 1] + share * costs.verify[low]
 
 
-def _check_acceptance(acceptance: float) -> None:
-    if not 0.0 <= acceptance <= 1.0:
-        raise SkipsearchError(f"acceptance must be in [0, 1], got {acceptance}")
-
-
-def expected_tokens_per_round(acceptance: float, gamma: float) -> float:
-    """Tokens committed per draft–verify round with `gamma` drafts, each accepted with
-    probability `acceptance` independently of the others: (1 − a^(γ+1)) / (1 − a); γ + 1 at a = 1."""
-    _check_acceptance(acceptance)
-    if gamma < 0:
-        raise SkipsearchError(f"gamma (draft tokens per round) must be >= 0, got {gamma}")
-    if acceptance == 1.0:
-        return gamma + 1.0
-    return (1.0 - acceptance ** (gamma + 1)) / (1.0 - acceptance)
-
-
-def predicted_speedup(costs: CostModel, skip_set: SkipSet, acceptance: float, gamma: float) -> float:
-    """Predicted speedup of self-speculative decoding over plain decoding, for greedy decoding.
-
-    Assumes each drafted token is accepted with the same probability `acceptance`,
-    independently of its position and of the other drafts (for greedy decoding, the proxy's
-    matchness estimates it), and that every round drafts exactly `gamma` tokens:
-        tokens per round × plain step / (γ × draft step + verify pass of γ + 1 tokens).
-    """
-    round_cost = gamma * draft_step_cost(costs, skip_set) + verify_cost(costs, gamma + 1)
-    return expected_tokens_per_round(acceptance, gamma) * costs.plain_step / round_cost
-
-
-def best_draft_length(costs: CostModel, skip_set: SkipSet, acceptance: float, max_gamma: int) -> tuple[int, float]:
-    """The number of draft tokens per round in 1..max_gamma with the highest predicted speedup, and that speedup."""
-    if max_gamma < 1:
-        raise SkipsearchError(f"max_gamma must be >= 1, got {max_gamma}")
-    speedups = {gamma: predicted_speedup(costs, skip_set, acceptance, gamma) for gamma in range(1, max_gamma + 1)}
-    best = max(speedups, key=speedups.__getitem__)  # the shortest of equals: first maximum
-    return best, speedups[best]
-
-
-def predicted_speedup_from_stats(costs: CostModel, skip_set: SkipSet, stats: DecodeStats) -> float:
-    """The speedup the cost model predicts for a real run with these counts, to set beside the measured one.
-
-    Uses what the run measured rather than the independence assumption: every draft pass
-    (including those whose token was not confident enough to propose), its rounds with
-    their mean draft length (drafted_tokens / rounds) and the tokens they committed
-    (accepted drafts + one per round), plus its plain full-model steps (probe, fallback,
-    rounds with no confident draft), each costing a plain step. The prefill, which plain
-    decoding pays too, is left out.
-    """
-    round_tokens = stats.accepted_tokens + stats.rounds
-    plain_tokens = stats.plain_steps
-    if round_tokens + plain_tokens == 0:
-        return 1.0
-    rounds_cost = 0.0
-    if stats.rounds:
-        mean_drafted = stats.drafted_tokens / stats.rounds
-        rounds_cost = stats.rounds * verify_cost(costs, mean_drafted + 1)
-    drafting_cost = stats.draft_steps * draft_step_cost(costs, skip_set)
-    speculative = rounds_cost + drafting_cost + plain_tokens * costs.plain_step
-    plain = (round_tokens + plain_tokens) * costs.plain_step
-    return plain / speculative
-
-
 def relative_costs(costs: CostModel, skip_set: SkipSet) -> RelativeCosts:
     """The costs a drafting policy weighs, as multiples of one plain step."""
     plain = costs.plain_step
     return RelativeCosts(verify=tuple(v / plain for v in costs.verify),
                          draft_step=draft_step_cost(costs, skip_set) / plain)
-
-
-@dataclass(frozen=True)
-class ReplayPrompt:
-    """One prompt as the replay sees it: the ids, the full model's greedy continuation, and per
-    continuation position the skipped model's (top-1 probability, argmax is right) from the
-    proxy (empty when the policy drafts with n-grams only)."""
-
-    prompt_ids: tuple[int, ...]
-    continuation: tuple[int, ...]
-    trace: tuple[tuple[float, bool], ...] = ()
-
-
-def ngram_proposals(prompt: ReplayPrompt, ngram: NgramSettings) -> list[tuple[list[int], int]]:
-    """The n-gram drafter's proposal after each committed prefix of the continuation (index i:
-    after its first i + 1 tokens). Replay commits the continuation whatever the rounds drafted,
-    so these are the same for every policy, and replaying many policies computes them once."""
-    index = NgramIndex(ngram, prompt.prompt_ids + prompt.continuation[:1])
-    proposals = [index.propose()]
-    for token in prompt.continuation[1:]:
-        index.extend((token,))
-        proposals.append(index.propose())
-    return proposals
-
-
-def prompt_costs(costs: CostModel, skip_set: SkipSet,
-                 prompts: Sequence[ReplayPrompt]) -> tuple[list[RelativeCosts], list[float]]:
-    """Per prompt, the relative costs and the plain step's seconds at the context its rounds see
-    on average (the prompt and half its continuation): what `replay_drafting` weighs them by."""
-    relative, steps = [], []
-    for prompt in prompts:
-        here = costs.at_context(len(prompt.prompt_ids) + len(prompt.continuation) // 2)
-        relative.append(relative_costs(here, skip_set))
-        steps.append(here.plain_step)
-    return relative, steps
-
-
-def replay_drafting(prompts: Sequence[ReplayPrompt], settings: DecodeSettings, layer_skip: bool,
-                    costs: RelativeCosts | Sequence[RelativeCosts], proposals: Sequence[list] | None = None,
-                    plain_steps: Sequence[float] | None = None) -> tuple[DecodeStats, float]:
-    """Replay the decoder's rounds over reference continuations: (the counts decoding would
-    make, the predicted speedup over plain decoding by `costs`, prefill left out).
-
-    The rounds follow the decoder's rules through the same `DraftPolicy` and `count_round`: the
-    same budget per round, the n-gram drafter on the same context, the layer-skip drafter
-    stopping where the proxy's confidence falls below the threshold, drafts after a wrong one
-    still drafted. Layer-skip drafts are judged by the proxy, which saw the true prefix (also
-    after a wrong n-gram draft, whose continuation is rejected anyway); n-gram drafts are exact.
-    `proposals` (per prompt, from `ngram_proposals` with the settings' n-grams) saves
-    recomputing them. `costs` is one for every prompt, or one per prompt (`prompt_costs`) with
-    `plain_steps`, each prompt's plain step in seconds, so that long prompts weigh as they take.
-    """
-    stats, cost, plain = DecodeStats(), 0.0, 0.0
-    for number, prompt in enumerate(prompts):
-        relative = costs if isinstance(costs, RelativeCosts) else costs[number]
-        weight = plain_steps[number] if plain_steps is not None else 1.0
-        continuation = prompt.continuation
-        policy = DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip, settings.max_draft_tokens)
-        proposed = None
-        if settings.ngram is not None:
-            proposed = proposals[number] if proposals is not None else ngram_proposals(prompt, settings.ngram)
-        committed = 1  # the prefill's token
-        while committed < len(continuation):
-            budget = min(settings.longest_draft, len(continuation) - committed - 1)
-            proposal, match = proposed[committed - 1] if proposed is not None else ([], 0)
-            choice = policy.choose(budget, proposal, match)
-            drafted = accepted = steps = 0
-            if choice.tokens:  # the n-gram draft, alone or continued
-                drafted = len(choice.tokens)
-                truth = continuation[committed:committed + drafted]
-                while accepted < drafted and choice.tokens[accepted] == truth[accepted]:
-                    accepted += 1
-            if choice.kind not in (PLAIN, NGRAM):
-                wrong = accepted < drafted
-                # trace[i] is the draft after continuation[i]: the round's pending token is committed - 1,
-                # and the skipped model drafts on after the n-gram tokens
-                first = committed - 1 + drafted
-                for confidence, right in prompt.trace[first:first + choice.draft_tokens]:
-                    steps += 1
-                    if confidence < settings.confidence_threshold:
-                        break
-                    drafted += 1
-                    wrong = wrong or not right
-                    accepted += not wrong
-            count_round(stats, choice, drafted, accepted, steps)
-            policy.record(choice, drafted, accepted)
-            cost += weight * round_cost(relative, choice, drafted, steps)
-            new = continuation[committed:committed + accepted + 1]
-            committed += len(new)
-            plain += weight * len(new)
-    return stats, (plain / cost if cost else 1.0)
-
-
-THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
-# a cost-model policy sizes its drafts itself; the threshold only stops a layer-skip draft early
-POLICY_THRESHOLDS = (0.0, 0.5, 0.8)
-# n-gram drafting a policy may add: off, then a few (min_n, max_n, max_tokens) of prompt lookup
-NGRAM_CHOICES = (None, NgramSettings(2, 4, 10), NgramSettings(3, 5, 10), NgramSettings(1, 3, 6))
-MARGINS = (1.0, 1.1)
-
-
-def best_draft_settings(costs: CostModel, skip_set: SkipSet, prompts: Sequence[ReplayPrompt], max_gamma: int,
-                        thresholds=THRESHOLDS, policies: bool = False) -> tuple[DecodeSettings, float, DecodeStats]:
-    """The drafting settings with the highest predicted speedup on these prompts: (settings,
-    predicted speedup, replayed stats).
-
-    Always tried: the fixed rule (the skip set drafts every round) at every draft length and
-    threshold. With `policies`, also the cost-model policy with each n-gram choice and margin
-    (with an empty skip set, n-gram drafting alone) at the `POLICY_THRESHOLDS` among `thresholds`."""
-    relative = relative_costs(costs, skip_set)
-    layer_skip = len(skip_set) > 0
-    candidates = []
-    if layer_skip:
-        candidates += [DecodeSettings(max_new_tokens=1, max_draft_tokens=gamma, confidence_threshold=threshold)
-                       for threshold in thresholds for gamma in range(1, max_gamma + 1)]
-    if policies:
-        for ngram in NGRAM_CHOICES:
-            if ngram is None and not layer_skip:
-                continue
-            for margin in MARGINS:
-                for threshold in (([t for t in thresholds if t in POLICY_THRESHOLDS] or thresholds)
-                                  if layer_skip else (0.0,)):
-                    candidates.append(DecodeSettings(max_new_tokens=1, max_draft_tokens=max_gamma,
-                                                     confidence_threshold=threshold, ngram=ngram, costs=relative,
-                                                     policy=PolicySettings(margin=margin)))
-    if not candidates:
-        raise SkipsearchError("nothing to draft with: an empty skip set needs n-gram drafting (policies)")
-    proposals = {ngram: [ngram_proposals(prompt, ngram) for prompt in prompts] for ngram in NGRAM_CHOICES if ngram}
-    per_prompt, plain_steps = prompt_costs(costs, skip_set, prompts)
-    best = None
-    for candidate in candidates:
-        stats, speedup = replay_drafting(prompts, candidate, layer_skip, per_prompt, proposals.get(candidate.ngram),
-                                         plain_steps)
-        if best is None or speedup > best[1]:
-            best = (candidate, speedup, stats)
-    return best

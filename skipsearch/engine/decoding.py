@@ -14,11 +14,17 @@ are cropped before verification, and verification's entries past the accepted pr
 cropped after it. Positions are always passed explicitly because a skipped attention
 layer's cache falls behind the others while drafting.
 
+Which draft each round verifies — a plain step, the context's n-grams, the skipped model, or
+both — is the runtime's choice (`drafting.DraftPolicy`, with this device's costs and what it
+learns while decoding), run through the one round loop (`rounds.run_rounds`) that
+`hf.self_speculative` and the search's replay share.
+
 This module knows nothing about tokenizers, tasks or profiles: it takes and returns ids.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
@@ -26,97 +32,25 @@ import torch
 from transformers import DynamicCache
 
 from skipsearch.engine import forward
+from skipsearch.engine.costs import relative_costs
+from skipsearch.engine.device_costs import costs_here
 from skipsearch.engine.drafting import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     DEFAULT_MAX_DRAFT_TOKENS,
-    NGRAM,
-    PLAIN,
-    Choice,
     DraftPolicy,
     NgramIndex,
     NgramSettings,
+    PolicyMemory,
     PolicySettings,
+    Priors,
     RelativeCosts,
-    count_round,
+    ThroughputGuard,
 )
+from skipsearch.engine.forward import crop_cache
+from skipsearch.engine.rounds import run_rounds
 from skipsearch.engine.skipping import SkipSet, skipping
-from skipsearch.engine.timing import device_time, median
+from skipsearch.engine.timing import device_time
 from skipsearch.errors import SkipsearchError
-
-
-class FallbackRule:
-    """The fallback of one call, shared by skipsearch's decoder and `hf.self_speculative`: the first
-    `probe_steps` steps decode plainly and are timed; once `fallback_rounds` drafting rounds have
-    cost more per committed token than the median probe step, the call decodes plainly to its end.
-    With a memory that remembers a recent fallback (`remembers_verdicts`), the call decodes plainly
-    from its first token."""
-
-    def __init__(self, settings: "DecodeSettings", stats: "DecodeStats", memory: "FallbackMemory | None",
-                 drafts: bool) -> None:
-        self.settings, self.stats, self.memory = settings, stats, memory
-        self.plain_step_times: list[float] = []
-        self.spec_time, self.spec_tokens, self.spec_attempts = 0.0, 0, 0
-        self.remembered = drafts and settings.remembers_verdicts and memory is not None and memory.take_plain_call()
-        self.speculate = drafts and not self.remembered
-        if self.remembered:
-            stats.fell_back, stats.fallback_at_token = True, 0
-
-    def choose(self, policy: DraftPolicy, index: NgramIndex | None, budget: int) -> Choice:
-        """This round's draft: a plain step while probing or once fallen back, else the policy's."""
-        probing = len(self.plain_step_times) < self.settings.probe_steps and self.settings.fallback
-        if not self.speculate or probing:
-            return Choice(PLAIN)
-        proposal, match = index.propose() if index is not None else ([], 0)
-        return policy.choose(budget, proposal, match)
-
-    def plain_step(self, seconds: float) -> None:
-        self.stats.plain_time_s += seconds
-        if len(self.plain_step_times) < self.settings.probe_steps and self.settings.fallback:
-            self.plain_step_times.append(seconds)
-
-    def drafting_round(self, seconds: float, committed: int, new_tokens: int) -> None:
-        """A round that drafted took `seconds` and committed `committed` tokens; `new_tokens` so far."""
-        self.spec_time += seconds
-        self.spec_tokens += committed
-        self.spec_attempts += 1
-        if (self.settings.fallback and self.plain_step_times and self.spec_attempts >= self.settings.fallback_rounds
-                and self.spec_time / self.spec_tokens > median(self.plain_step_times)):
-            self.speculate = False
-            self.stats.fell_back = True
-            self.stats.fallback_at_token = new_tokens
-
-    def finish(self) -> None:
-        """Leave the call's verdict in the memory; a call too short to have judged says nothing."""
-        judged = self.stats.fell_back or self.spec_attempts >= self.settings.fallback_rounds
-        if self.memory is not None and self.settings.remembers_verdicts and not self.remembered and judged:
-            self.memory.record(self.stats.fell_back)
-
-
-class FallbackMemory:
-    """The fallback's verdict on one skip set, carried from call to call by a runtime that
-    decodes many prompts with one profile. Once a call fell back, the next `recheck_every - 1`
-    calls decode plainly from their first token instead of paying again for drafting to prove
-    slower; then one call checks again, because the machine's load, and so the verdict, can
-    change. Use one memory per skip set and draft settings."""
-
-    def __init__(self, recheck_every: int = 8) -> None:
-        if recheck_every < 1:
-            raise SkipsearchError(f"recheck_every must be >= 1, got {recheck_every}")
-        self.recheck_every = recheck_every
-        self.plain_calls_left = 0
-
-    def take_plain_call(self) -> bool:
-        """Whether this call should decode plainly because an earlier one fell back."""
-        if self.plain_calls_left > 0:
-            self.plain_calls_left -= 1
-            return True
-        return False
-
-    def record(self, fell_back: bool) -> None:
-        self.plain_calls_left = self.recheck_every - 1 if fell_back else 0
-
-    def forget(self) -> None:
-        self.plain_calls_left = 0
 
 
 @dataclass(frozen=True)
@@ -131,22 +65,24 @@ class DecodeSettings:
     # 0 means no top-k filtering
     top_k: int = 0
     seed: int | None = None
-    # switch to plain decoding for the rest of a call once drafting proves slower
+    # suspend drafting for a while whenever it proves slower than plain steps by the clock
+    # (`drafting.ThroughputGuard`); the first `probe_steps` steps are plain and timed
     fallback: bool = True
-    # plain steps timed at the start of a call: the speed drafting has to beat
     probe_steps: int = 2
-    # rounds measured before the fallback may trigger; with a cost-model policy (costs given) it
-    # waits `policy_fallback_rounds` instead: the policy's first rounds explore on its priors and
-    # learn from them, and only judging it later keeps a drafter that pays (policies that cannot
-    # pay are refused by the policy itself)
-    fallback_min_rounds: int = 2
-    policy_fallback_rounds: int = 8
     # draft from the context's n-grams too (prompt lookup); None drafts with the skip set only
-    ngram: NgramSettings | None = None
-    # what the drafting policy decides with: costs relative to a plain step (None: no choice,
-    # the skip set drafts every round at max_draft_tokens) and its priors and margin
-    costs: RelativeCosts | None = None
+    ngram: NgramSettings | None = NgramSettings()
+    # what the drafting policy decides with: "here" (this device's costs, timed once and cached:
+    # `device_costs`), given costs relative to a plain step, or None for no choice (the skip set
+    # drafts every round at max_draft_tokens, else the whole n-gram draft)
+    costs: RelativeCosts | str | None = "here"
     policy: PolicySettings = PolicySettings()
+    # the search's evidence (a profile's priors), weighed with the policy's default prior
+    priors: Priors | None = None
+
+    @classmethod
+    def plain(cls, max_new_tokens: int = 128, **fields) -> "DecodeSettings":
+        """Plain decoding: nothing drafts, nothing is timed for a policy."""
+        return cls(max_new_tokens=max_new_tokens, ngram=None, costs=None, fallback=False, **fields)
 
     def __post_init__(self) -> None:
         checks = [
@@ -157,6 +93,8 @@ class DecodeSettings:
             (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
             (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
         ]
+        if isinstance(self.costs, str) and self.costs != "here":
+            checks.append((False, f'costs: expected "here", RelativeCosts or None, got {self.costs!r}'))
         for ok, message in checks:
             if not ok:
                 raise SkipsearchError(message)
@@ -164,18 +102,6 @@ class DecodeSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
-
-    @property
-    def remembers_verdicts(self) -> bool:
-        """Whether a `FallbackMemory` carries the fallback's verdict from call to call: for the fixed
-        rule only. A cost-model policy learns each drafter's acceptance within the call and its
-        n-gram drafts depend on the prompt, so one prompt's verdict says nothing about the next
-        (a translation prompt that copies nothing would stop n-gram drafts on those that copy)."""
-        return self.fallback and self.costs is None
-
-    @property
-    def fallback_rounds(self) -> int:
-        return self.fallback_min_rounds if self.costs is None else self.policy_fallback_rounds
 
     @property
     def longest_draft(self) -> int:
@@ -268,14 +194,6 @@ def eos_token_ids(model) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
-def crop_cache(cache: DynamicCache, length: int) -> None:
-    """Drop every layer's entries past `length`; layers may differ in length after drafting."""
-    for layer in cache.layers:
-        excess = layer.get_seq_length() - length
-        if excess > 0:
-            layer.crop(-excess)
-
-
 def warp(logits: torch.Tensor, settings: DecodeSettings) -> torch.Tensor:
     """Probabilities after temperature, top-k and top-p, the same for draft and target."""
     logits = logits.float() / settings.temperature
@@ -292,7 +210,7 @@ def warp(logits: torch.Tensor, settings: DecodeSettings) -> torch.Tensor:
     return logits.softmax(-1)
 
 
-class _Forward:
+class ForwardStep:
     """One forward step on the shared cache at explicit positions; returns last-layer logits."""
 
     def __init__(self, model, cache: DynamicCache, device: torch.device):
@@ -319,7 +237,7 @@ def _sample(probs: torch.Tensor, usable: torch.Tensor, generator) -> torch.Tenso
     return torch.where(usable, torch.multinomial(safe, 1, generator=generator)[0], -1)
 
 
-def _draft(forward_step: _Forward, skip_set: SkipSet, model, context: list[int], start: int, budget: int,
+def draft_tokens(forward_step: ForwardStep, skip_set: SkipSet, model, context: list[int], start: int, budget: int,
            settings: DecodeSettings, generator, stop_ids: set[int]) -> tuple[list[int], list[torch.Tensor], int]:
     """Draft up to `budget` tokens after `context` (the pending token, and the n-gram draft's
     tokens where the skipped model continues one), read in one pass from position `start`;
@@ -359,7 +277,7 @@ def _draft(forward_step: _Forward, skip_set: SkipSet, model, context: list[int],
     return tokens, draft_probs, steps
 
 
-def _verify(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Tensor],
+def verify_drafts(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Tensor],
             settings: DecodeSettings, generator) -> tuple[int, int]:
     """Given the full model's logits at the pending token and each draft, return
     (number of drafts accepted, the full model's next token), with one device-to-host transfer."""
@@ -397,7 +315,7 @@ def _verify(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Ten
     return stop_at, next_token
 
 
-def _point_mass(token: int, like: torch.Tensor) -> torch.Tensor:
+def point_mass(token: int, like: torch.Tensor) -> torch.Tensor:
     """q of a drafter that proposes `token` for certain: verification then accepts it with
     probability p(token) and otherwise samples p without it, renormalised."""
     q = torch.zeros(like.shape[-1], device=like.device, dtype=torch.float32)
@@ -405,7 +323,7 @@ def _point_mass(token: int, like: torch.Tensor) -> torch.Tensor:
     return q
 
 
-def _choose(logits: torch.Tensor, settings: DecodeSettings, generator) -> int:
+def choose_token(logits: torch.Tensor, settings: DecodeSettings, generator) -> int:
     finite = torch.isfinite(logits).all()
     if settings.greedy:
         token = int(torch.where(finite, logits.argmax(), -1))
@@ -416,19 +334,114 @@ def _choose(logits: torch.Tensor, settings: DecodeSettings, generator) -> int:
     return token
 
 
+def resolve_costs(model, skip_set: SkipSet, settings: DecodeSettings, context_tokens: int) -> DecodeSettings:
+    """The settings with `costs="here"` replaced by this device's costs relative to a plain step,
+    timed at the bucket of `context_tokens` (once per machine: `device_costs` caches them). Nothing
+    is timed where nothing drafts."""
+    if settings.costs != "here":
+        return settings
+    if not len(skip_set) and settings.ngram is None:
+        return dataclasses.replace(settings, costs=None)
+    here = costs_here(model, context_tokens, settings.longest_draft + 1)
+    return dataclasses.replace(settings, costs=relative_costs(here, skip_set))
+
+
+def new_policy(settings: DecodeSettings, skip_set: SkipSet, memory: PolicyMemory | None) -> DraftPolicy:
+    """The drafting policy of one call (costs resolved: `resolve_costs`)."""
+    return DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip=len(skip_set) > 0,
+                       max_draft_tokens=settings.max_draft_tokens, priors=settings.priors, memory=memory)
+
+
+def new_guard(settings: DecodeSettings) -> ThroughputGuard | None:
+    return ThroughputGuard(probe_steps=settings.probe_steps) if settings.fallback else None
+
+
+class _Decoding:
+    """The decoder's side of a round (`rounds.RoundBackend`): the model, its cache, the ids."""
+
+    def __init__(self, model, prompt_ids: list[int], skip_set: SkipSet, settings: DecodeSettings, generator,
+                 on_tokens: Callable[[list[int]], None] | None):
+        self.model, self.skip_set, self.settings, self.generator = model, skip_set, settings, generator
+        self.prompt_ids, self.on_tokens = prompt_ids, on_tokens
+        self.device = forward.input_device(model)
+        self.stop_ids = eos_token_ids(model)
+        self.cache = forward.new_cache()
+        self.step = ForwardStep(model, self.cache, self.device)
+        self.index = NgramIndex(settings.ngram, prompt_ids) if settings.ngram is not None else None
+        self.generated: list[int] = []
+        self.done = False
+        self.logits: torch.Tensor | None = None  # the last full-model logits: point masses are made like them
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.generated)
+
+    @property
+    def length(self) -> int:
+        """Positions with full-model KV: every committed token but the pending one."""
+        return len(self.prompt_ids) + len(self.generated) - 1
+
+    def now(self) -> float:
+        return device_time(self.device)
+
+    def commit(self, tokens: list[int]) -> None:
+        """Append tokens up to EOS or the length limit."""
+        for i, token in enumerate(tokens):
+            if token in self.stop_ids or len(self.generated) + i + 1 >= self.settings.max_new_tokens:
+                tokens, self.done = tokens[: i + 1], True
+                break
+        self.generated.extend(tokens)
+        if self.index is not None:
+            self.index.extend(tokens)
+        if self.on_tokens is not None:
+            self.on_tokens(tokens)
+
+    def prefill(self) -> None:
+        self.logits = self.step(self.prompt_ids, 0, logits_to_keep=1)[-1]
+        self.commit([choose_token(self.logits, self.settings, self.generator)])
+
+    def budget(self) -> int:
+        return min(self.settings.longest_draft, self.settings.max_new_tokens - len(self.generated) - 1)
+
+    def proposal(self) -> tuple[list[int], int]:
+        return self.index.propose() if self.index is not None else ([], 0)
+
+    def plain(self) -> None:
+        self.logits = self.step([self.generated[-1]], self.length)[-1]
+        self.commit([choose_token(self.logits, self.settings, self.generator)])
+
+    def point_masses(self, tokens) -> list[torch.Tensor]:
+        # a proposal from the context is a point mass: accepted with probability p(token)
+        return [] if self.settings.greedy else [point_mass(token, self.logits) for token in tokens]
+
+    def draft(self, after, budget: int):
+        tokens, probs, steps = draft_tokens(self.step, self.skip_set, self.model, [self.generated[-1], *after],
+                                            self.length, budget, self.settings, self.generator, self.stop_ids)
+        crop_cache(self.cache, self.length)
+        return tokens, probs, steps
+
+    def verify(self, drafts, draft_probs) -> int:
+        length = self.length
+        logits = self.step([self.generated[-1], *drafts], length)
+        accepted, next_token = verify_drafts(logits, list(drafts), list(draft_probs), self.settings, self.generator)
+        crop_cache(self.cache, length + 1 + accepted)
+        self.logits = logits[accepted]
+        self.commit(list(drafts[:accepted]) + [next_token])
+        return accepted
+
+
 def decode(
     model,
     prompt_ids: list[int] | torch.Tensor,
     skip_set: SkipSet | None = None,
     settings: DecodeSettings = DecodeSettings(),
     on_tokens: Callable[[list[int]], None] | None = None,
-    memory: FallbackMemory | None = None,
+    memory: PolicyMemory | None = None,
 ) -> DecodeResult:
-    """Generate after `prompt_ids`; with an empty or missing skip set this is plain decoding.
+    """Generate after `prompt_ids`, drafting with the skip set and the context's n-grams under the
+    drafting policy (`DecodeSettings.plain()` decodes plainly).
 
-    With a `memory` shared by calls, a call that follows one that fell back decodes plainly
-    from the start (`fell_back` with `fallback_at_token` 0) until the memory rechecks; with the
-    fixed rule only (`DecodeSettings.remembers_verdicts`)."""
+    A `memory` shared by calls carries what the policy learned from call to call."""
     if isinstance(prompt_ids, torch.Tensor):
         if prompt_ids.dim() == 2:
             if prompt_ids.shape[0] != 1:
@@ -441,79 +454,23 @@ def decode(
     if not prompt_ids:
         raise SkipsearchError("the prompt is empty; give at least one token")
     skip_set = skip_set or SkipSet()
+    # the context decoding spends most of its steps at: the prompt and half the output
+    settings = resolve_costs(model, skip_set, settings, len(prompt_ids) + settings.max_new_tokens // 2)
     device = forward.input_device(model)
-    stop_ids = eos_token_ids(model)
     generator = None
     if not settings.greedy:
         generator = torch.Generator(device=device)
         generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
 
     stats = DecodeStats()
-    generated: list[int] = []
-    cache = forward.new_cache()
-    step = _Forward(model, cache, device)
-    fallback = FallbackRule(settings, stats, memory, drafts=len(skip_set) > 0 or settings.ngram is not None)
-    policy = DraftPolicy(settings.costs, settings.policy, settings.ngram, layer_skip=len(skip_set) > 0,
-                         max_draft_tokens=settings.max_draft_tokens)
-    index = NgramIndex(settings.ngram, prompt_ids) if settings.ngram is not None else None
-
-    def commit(tokens: list[int]) -> bool:
-        """Append tokens up to EOS or the length limit; True when generation is over."""
-        done = False
-        for i, token in enumerate(tokens):
-            if token in stop_ids or len(generated) + i + 1 >= settings.max_new_tokens:
-                tokens, done = tokens[: i + 1], True
-                break
-        generated.extend(tokens)
-        if index is not None:
-            index.extend(tokens)
-        if on_tokens is not None:
-            on_tokens(tokens)
-        return done
-
+    backend = _Decoding(model, list(prompt_ids), skip_set, settings, generator, on_tokens)
+    policy = new_policy(settings, skip_set, memory)
     with torch.inference_mode():
-        start = device_time(device)
-        logits = step(prompt_ids, 0, logits_to_keep=1)[-1]
-        done = commit([_choose(logits, settings, generator)])
-        stats.prefill_time_s = device_time(device) - start
-
-        while not done:
-            length = len(prompt_ids) + len(generated) - 1  # positions with full-model KV
-            pending = generated[-1]
-            budget = min(settings.longest_draft, settings.max_new_tokens - len(generated) - 1)
-            choice = fallback.choose(policy, index, budget)
-            if choice.kind == PLAIN:
-                step_start = device_time(device)
-                logits = step([pending], length)[-1]
-                done = commit([_choose(logits, settings, generator)])
-                count_round(stats, choice, 0, 0, 0)
-                fallback.plain_step(device_time(device) - step_start)
-                continue
-
-            round_start = device_time(device)
-            # a proposal from the context is a point mass: accepted with probability p(token)
-            drafts = list(choice.tokens)
-            draft_probs = [] if settings.greedy else [_point_mass(token, logits) for token in drafts]
-            steps = 0
-            if choice.kind != NGRAM:
-                more, more_probs, steps = _draft(step, skip_set, model, [pending] + drafts, length,
-                                                 choice.draft_tokens, settings, generator, stop_ids)
-                drafts, draft_probs = drafts + more, draft_probs + more_probs
-                crop_cache(cache, length)
-            verify_start = device_time(device)
-            logits = step([pending] + drafts, length)
-            accepted, next_token = _verify(logits, drafts, draft_probs, settings, generator)
-            crop_cache(cache, length + 1 + accepted)
-            done = commit(drafts[:accepted] + [next_token])
-            round_end = device_time(device)
-
-            stats.draft_time_s += verify_start - round_start
-            stats.verify_time_s += round_end - verify_start
-            count_round(stats, choice, len(drafts), accepted, steps)
-            policy.record(choice, len(drafts), accepted)
-            fallback.drafting_round(round_end - round_start, accepted + 1, len(generated))
-
-        stats.total_time_s = device_time(device) - start
-    stats.new_tokens = len(generated)
-    fallback.finish()
-    return DecodeResult(token_ids=generated, stats=stats)
+        start = backend.now()
+        backend.prefill()
+        stats.prefill_time_s = backend.now() - start
+        run_rounds(backend, policy, new_guard(settings), stats, drafts=len(skip_set) > 0 or settings.ngram is not None)
+        stats.total_time_s = backend.now() - start
+    stats.new_tokens = len(backend.generated)
+    policy.remember()
+    return DecodeResult(token_ids=backend.generated, stats=stats)

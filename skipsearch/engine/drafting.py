@@ -1,38 +1,46 @@
-"""Drafting policy: which draft each round verifies, decided the same way in decoding and in replay.
+"""The runtime's drafting policy: which draft each round verifies, decided from evidence and costs.
 
 Two drafters propose tokens after the current context:
-- the **n-gram drafter** (prompt lookup) finds the longest suffix of the context, `max_n` down
-  to `min_n` tokens, that occurred earlier in it, and proposes what followed its most recent
-  earlier occurrence (up to `max_tokens`). It needs no model call, and its index grows with
-  each committed token, so a round's work grows with the new tokens, not with the context;
-- the **layer-skip drafter**: the model with a skip set left out, token by token, stopping
-  when its confidence falls below the threshold (the decoder runs it; see `decoding`);
-- both in one round: the n-gram draft, **continued by the skipped model**, which reads the
-  pending token and the n-gram tokens in one pass and drafts on from there.
+- the **n-gram drafter** (`NgramIndex`) looks up the context's last `max_n` down to `min_n`
+  tokens among everything committed so far (prompt and output) and proposes the continuation
+  seen most often after them (the most recent one among equals), token by token, as a
+  frequency-scored suffix lookup does (SuffixDecoding, arXiv 2411.04975). It needs no model call,
+  and its tables grow by a constant amount of work per committed token;
+- the **layer-skip drafter**: the model with a skip set left out, token by token, stopping when
+  its confidence falls below the threshold (the decoder runs it; see `decoding`);
+- both in one round: the n-gram draft, **continued by the skipped model**.
 
-Each round the `DraftPolicy` predicts, for every option — a plain step, the n-gram draft cut
-to its best length, a layer-skip draft of its best length, that n-gram draft continued by
-the skipped model for its best number of tokens — how many tokens per second it
-commits: expected tokens (each drafted token accepted independently with the drafter's
-running acceptance estimate) over the cost of the round (draft steps plus verifying the
-drafted tokens, from measured costs relative to a plain step). It takes the best option if
-it beats a plain step by `margin`. The n-gram drafter's acceptance is estimated per matched
-length, since a longer match predicts better.
+What the policy knows is evidence with counts (`AcceptanceCounts`): for each drafter, how
+often a draft's i-th token was accepted and how often it was the first one rejected — for the
+n-gram drafter per matched suffix length, since longer matches predict better. Its belief in
+each position's acceptance is a Beta posterior: a weak default prior (`PolicySettings`), the
+profile's priors (what the search measured, their weight capped so that this device's evidence
+can overrule them), and what this process saw, discounted by `discount` per round so that old
+evidence fades (acceptance drifts within a generation and between prompts).
 
-`decoding.decode` and `costs.replay_drafting` (the search's prediction over reference
-continuations) both call `DraftPolicy.choose` and `DraftPolicy.record` and count rounds with
-`count_round`, so a prediction can differ from a measurement only through timing, never
-through the rules. Without measured costs the policy is fixed (the layer-skip draft at its
-longest every round), which is how the decoder drafted before policies.
+Each round `DraftPolicy.choose` draws one acceptance per position from those posteriors
+(Thompson sampling) and, with this device's costs relative to a plain step, takes the option
+with the most tokens per unit of time: a plain step, the n-gram draft cut to its best length,
+a layer-skip draft of its best length, or that n-gram draft continued by the skipped model.
+Thompson sampling tries an option about as often as it could be the best one, so the regret of
+exploring grows only logarithmically with the rounds on a stationary stream (Agrawal and Goyal,
+2012), and with discounting it keeps re-checking options whose evidence has faded, at a bounded
+rate (Raj and Kalyani, 2017). `ThroughputGuard` watches the realized seconds per committed
+token against plain steps and suspends drafting for a while when drafting is slower in fact,
+whatever the costs predicted; it lets drafting back after a back-off that doubles each time.
 
-This module knows nothing about models, caches or tasks; it imports nothing beyond the
+`decoding.decode`, `hf.self_speculative` and the search's replay all run their rounds through
+`rounds.run_rounds` with this policy, so a prediction can differ from a measurement only through
+timing. This module knows nothing about models, caches or tasks; it imports nothing beyond the
 standard library and the package's own errors.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
+from statistics import median
 from typing import Sequence
 
 from skipsearch.errors import SkipsearchError
@@ -48,7 +56,7 @@ DEFAULT_CONFIDENCE_THRESHOLD = 0.8
 
 @dataclass(frozen=True)
 class NgramSettings:
-    min_n: int = 2  # shortest context suffix that may match (1 matches any repeated token)
+    min_n: int = 1  # shortest context suffix that may match (1: any repeated token; the policy weighs it)
     max_n: int = 4  # longest suffix tried first
     max_tokens: int = 10  # most tokens one n-gram draft proposes
 
@@ -86,74 +94,246 @@ class RelativeCosts:
 
 @dataclass(frozen=True)
 class PolicySettings:
-    # per-token acceptance assumed before a drafter's first verified token, and how many drafted
-    # tokens' worth of evidence that guess counts for
+    # the default prior: per-token acceptance believed before any evidence (for n-gram drafts, at
+    # every matched length: evidence tells them apart), and how many drafts' worth it counts for
     ngram_prior: float = 0.6
     layer_skip_prior: float = 0.6
-    prior_weight: float = 4.0
-    # draft only when the best option's predicted tokens/s beat a plain step's by this factor
+    prior_weight: float = 2.0
+    # draft only when the best option's tokens per unit of time beat a plain step's by this factor
     margin: float = 1.0
+    # per-round fading of evidence (1: never); the profile's priors are capped at this many tokens
+    # per position, so that a few dozen rounds on this device can overrule them
+    discount: float = 0.95
+    prior_cap: float = 32.0
+    seed: int = 0  # Thompson sampling's random stream: the same seed, the same choices
+    # False: decide by the posterior means instead of Thompson samples (no exploration)
+    explore: bool = True
+    # what exploring may cost: a Thompson choice is taken while the throughput it gave up by the
+    # posterior means (against the best choice by the means), summed over the call's rounds, stays
+    # within explore_cost per round (plus one round's worth); else the best choice by the means
+    explore_cost: float = 0.03
 
     def __post_init__(self) -> None:
         for name in ("ngram_prior", "layer_skip_prior"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise SkipsearchError(f"policy: {name} must be in [0, 1), got {getattr(self, name)}")
-        if self.prior_weight <= 0:
-            raise SkipsearchError(f"policy: prior_weight must be > 0, got {self.prior_weight}")
-        if self.margin <= 0:
-            raise SkipsearchError(f"policy: margin must be > 0, got {self.margin}")
+        for name in ("prior_weight", "margin", "prior_cap"):
+            if not getattr(self, name) > 0:
+                raise SkipsearchError(f"policy: {name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.explore_cost < 1.0:
+            raise SkipsearchError(f"policy: explore_cost must be in [0, 1), got {self.explore_cost}")
+        if not 0.0 < self.discount <= 1.0:
+            raise SkipsearchError(f"policy: discount must be in (0, 1], got {self.discount}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the n-gram drafter
+
+
+class _Followers:
+    """The tokens seen after one n-gram, counted; `best` is the most frequent, the latest among equals."""
+
+    __slots__ = ("counts", "best", "best_count")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.best, self.best_count = -1, 0
+
+    def add(self, token: int) -> None:
+        count = self.counts.get(token, 0) + 1
+        self.counts[token] = count
+        if count >= self.best_count:
+            self.best, self.best_count = token, count
 
 
 class NgramIndex:
-    """The context's n-grams of `min_n`..`max_n` tokens, each with the end of its latest occurrence."""
+    """Every n-gram of `min_n`..`max_n` tokens of the committed context with the tokens that followed it."""
 
     def __init__(self, settings: NgramSettings, tokens: Sequence[int] = ()):
         self.settings = settings
         self.tokens: list[int] = []
-        # n -> n-gram -> end (exclusive) of its most recent occurrence that is not the context's suffix
-        self._ends: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(settings.min_n, settings.max_n + 1)}
+        self._followers: dict[int, dict[tuple[int, ...], _Followers]] = {
+            n: {} for n in range(settings.min_n, settings.max_n + 1)}
         self.extend(tokens)
 
     def extend(self, tokens: Sequence[int]) -> None:
-        """Commit tokens: registers the n-grams that stopped being the suffix (work ∝ new tokens)."""
-        old = len(self.tokens)
-        self.tokens.extend(tokens)
-        # grams ending at old .. len-1 become earlier occurrences; the one ending at len is the suffix
-        for end in range(max(old, 1), len(self.tokens)):
-            for n, ends in self._ends.items():
+        """Commit tokens: each new token is counted as the follower of the n-grams before it
+        (work per token ∝ max_n - min_n + 1, whatever the context's length)."""
+        for token in tokens:
+            end = len(self.tokens)
+            for n, table in self._followers.items():
                 if end >= n:
-                    ends[tuple(self.tokens[end - n:end])] = end
+                    key = tuple(self.tokens[end - n:end])
+                    followers = table.get(key)
+                    if followers is None:
+                        followers = table[key] = _Followers()
+                    followers.add(token)
+            self.tokens.append(token)
+
+    def _lookup(self, tail: Sequence[int], shortest: int) -> tuple[int, int]:
+        """(the likeliest follower of the longest n-gram ending `tail` seen before, its length),
+        trying lengths down to `shortest`; (-1, 0) when none occurred."""
+        for n in range(self.settings.max_n, shortest - 1, -1):
+            if len(tail) >= n:
+                followers = self._followers[n].get(tuple(tail[len(tail) - n:]))
+                if followers is not None:
+                    return followers.best, n
+        return -1, 0
 
     def propose(self) -> tuple[list[int], int]:
-        """(the tokens after the latest earlier occurrence of the longest matching suffix, its length);
-        ([], 0) when no suffix of min_n or more tokens occurred before."""
-        length = len(self.tokens)
-        for n in range(self.settings.max_n, self.settings.min_n - 1, -1):
-            if length < n:
-                continue
-            end = self._ends[n].get(tuple(self.tokens[length - n:]))
-            if end is not None:
-                return self.tokens[end:end + self.settings.max_tokens], n
-        return [], 0
+        """(a draft of up to `max_tokens` tokens, the length of the suffix its first token matched);
+        ([], 0) when no suffix of `min_n` or more tokens occurred before. Each next token extends
+        the draft by the likeliest follower of the draft's own tail, backing off to shorter
+        suffixes but never below two tokens (or the first match's length, if shorter)."""
+        tail = self.tokens[-self.settings.max_n:]
+        token, match = self._lookup(tail, self.settings.min_n)
+        if match == 0:
+            return [], 0
+        draft = [token]
+        shortest = max(self.settings.min_n, min(match, 2))
+        while len(draft) < self.settings.max_tokens:
+            tail = (tail + [token])[-self.settings.max_n:]
+            token, n = self._lookup(tail, shortest)
+            if n == 0:
+                break
+            draft.append(token)
+        return draft, match
 
 
-@dataclass
-class Estimate:
-    """A per-token acceptance estimate: accepted drafts over accepted drafts plus rejections,
-    with a prior worth `weight` drafted tokens (each round rejects at most once)."""
+# ---------------------------------------------------------------------------------------------
+# evidence and belief
 
-    prior: float
-    weight: float
-    accepted: int = 0
-    rejected: int = 0
+
+@dataclass(frozen=True)
+class AcceptanceCounts:
+    """Acceptance by position in a draft: index i counts drafts whose (i+1)-th token was accepted,
+    and drafts whose (i+1)-th token was the first rejected (the tokens after it are not judged).
+    Counts may be fractional: discounted or scaled evidence."""
+
+    accepted: tuple[float, ...] = ()
+    rejected: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.accepted) != len(self.rejected):
+            raise SkipsearchError(f"acceptance counts: accepted and rejected need one entry per draft position, got "
+                                  f"{len(self.accepted)} and {len(self.rejected)}")
+        if any(not math.isfinite(c) or c < 0 for c in (*self.accepted, *self.rejected)):
+            raise SkipsearchError("acceptance counts: every count must be a finite number >= 0")
+
+    @classmethod
+    def of_drafts(cls, outcomes: Sequence[tuple[int, int]], positions: int) -> "AcceptanceCounts":
+        """The counts of drafts given as (drafted, accepted) pairs, over `positions` positions."""
+        evidence = Evidence(positions)
+        for drafted, accepted in outcomes:
+            evidence.record(drafted, accepted)
+        return evidence.counts()
 
     @property
-    def value(self) -> float:
-        return (self.prior * self.weight + self.accepted) / (self.weight + self.accepted + self.rejected)
+    def drafts(self) -> float:
+        """How many drafts the counts hold (every draft is counted at its first position)."""
+        return (self.accepted[0] + self.rejected[0]) if self.accepted else 0.0
+
+    def rates(self) -> list[float | None]:
+        """Per position, the share accepted among the drafts that reached it; None where none did."""
+        return [a / (a + r) if a + r else None for a, r in zip(self.accepted, self.rejected)]
+
+
+class Evidence:
+    """Mutable acceptance counts of one drafter, with discounting."""
+
+    def __init__(self, positions: int, counts: AcceptanceCounts | None = None) -> None:
+        self.accepted = [0.0] * positions
+        self.rejected = [0.0] * positions
+        if counts is not None:
+            for i in range(min(positions, len(counts.accepted))):
+                self.accepted[i], self.rejected[i] = counts.accepted[i], counts.rejected[i]
 
     def record(self, drafted: int, accepted: int) -> None:
-        self.accepted += accepted
-        self.rejected += accepted < drafted
+        for i in range(min(accepted, len(self.accepted))):
+            self.accepted[i] += 1.0
+        if accepted < drafted and accepted < len(self.rejected):
+            self.rejected[accepted] += 1.0
+
+    def fade(self, factor: float) -> None:
+        self.accepted = [a * factor for a in self.accepted]
+        self.rejected = [r * factor for r in self.rejected]
+
+    def counts(self) -> AcceptanceCounts:
+        return AcceptanceCounts(tuple(self.accepted), tuple(self.rejected))
+
+
+@dataclass(frozen=True)
+class Priors:
+    """What the search measured, as evidence with counts: the layer-skip drafter's acceptance by
+    position, and the n-gram drafter's by matched suffix length and position ((length, counts)
+    pairs, shortest first)."""
+
+    layer_skip: AcceptanceCounts | None = None
+    ngram: tuple[tuple[int, AcceptanceCounts], ...] = ()
+
+    def ngram_at(self, match: int) -> AcceptanceCounts | None:
+        return dict(self.ngram).get(match)
+
+
+class _Belief:
+    """Beta posteriors of one drafter's per-position acceptance: fixed pseudo-counts (the default
+    prior and the capped profile prior) plus this process's discounted evidence."""
+
+    def __init__(self, positions: int, mean: float, weight: float, prior: AcceptanceCounts | None, cap: float,
+                 evidence: Evidence) -> None:
+        self.alpha = [mean * weight] * positions
+        self.beta = [(1.0 - mean) * weight] * positions
+        if prior is not None:
+            for i in range(min(positions, len(prior.accepted))):
+                a, r = prior.accepted[i], prior.rejected[i]
+                scale = min(1.0, cap / (a + r)) if a + r else 0.0
+                self.alpha[i] += a * scale
+                self.beta[i] += r * scale
+        self.evidence = evidence
+
+    def sample(self, rng: random.Random | None, positions: int) -> list[float]:
+        """One draw of every position's acceptance (Thompson sampling); the means without `rng`."""
+        if rng is None:
+            return self.mean(positions)
+        e = self.evidence
+        return [rng.betavariate(self.alpha[i] + e.accepted[i], self.beta[i] + e.rejected[i])
+                for i in range(min(positions, len(self.alpha)))]
+
+    def mean(self, positions: int) -> list[float]:
+        e = self.evidence
+        return [(self.alpha[i] + e.accepted[i]) / (self.alpha[i] + self.beta[i] + e.accepted[i] + e.rejected[i])
+                for i in range(min(positions, len(self.alpha)))]
+
+
+class PolicyMemory:
+    """The evidence a runtime carries from call to call of one process (and, through
+    `verdicts`, from process to process): per drafter, the discounted acceptance counts. A new
+    call fades it by `call_discount`, so the calls before count less than the call itself. Use
+    one memory per skip set and draft settings."""
+
+    def __init__(self, call_discount: float = 0.5) -> None:
+        if not 0.0 <= call_discount <= 1.0:
+            raise SkipsearchError(f"call_discount must be in [0, 1], got {call_discount}")
+        self.call_discount = call_discount
+        self.layer_skip: AcceptanceCounts | None = None
+        self.ngram: dict[int, AcceptanceCounts] = {}
+
+    def to_dict(self) -> dict:
+        def pair(counts: AcceptanceCounts) -> dict:
+            return {"accepted": list(counts.accepted), "rejected": list(counts.rejected)}
+
+        return {"layer_skip": None if self.layer_skip is None else pair(self.layer_skip),
+                "ngram": {str(n): pair(c) for n, c in self.ngram.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict, call_discount: float = 0.5) -> "PolicyMemory":
+        memory = cls(call_discount)
+        if data.get("layer_skip") is not None:
+            memory.layer_skip = AcceptanceCounts(tuple(data["layer_skip"]["accepted"]),
+                                                 tuple(data["layer_skip"]["rejected"]))
+        memory.ngram = {int(n): AcceptanceCounts(tuple(c["accepted"]), tuple(c["rejected"]))
+                        for n, c in data.get("ngram", {}).items()}
+        return memory
 
 
 def expected_tokens(acceptance: float, drafted: int) -> float:
@@ -177,38 +357,56 @@ class Choice:
     rate: float = 1.0
 
 
+def _best_length(acceptance: Sequence[float], verify: Sequence[float], step_cost: float) -> tuple[int, float]:
+    """The draft length in 1..len(acceptance) with the most expected tokens per plain step, and
+    that rate; acceptance[i] is the chance the (i+1)-th token is accepted given the ones before."""
+    best = (0, 0.0)
+    tokens, reach = 1.0, 1.0
+    for k, a in enumerate(acceptance, start=1):
+        reach *= a
+        tokens += reach
+        rate = tokens / (k * step_cost + verify[k])
+        if rate > best[1]:
+            best = (k, rate)
+    return best
+
+
 class DraftPolicy:
-    """Chooses each round's draft and learns from how many of its tokens were accepted."""
+    """Chooses each round's draft by Thompson sampling and learns from how many tokens were accepted."""
 
     def __init__(self, costs: RelativeCosts | None, settings: PolicySettings = PolicySettings(),
                  ngram: NgramSettings | None = None, layer_skip: bool = False,
-                 max_draft_tokens: int = DEFAULT_MAX_DRAFT_TOKENS):
+                 max_draft_tokens: int = DEFAULT_MAX_DRAFT_TOKENS, priors: Priors | None = None,
+                 memory: PolicyMemory | None = None):
         self.costs, self.settings, self.ngram = costs, settings, ngram
         self.layer_skip = layer_skip
         self.max_draft_tokens = max_draft_tokens
-        self.layer_skip_estimate = Estimate(settings.layer_skip_prior, settings.prior_weight)
-        self.ngram_estimates = {n: Estimate(settings.ngram_prior, settings.prior_weight)
-                                for n in range(ngram.min_n, ngram.max_n + 1)} if ngram else {}
+        self.rng = random.Random(settings.seed) if settings.explore else None
+        self.explore_allowance = 1.0  # rounds' worth of throughput exploring may still give up
+        self.memory = memory
+        priors = priors or Priors()
+        fade = memory.call_discount if memory is not None else 0.0
+        remembered = memory or PolicyMemory()
+        self.layer_skip_evidence = _faded(max_draft_tokens, remembered.layer_skip, fade)
+        self.layer_skip_belief = _Belief(max_draft_tokens, settings.layer_skip_prior, settings.prior_weight,
+                                         priors.layer_skip, settings.prior_cap, self.layer_skip_evidence)
+        self.ngram_beliefs: dict[int, _Belief] = {}
+        if ngram is not None:
+            for n in range(ngram.min_n, ngram.max_n + 1):
+                evidence = _faded(ngram.max_tokens, remembered.ngram.get(n), fade)
+                self.ngram_beliefs[n] = _Belief(ngram.max_tokens, settings.ngram_prior, settings.prior_weight,
+                                                priors.ngram_at(n),
+                                                settings.prior_cap, evidence)
 
-    def _best_length(self, acceptance: float, longest: int, step_cost: float) -> tuple[int, float]:
-        """The draft length in 1..longest with the most tokens per plain step, and that rate."""
-        best = (0, 0.0)
-        verify = self.costs.verify  # longest < len(verify): the caller keeps drafts within the measured passes
-        tokens, power = 1.0, 1.0  # expected_tokens(acceptance, k), summed term by term
-        for k in range(1, longest + 1):
-            power *= acceptance
-            tokens += power
-            rate = tokens / (k * step_cost + verify[k])
-            if rate > best[1]:
-                best = (k, rate)
-        return best
+    def _all_evidence(self) -> list[Evidence]:
+        return [self.layer_skip_evidence] + [belief.evidence for belief in self.ngram_beliefs.values()]
 
     def choose(self, budget: int, proposal: Sequence[int] = (), match: int = 0) -> Choice:
         """The round's choice with at most `budget` drafted tokens, given the n-gram drafter's
         `proposal` (from a suffix match of `match` tokens; empty when there is none).
 
-        Without costs the choice is fixed, as before policies existed: the layer-skip draft at
-        its longest every round, else the whole n-gram draft where there is one."""
+        Without costs the choice is fixed: the layer-skip draft at its longest every round, else
+        the whole n-gram draft where there is one."""
         if self.costs is None:
             if budget < 1:
                 return Choice(PLAIN)
@@ -218,55 +416,160 @@ class DraftPolicy:
                 return Choice(NGRAM, tokens=tuple(proposal[:budget]), match=match)
             return Choice(PLAIN)
         limit = min(budget, self.costs.max_verified - 1)
-        best = Choice(PLAIN)
         if limit < 1:
-            return best
+            return Choice(PLAIN)
+        ngram_belief = self.ngram_beliefs.get(match) if proposal else None
+        ngram_length = min(len(proposal), limit)
+        skip_length = min(self.max_draft_tokens, limit) if self.layer_skip else 0
+        means = (ngram_belief.mean(ngram_length) if ngram_belief else [],
+                 self.layer_skip_belief.mean(skip_length) if skip_length else [])
+        by_means = self._best_option(proposal, match, limit, *means)
+        if self.rng is None:
+            return by_means
+        draws = (ngram_belief.sample(self.rng, ngram_length) if ngram_belief else [],
+                 self.layer_skip_belief.sample(self.rng, skip_length) if skip_length else [])
+        sampled = self._best_option(proposal, match, limit, *draws)
+        self.explore_allowance += self.settings.explore_cost
+        given_up = max(0.0, 1.0 - self._rate(sampled, *means) / by_means.rate)
+        if given_up <= self.explore_allowance:
+            self.explore_allowance -= given_up
+            return sampled
+        return by_means
+
+    def _best_option(self, proposal: Sequence[int], match: int, limit: int, ngram_acceptance: list[float],
+                     skip_acceptance: list[float]) -> Choice:
+        """The option with the most tokens per plain step under these per-position acceptances."""
+        verify, step = self.costs.verify, self.costs.draft_step
         options = []
-        if proposal:
-            length, rate = self._best_length(self.ngram_estimates[match].value, min(len(proposal), limit), 0.0)
+        if ngram_acceptance:
+            length, rate = _best_length(ngram_acceptance, verify, 0.0)
             options.append(Choice(NGRAM, tokens=tuple(proposal[:length]), match=match, rate=rate))
-        if self.layer_skip:
-            length, rate = self._best_length(self.layer_skip_estimate.value, min(self.max_draft_tokens, limit),
-                                             self.costs.draft_step)
+        if skip_acceptance:
+            length, rate = _best_length(skip_acceptance, verify, step)
             options.append(Choice(LAYER_SKIP, draft_tokens=length, rate=rate))
-        if proposal and self.layer_skip and len(options[0].tokens) < limit:
-            options.append(self._continued(options[0], limit))
+        if ngram_acceptance and skip_acceptance and len(options[0].tokens) < limit:
+            options.append(self._continued(options[0], ngram_acceptance, skip_acceptance, limit))
+        best = Choice(PLAIN)
         for option in options:
             if option.rate > best.rate * (self.settings.margin if best.kind == PLAIN else 1.0):
                 best = option
         return best
 
-    def _continued(self, ngram: Choice, limit: int) -> Choice:
+    def _rate(self, choice: Choice, ngram_acceptance: list[float], skip_acceptance: list[float]) -> float:
+        """`choice`'s expected tokens per plain step under these per-position acceptances."""
+        if choice.kind == PLAIN:
+            return 1.0
+        k, m = len(choice.tokens), choice.draft_tokens
+        reach, tokens = 1.0, 1.0
+        for a in ngram_acceptance[:k]:
+            reach *= a
+            tokens += reach
+        for a in skip_acceptance[:m]:
+            reach *= a
+            tokens += reach
+        verify, step = self.costs.verify, self.costs.draft_step
+        if choice.kind == NGRAM:
+            cost = verify[k]
+        elif choice.kind == LAYER_SKIP:
+            cost = m * step + verify[m]
+        else:
+            cost = self.costs.draft_pass_cost(k + 1) + (m - 1) * step + verify[k + m]
+        return tokens / cost
+
+    def _continued(self, ngram: Choice, ngram_draw: list[float], skip_draw: list[float], limit: int) -> Choice:
         """The n-gram draft `ngram` continued by the skipped model for its best number of tokens
         (within `limit` drafted in all): each continued token counts only if every token before
         it, the n-gram ones included, is accepted."""
-        ngram_acceptance = self.ngram_estimates[ngram.match].value
-        skip_acceptance = self.layer_skip_estimate.value
         k = len(ngram.tokens)
-        all_ngram = ngram_acceptance ** k  # every n-gram token accepted
-        ngram_expected = expected_tokens(ngram_acceptance, k) - 1.0
+        reach, ngram_expected = 1.0, 0.0
+        for a in ngram_draw[:k]:
+            reach *= a
+            ngram_expected += reach
         verify, step = self.costs.verify, self.costs.draft_step
         pass_cost = self.costs.draft_pass_cost(k + 1)
         best_m, best_rate = 0, 0.0
-        continued, power = 0.0, 1.0  # expected_tokens(skip_acceptance, m) - 1, summed term by term
-        for m in range(1, min(self.max_draft_tokens, limit - k) + 1):
-            power *= skip_acceptance
-            continued += power
-            rate = (1.0 + ngram_expected + all_ngram * continued) / (pass_cost + (m - 1) * step + verify[k + m])
+        continued, skip_reach = 0.0, 1.0
+        for m, a in enumerate(skip_draw[:limit - k], start=1):
+            skip_reach *= a
+            continued += skip_reach
+            rate = (1.0 + ngram_expected + reach * continued) / (pass_cost + (m - 1) * step + verify[k + m])
             if rate > best_rate:
                 best_m, best_rate = m, rate
         return Choice(NGRAM_LAYER_SKIP, tokens=ngram.tokens, draft_tokens=best_m, match=ngram.match, rate=best_rate)
 
     def record(self, choice: Choice, drafted: int, accepted: int) -> None:
+        """Learn from a round: fade all evidence by a round (plain steps included, so that what a
+        drafter showed long ago weighs less when the policy has stopped trying it), then count
+        this round's drafts."""
+        if self.settings.discount < 1.0:
+            for evidence in self._all_evidence():
+                evidence.fade(self.settings.discount)
+        if choice.kind == PLAIN or not drafted:
+            return
         if choice.kind == NGRAM:
-            self.ngram_estimates[choice.match].record(drafted, accepted)
-        elif choice.kind == LAYER_SKIP and drafted:
-            self.layer_skip_estimate.record(drafted, accepted)
+            self.ngram_beliefs[choice.match].evidence.record(drafted, accepted)
+        elif choice.kind == LAYER_SKIP:
+            self.layer_skip_evidence.record(drafted, accepted)
         elif choice.kind == NGRAM_LAYER_SKIP:
             k = len(choice.tokens)
-            self.ngram_estimates[choice.match].record(k, min(accepted, k))
+            self.ngram_beliefs[choice.match].evidence.record(k, min(accepted, k))
             if accepted >= k and drafted > k:  # the continuation is judged only where the n-grams held
-                self.layer_skip_estimate.record(drafted - k, accepted - k)
+                self.layer_skip_evidence.record(drafted - k, accepted - k)
+
+    def remember(self) -> None:
+        """Leave this call's evidence in the memory, for the calls after it."""
+        if self.memory is None:
+            return
+        self.memory.layer_skip = self.layer_skip_evidence.counts()
+        self.memory.ngram = {n: belief.evidence.counts() for n, belief in self.ngram_beliefs.items()}
+
+    def acceptance(self, drafter: str, match: int = 0) -> list[float]:
+        """The posterior mean acceptance by position of a drafter (for reports and tests)."""
+        if drafter == LAYER_SKIP:
+            return self.layer_skip_belief.mean(self.max_draft_tokens)
+        return self.ngram_beliefs[match].mean(self.ngram.max_tokens)
+
+
+def _faded(positions: int, counts: AcceptanceCounts | None, factor: float) -> Evidence:
+    evidence = Evidence(positions, counts)
+    evidence.fade(factor)
+    return evidence
+
+
+class ThroughputGuard:
+    """A check of the policy against plain decoding by the clock. The first `probe_steps` steps of
+    a call are plain and timed; after that, once `min_rounds` drafting rounds have been timed,
+    drafting whose discounted seconds per committed token exceed the recent plain steps' is
+    suspended for `backoff` tokens (16 at first, doubling each time up to 512), then allowed again
+    with a fresh window: acceptance drifts within a generation, and so does what pays."""
+
+    def __init__(self, probe_steps: int = 2, min_rounds: int = 8, window: float = 0.9,
+                 first_backoff: int = 16, max_backoff: int = 512) -> None:
+        self.probe_steps, self.min_rounds, self.window = probe_steps, min_rounds, window
+        self.backoff, self.max_backoff = first_backoff, max_backoff
+        self.plain_times: list[float] = []
+        self.seconds = self.tokens = 0.0
+        self.rounds = 0
+        self.resume_at = 0  # the token count from which drafting is allowed again
+        self.suspensions: list[int] = []  # the token counts at which drafting was suspended
+
+    def allows_drafting(self, new_tokens: int) -> bool:
+        return len(self.plain_times) >= self.probe_steps and new_tokens >= self.resume_at
+
+    def plain_step(self, seconds: float) -> None:
+        self.plain_times = (self.plain_times + [seconds])[-8:]
+
+    def drafting_round(self, seconds: float, committed: int, new_tokens: int) -> None:
+        self.seconds = self.seconds * self.window + seconds
+        self.tokens = self.tokens * self.window + committed
+        self.rounds += 1
+        if self.rounds >= self.min_rounds and self.plain_times and self.seconds / self.tokens > median(
+                self.plain_times):
+            self.suspensions.append(new_tokens)
+            self.resume_at = new_tokens + self.backoff
+            self.backoff = min(2 * self.backoff, self.max_backoff)
+            self.seconds = self.tokens = 0.0
+            self.rounds = 0
 
 
 def count_round(stats, choice: Choice, drafted: int, accepted: int, draft_steps: int) -> None:

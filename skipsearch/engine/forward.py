@@ -98,3 +98,11 @@ def run(model, cache: DynamicCache, token_ids: torch.Tensor, start: int, logits_
             max_length_k=start + new_tokens,
         )
     return model(input_ids=token_ids, **arguments)
+
+
+def crop_cache(cache: DynamicCache, length: int) -> None:
+    """Drop every layer's entries past `length`; layers may differ in length after drafting."""
+    for layer in cache.layers:
+        excess = layer.get_seq_length() - length
+        if excess > 0:
+            layer.crop(-excess)

@@ -53,24 +53,20 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from skipsearch.engine import forward
-from skipsearch.engine.costs import (
-    CostModel,
-    ReplayPrompt,
-    measure_costs,
-    predicted_speedup_from_stats,
-    prompt_costs,
-    relative_costs,
-    replay_drafting,
-)
-from skipsearch.engine.decoding import DecodeSettings, DecodeStats, FallbackMemory, decode
+from skipsearch.engine.costs import CostModel, measure_costs, relative_costs
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, decode
 from skipsearch.engine.drafting import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     DEFAULT_MAX_DRAFT_TOKENS,
     NgramSettings,
+    PolicyMemory,
     PolicySettings,
+    Priors,
     RelativeCosts,
 )
 from skipsearch.engine.lossless import KINDS, Divergence, classify
+from skipsearch.engine.prediction import predicted_speedup_from_stats
+from skipsearch.engine.replay import ReplayPrompt, prompt_costs, replay_drafting
 from skipsearch.engine.skipping import SkipSet, decoder_layers
 from skipsearch.engine.timing import Stopwatch
 from skipsearch.errors import SkipsearchError
@@ -84,7 +80,7 @@ BASELINE = "generate"
 NO_SKIP = "skipsearch (no skip)"
 SKIP_ONLY = "skipsearch (skip only)"
 SKIP_ONLY_NO_FALLBACK = "skipsearch (skip only, no fallback)"
-NGRAM_ONLY = "skipsearch (n-gram only)"
+NGRAM_ONLY = "skipsearch (defaults, no profile)"
 PROFILE_POLICY = "skipsearch (profile policy)"
 # the skip-only rows' earlier names
 PROFILE, PROFILE_NO_FALLBACK = SKIP_ONLY, SKIP_ONLY_NO_FALLBACK
@@ -118,6 +114,7 @@ class BenchSettings:
     # policy_ngram, chosen each round by the policy); the row runs when either is set
     policy_ngram: NgramSettings | None = None
     policy: PolicySettings | None = None
+    policy_priors: Priors | None = None  # the profile's evidence
     # the costs the profile's policy decides with (relative to a plain step); None: the bench's
     policy_costs: RelativeCosts | None = None
     # repeats per configuration when measuring the cost model; 0 leaves predictions out
@@ -269,7 +266,7 @@ class _Method:
     name: str
     # (prompt ids, max new tokens) -> (generated ids, decode stats or None); untimed
     generate: Callable[[list[int], int], tuple[list[int], DecodeStats | None]]
-    memory: FallbackMemory | None = None  # the fallback's verdict carried across prompts, as a runtime would
+    memory: PolicyMemory | None = None  # what the policy learned, carried across prompts as a runtime would
     verify_tokens: int = 9  # the longest verify pass it runs: the lossless check's multi-token pass
     # skipsearch methods: what the draft skips and the decoder's settings (max_new_tokens aside)
     skip_set: SkipSet | None = None
@@ -315,8 +312,8 @@ def _hf_generate(model, **extra) -> Callable[[list[int], int], tuple[list[int], 
 
 def _skipsearch(model, name: str, skip_set: SkipSet, settings: DecodeSettings, remember: bool) -> _Method:
     """A skipsearch row: `decode` with these settings; `remember` carries the fallback's verdict
-    across prompts in a FallbackMemory."""
-    memory = FallbackMemory() if remember and settings.fallback else None
+    across prompts in a PolicyMemory."""
+    memory = PolicyMemory() if remember else None
 
     def run(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], DecodeStats]:
         result = decode(model, prompt_ids, skip_set,
@@ -354,8 +351,9 @@ def _methods(model, settings: BenchSettings, costs: CostModel | None) -> list[_M
         _Method(early_exit_name(e), _hf_generate(model, assistant_early_exit=e), verify_tokens=plain_verify)
         for e in settings.early_exit_layers
     ]
+    # the rows without a policy: the skip set drafts every round (the fixed rule), no n-grams
     base = DecodeSettings(max_new_tokens=settings.max_new_tokens, max_draft_tokens=settings.max_draft_tokens,
-                          confidence_threshold=settings.confidence_threshold)
+                          confidence_threshold=settings.confidence_threshold, ngram=None, costs=None)
     methods.append(_skipsearch(model, NO_SKIP, SkipSet(), base, remember=False))
     if len(skip_set):
         methods += [
@@ -366,7 +364,7 @@ def _methods(model, settings: BenchSettings, costs: CostModel | None) -> list[_M
     if settings.ngram is not None:
         ngram_costs = None if costs is None else relative_costs(costs, SkipSet())
         methods.append(_skipsearch(model, NGRAM_ONLY, SkipSet(),
-                                   dataclasses.replace(base, ngram=settings.ngram, costs=ngram_costs,
+                                   dataclasses.replace(base, ngram=settings.ngram, costs=ngram_costs or "here",
                                                        policy=PolicySettings()),
                                    remember=True))
     policy_costs = settings.policy_costs
@@ -374,8 +372,10 @@ def _methods(model, settings: BenchSettings, costs: CostModel | None) -> list[_M
         policy_costs = relative_costs(costs, skip_set)
     if settings.has_policy:
         methods.append(_skipsearch(model, PROFILE_POLICY, skip_set,
-                                   dataclasses.replace(base, ngram=settings.policy_ngram, costs=policy_costs,
-                                                       policy=settings.policy or PolicySettings()),
+                                   dataclasses.replace(base, ngram=settings.policy_ngram,
+                                                       costs=policy_costs or "here",
+                                                       policy=settings.policy or PolicySettings(),
+                                                       priors=settings.policy_priors),
                                    remember=True))
     methods += _custom_generate_methods(model, settings, policy_costs)
     return methods
@@ -540,8 +540,8 @@ def _table_rows(all_rows: list[MethodRow], settings: BenchSettings) -> list[Meth
 # ---------------------------------------------------------------------------------------------
 # The generate(custom_generate=...) row: transformers' own `generate` running skipsearch.hf's
 # decoding method with the profile (BenchSettings.profile), as a deployment would call it. It
-# decides with the profile's own policy and costs, carries the fallback's verdict across prompts
-# in a FallbackMemory, and reports the decoder's counts like the skipsearch rows. Kept in this one
+# decides with the bench's costs (or the profile's), carries what the policy learned across
+# prompts in a PolicyMemory, and reports the decoder's counts like the skipsearch rows. Kept in this one
 # block apart from the rows above.
 
 CUSTOM_GENERATE = "generate custom_generate (profile)"
@@ -559,14 +559,14 @@ def _custom_generate_methods(model, settings: BenchSettings, policy_costs: Relat
                                          confidence_threshold=settings.confidence_threshold)
     if policy_costs is not None and decode_settings.costs is not None:
         decode_settings = dataclasses.replace(decode_settings, costs=policy_costs)
-    memory = FallbackMemory()
+    memory = PolicyMemory()
 
     def run(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], DecodeStats]:
         stats = DecodeStats()  # filled by the call
         call = _hf_generate(model, custom_generate=hf.self_speculative, skip_profile=profile,
                             max_draft_tokens=settings.max_draft_tokens,
-                            confidence_threshold=settings.confidence_threshold, fallback_memory=memory,
-                            skip_stats=stats, policy_costs=policy_costs or "profile")
+                            confidence_threshold=settings.confidence_threshold, policy_memory=memory,
+                            skip_stats=stats, policy_costs=policy_costs or "here")
         return call(prompt_ids, max_new_tokens)[0], stats
 
     return [_Method(CUSTOM_GENERATE, run, memory, verify_tokens=decode_settings.longest_draft + 1,

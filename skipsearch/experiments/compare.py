@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import optuna
 
-from skipsearch.engine.costs import best_draft_settings
 from skipsearch.engine.skipping import SkipSet
 from skipsearch.search.baselines import BASELINES, MethodResult
+from skipsearch.search.draft_grid import best_draft_settings
 from skipsearch.search.neighbours import LocalSearch
 from skipsearch.search.runner import DP_METHODS, StudySetup, dp_method, importance, measure, warm_start_sets
 from skipsearch.search.scoring import full_forward_seconds

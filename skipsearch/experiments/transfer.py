@@ -55,8 +55,7 @@ def measure_transfer(tasks: list[TransferTask], progress: bool = True) -> list[d
         target.setup.time_costs()  # predictions beside measurements taken now, on this machine
         for source in tasks:
             draft = source.profile.draft
-            measured = measure(target.setup, source.profile.skip, draft.max_draft_tokens, draft.confidence_threshold,
-                               ngram=draft.ngram, policy=draft.policy)
+            measured = measure(target.setup, source.profile.skip, draft.max_draft_tokens, draft.confidence_threshold)
             target_rows.append({
                 "profile_task": source.setup.task_name,
                 "profile_study": source.study.study_name,

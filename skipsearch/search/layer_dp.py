@@ -32,10 +32,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from skipsearch.engine.costs import CostModel, best_draft_length, best_draft_settings
+from skipsearch.engine.costs import CostModel
+from skipsearch.engine.prediction import best_draft_length
 from skipsearch.engine.skipping import SUBLAYER_KINDS, SkipSet
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.baselines import MethodResult, Sublayer
+from skipsearch.search.draft_grid import best_draft_settings
 from skipsearch.search.scoring import ProxyScorer
 
 # KnapSpec's defaults here: final cosine similarity a set must keep, and states kept per cell

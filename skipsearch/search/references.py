@@ -49,7 +49,7 @@ def reference_continuations(
         try:
             continuation = json.loads(path.read_text())["continuation"]
         except (OSError, ValueError, KeyError):
-            result = decode(model, prompt_ids, None, DecodeSettings(max_new_tokens=length, fallback=False))
+            result = decode(model, prompt_ids, None, DecodeSettings.plain(length))
             continuation = result.token_ids
             write_atomic(path, json.dumps({"prompt_id": prompt_id, "continuation": continuation}),
                          what="reference cache", make_folder=True)

@@ -26,23 +26,17 @@ from skipsearch.config.profiles import (
     save_profile,
 )
 from skipsearch.config.studies import StudyConfig, resolve_skip_budget
-from skipsearch.engine.costs import (
-    NGRAM_CHOICES,
-    THRESHOLDS,
-    CostModel,
-    measure_costs,
-    predicted_speedup_from_stats,
-    prompt_costs,
-    relative_costs,
-    replay_drafting,
-)
+from skipsearch.engine.costs import CostModel, measure_costs, relative_costs
 from skipsearch.engine.decoding import DecodeSettings, DecodeStats, decode
-from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.drafting import PolicySettings, Priors
 from skipsearch.engine.lossless import LosslessCounts, classify
 from skipsearch.engine.models import LoadedModel, load_model, model_fingerprint
+from skipsearch.engine.prediction import predicted_speedup_from_stats
+from skipsearch.engine.replay import measure_priors, prompt_costs, replay_drafting
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.baselines import MethodResult, evenly_spaced, importance_ranking, least_important
+from skipsearch.search.draft_grid import NGRAM, THRESHOLDS
 from skipsearch.search.layer_dp import clasp, knapspec, knapspec_shortlist
 from skipsearch.search.neighbours import LocalSearch, neighbours
 from skipsearch.search.objectives import get_objective
@@ -114,7 +108,7 @@ class StudySetup:
     @property
     def verify_tokens(self) -> int:
         """The longest verify pass a round may make: a layer-skip draft or an n-gram draft, plus one."""
-        return max(self.config.draft.max_draft_tokens, *(n.max_tokens for n in NGRAM_CHOICES if n)) + 1
+        return self.config.draft.max_draft_tokens + NGRAM.max_tokens + 1
 
     def fits(self, costs: CostModel) -> bool:
         """Whether stored costs serve this model and draft length."""
@@ -344,33 +338,39 @@ class Measurement:
         return {**self.skip_set.to_attrs(), **record}
 
 
+def search_priors(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float) -> Priors:
+    """The evidence a profile carries: acceptance by position of the skip set's drafts and of the
+    n-gram drafts, with counts, over the search prompts' reference continuations."""
+    return measure_priors(setup.scorer.score(skip_set).prompts, len(skip_set) > 0, NGRAM, max_draft_tokens,
+                          confidence_threshold)
+
+
 def drafting_settings(setup: StudySetup, costs: CostModel, skip_set: SkipSet, max_draft_tokens: int,
-                      confidence_threshold: float, ngram: NgramSettings | None = None,
-                      policy: PolicySettings | None = None) -> DecodeSettings:
-    """The decoder's settings for one drafting policy on the held-out prompts, fallback off; a
-    policy weighs its options by `costs` relative to the full model."""
+                      confidence_threshold: float, priors: Priors | None = None) -> DecodeSettings:
+    """The decoder's settings for a skip set on the held-out prompts, as the runtime runs a profile:
+    the skip set and n-gram drafting under the policy, weighing `costs` relative to the full model,
+    with the search's `priors`; the guard off, so the number is the policy's own speed."""
     return DecodeSettings(max_new_tokens=setup.config.task.reference_tokens, max_draft_tokens=max_draft_tokens,
-                          confidence_threshold=confidence_threshold, fallback=False, ngram=ngram,
-                          costs=relative_costs(costs, skip_set) if policy is not None else None,
-                          policy=policy or PolicySettings())
+                          confidence_threshold=confidence_threshold, fallback=False, ngram=NGRAM,
+                          costs=relative_costs(costs, skip_set), policy=PolicySettings(), priors=priors)
 
 
 def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float,
-            trial: int | None = None, ngram: NgramSettings | None = None,
-            policy: PolicySettings | None = None) -> Measurement:
-    """Decode every held-out prompt plainly and with the drafting policy (the skip set, n-gram
-    drafting, and with `policy` the cost-model choice between them, weighing costs timed on
-    this machine), interleaved, timed after the prefill; fallback off, so the number is the
-    policy's own speed.
+            trial: int | None = None) -> Measurement:
+    """Decode every held-out prompt plainly and as the runtime would with this skip set (n-gram
+    drafting and the policy's choice between the drafters, with the priors the search measured,
+    weighing costs timed on this machine), interleaved, timed after the prefill; guard off, so
+    the number is the policy's own speed.
 
     Each output is checked against plain decoding's: in float32 it must be identical; in
     bfloat16/float16 a difference is re-scored, counted as a tie flip or an error, and only an
     error (a defect) stops the measurement."""
     model = setup.loaded.model
-    plain = DecodeSettings(max_new_tokens=setup.config.task.reference_tokens, fallback=False)
-    drafting = drafting_settings(setup, setup.costs, skip_set, max_draft_tokens, confidence_threshold, ngram, policy)
+    plain = DecodeSettings.plain(setup.config.task.reference_tokens)
+    priors = search_priors(setup, skip_set, max_draft_tokens, confidence_threshold)
+    drafting = drafting_settings(setup, setup.costs, skip_set, max_draft_tokens, confidence_threshold, priors)
     # one untimed run first: the first decode after loading pays one-off allocation costs
-    decode(model, list(setup.heldout_refs[0].prompt_ids), None, DecodeSettings(max_new_tokens=4, fallback=False))
+    decode(model, list(setup.heldout_refs[0].prompt_ids), None, DecodeSettings.plain(4))
     plain_time = draft_time = 0.0
     plain_tokens = draft_tokens = 0
     runs = []
@@ -404,8 +404,7 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
     return Measurement(
         skip_set=skip_set,
         max_draft_tokens=max_draft_tokens, confidence_threshold=confidence_threshold,
-        ngram=None if ngram is None else [ngram.min_n, ngram.max_n, ngram.max_tokens],
-        policy_margin=None if policy is None else policy.margin,
+        ngram=[NGRAM.min_n, NGRAM.max_n, NGRAM.max_tokens], policy_margin=drafting.policy.margin,
         matchness=heldout.matchness, acceptance_rate=totals.acceptance_rate,
         mean_accepted_tokens=totals.mean_accepted_tokens,
         decode_speedup=tokens_per_s / plain_tokens_per_s,
@@ -429,20 +428,12 @@ def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) ->
     measurements = []
     for trial in tqdm(candidates, desc="re-scoring with the real decoder", disable=not progress, leave=False):
         attrs = trial.user_attrs
-        ngram = attrs.get("ngram")
-        margin = attrs.get("policy_margin")
         measurements.append(measure(setup, SkipSet.from_attrs(attrs), attrs["draft_tokens"],
-                                    attrs["confidence_threshold"], trial.number,
-                                    ngram=None if ngram is None else NgramSettings(*ngram),
-                                    policy=None if margin is None else PolicySettings(margin=margin)))
+                                    attrs["confidence_threshold"], trial.number))
     key = get_objective(objective).rescore_key
     measurements.sort(key=lambda m: getattr(m, key), reverse=True)
     study.set_user_attr("rescored", [m.to_attrs() for m in measurements])
     return measurements
-
-
-def _rounded(costs: RelativeCosts) -> RelativeCosts:
-    return RelativeCosts(verify=tuple(round(v, 3) for v in costs.verify), draft_step=round(costs.draft_step, 3))
 
 
 def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Study, storage: str,
@@ -456,10 +447,9 @@ def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Stu
         skip=measurement.skip_set,
         draft=DraftSettings(
             max_draft_tokens=measurement.max_draft_tokens, confidence_threshold=measurement.confidence_threshold,
-            ngram=None if measurement.ngram is None else NgramSettings(*measurement.ngram),
-            policy=None if measurement.policy_margin is None else PolicySettings(margin=measurement.policy_margin),
-            # rounded, as a profile keeps them: the decisions they feed do not need more digits
-            costs=None if measurement.policy_margin is None else _rounded(relative_costs(costs, measurement.skip_set)),
+            ngram=NGRAM,
+            priors=search_priors(setup, measurement.skip_set, measurement.max_draft_tokens,
+                                 measurement.confidence_threshold),
         ),
         metrics=ProfileMetrics(
             matchness=round(measurement.matchness, 4), acceptance_rate=round(measurement.acceptance_rate, 4),

@@ -25,8 +25,8 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from skipsearch.engine import forward
-from skipsearch.engine.costs import ReplayPrompt
-from skipsearch.engine.decoding import crop_cache
+from skipsearch.engine.forward import crop_cache
+from skipsearch.engine.replay import ReplayPrompt
 from skipsearch.engine.skipping import SkipSet, decoder_layers, skipping
 from skipsearch.engine.timing import Stopwatch, device_time, median
 from skipsearch.errors import SkipsearchError

@@ -20,10 +20,11 @@ from typing import Callable, Sequence
 import optuna
 
 from skipsearch.config.studies import SAMPLERS
-from skipsearch.engine.costs import THRESHOLDS, CostModel, best_draft_settings, draft_step_cost
+from skipsearch.engine.costs import CostModel, draft_step_cost
 from skipsearch.engine.decoding import DecodeSettings, DecodeStats
 from skipsearch.engine.skipping import SkipSet, param_name
 from skipsearch.errors import SkipsearchError, first_line
+from skipsearch.search.draft_grid import THRESHOLDS, best_draft_settings
 from skipsearch.search.objectives import get_objective
 from skipsearch.search.scoring import ProxyScore
 from skipsearch.search.storages import open_storage, redact
