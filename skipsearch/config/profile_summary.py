@@ -5,43 +5,42 @@ from __future__ import annotations
 
 import dataclasses
 
-from skipsearch.config.profiles import Profile
+from skipsearch.config.profiles import Profile, decode_fields
+from skipsearch.engine.drafting import AcceptanceCounts
 
 
 def _layers(indices: tuple[int, ...]) -> str:
     return ", ".join(map(str, indices)) or "none"
 
 
+def _counts(counts: AcceptanceCounts) -> str:
+    rates = [f"{rate:.2f}" for rate in counts.rates()[:4] if rate is not None]
+    return f"{counts.drafts:g} drafts, accepted by position {' / '.join(rates) or '-'}"
+
+
 def _drafting_lines(profile: Profile) -> list[str]:
-    """What drafts each round and how the policy chooses."""
+    """What may draft, how the runtime chooses, and the evidence the profile gives it."""
     skip, draft = profile.skip, profile.draft
+    fields = decode_fields(profile)
     lines = []
     if skip:
         lines.append(f"draft:     layer skip up to {draft.max_draft_tokens} tokens; stop when the draft's top-1 "
                      f"probability < {draft.confidence_threshold:g}")
-    ngram = draft.ngram
-    lines.append("n-gram:    none" if ngram is None else
-                 f"n-gram:    up to {ngram.max_tokens} tokens after the latest earlier occurrence of the context's "
-                 f"last {ngram.max_n} down to {ngram.min_n} tokens")
-    policy, costs = draft.policy, draft.costs
-    if policy is None:
-        # a fixed choice; only version 1 files may lack both a skip set and n-grams
-        lines.append("policy:    none: the skip set drafts every round" if skip else
-                     "policy:    none: an n-gram draft every round whose context suffix occurred before" if ngram else
-                     "policy:    none, and nothing drafts: every token is a plain step")
-        return lines
-    # only the priors and costs of the drafters this policy uses
-    options = ["a plain step"] + (["an n-gram draft"] if ngram else []) + (["a layer-skip draft"] if skip else [])
-    priors = ([f"n-gram {policy.ngram_prior:g}"] if ngram else []) + (
-        [f"layer skip {policy.layer_skip_prior:g}"] if skip else [])
-    verify = ", ".join(f"{cost:g}" for cost in costs.verify)
-    lines += [
-        f"policy:    each round {', '.join(options[:-1])} or {options[-1]}, whichever predicts the most tokens "
-        f"per second; drafts when that beats a plain step by x{policy.margin:g}",
-        f"  priors:  per-token acceptance {', '.join(priors)}, worth {policy.prior_weight:g} drafted tokens",
-        f"  costs:   in plain steps: verifying 1..{len(costs.verify)} tokens {verify}"
-        + (f"; one draft step {costs.draft_step:g}" if skip else ""),
-    ]
+    ngram = fields["ngram"]
+    lines.append("n-gram:    off" if ngram is None else
+                 f"n-gram:    up to {ngram.max_tokens} tokens, the most frequent continuation of the context's "
+                 f"last {ngram.max_n} down to {ngram.min_n} tokens"
+                 + (" (the runtime's default: this version's null meant the search's choice)"
+                    if draft.ngram is None else ""))
+    lines.append("runtime:   each round a plain step or a draft, chosen by Thompson sampling with this device's "
+                 "costs and what it learns while decoding")
+    priors = draft.priors
+    if priors is not None:
+        if priors.layer_skip is not None:
+            lines.append(f"  layer-skip evidence: {_counts(priors.layer_skip)}")
+        lines += [f"  n-gram evidence, {n}-token match: {_counts(c)}" for n, c in priors.ngram]
+    else:
+        lines.append("  evidence: none (the runtime's default priors)")
     return lines
 
 
@@ -64,8 +63,7 @@ def summary_lines(profile: Profile, source: str) -> list[str]:
               for key, value in measured.items()]
     if measured:
         # The skip set is a property of the weights; only the numbers depend on dtype and device.
-        costs = " and the policy's costs" if profile.draft.costs else ""
-        lines.append(f"metrics{costs} measured in {measured.get('dtype', 'an unrecorded dtype')} on "
+        lines.append(f"metrics measured in {measured.get('dtype', 'an unrecorded dtype')} on "
                      f"{measured.get('device', 'an unrecorded device')}; the profile is usable in any dtype")
     lines.append("provenance:" + ("" if profile.provenance else " none recorded"))
     lines += [f"  {key}: {value}" for key, value in profile.provenance.items()]

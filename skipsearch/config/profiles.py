@@ -293,12 +293,12 @@ class _Checker:
     def policy(self, value: Any, version: int) -> PolicySettings | None:
         if value is None:
             return None
-        extra = tuple(name for name in _field_names(PolicySettings) if name not in V2_POLICY_KEYS)
+        # version 2 requires its four keys; version 3 takes any of the runtime's settings
         data = self.mapping(value, "draft.policy", V2_POLICY_KEYS if version == 2 else (),
-                            extra if version >= 3 else (), null_means="the runtime's defaults")
+                            () if version == 2 else _field_names(PolicySettings), null_means="the runtime's defaults")
         bounds = {"ngram_prior": BELOW_ONE, "layer_skip_prior": BELOW_ONE, "prior_weight": POSITIVE,
                   "margin": POSITIVE, "discount": ("a number in (0, 1]", lambda v: 0 < v <= 1),
-                  "prior_cap": POSITIVE}
+                  "prior_cap": POSITIVE, "explore_cost": BELOW_ONE}
         return self.build(PolicySettings, "draft.policy", **{
             key: (self.integer(data[key], f"draft.policy.{key}", 0, "an integer >= 0") if key == "seed"
                   else self.boolean(data[key], f"draft.policy.{key}") if key == "explore"

@@ -318,6 +318,9 @@ class PolicyMemory:
         self.layer_skip: AcceptanceCounts | None = None
         self.ngram: dict[int, AcceptanceCounts] = {}
 
+    def forget(self) -> None:
+        self.layer_skip, self.ngram = None, {}
+
     def to_dict(self) -> dict:
         def pair(counts: AcceptanceCounts) -> dict:
             return {"accepted": list(counts.accepted), "rejected": list(counts.rejected)}

@@ -478,7 +478,7 @@ def run_bench(
         for method in methods:
             method.generate(prompts[0].token_ids, warmup_tokens)
             if method.memory is not None:
-                method.memory.forget()  # the timed prompts pay for the first verdict themselves
+                method.memory.forget()  # the timed prompts learn for themselves
 
     total = len(prompts) * len(methods)
     runs: list[PromptRun] = []
