@@ -21,6 +21,7 @@ _LAZY = {name: "config.profiles" for name in (
     "ProfileMetrics",
     "ProfileModel",
     "check_profile_for_model",
+    "decode_settings_for",
     "load_profile",
     "parse_profile",
     "profile_schema",

@@ -59,7 +59,7 @@ from skipsearch.config.profiles import (
     Profile,
     ProfileModel,
     check_profile_for_model,
-    decode_fields,
+    decode_settings_for,
     load_profile,
     parse_profile,
 )
@@ -158,12 +158,11 @@ def decode_settings(profile: Profile | None, do_sample: bool = False, max_draft_
     temperature = 1.0 if do_sample else 0.0
     if plain:
         return DecodeSettings(temperature=temperature, ngram=None, costs=None, fallback=False)
-    fields = decode_fields(profile, policy_costs) if profile is not None else {}
-    if max_draft_tokens is not None:
-        fields["max_draft_tokens"] = max_draft_tokens
-    if confidence_threshold is not None:
-        fields["confidence_threshold"] = confidence_threshold
-    return DecodeSettings(temperature=temperature, fallback=fallback, **fields)
+    overrides = {key: value for key, value in (("max_draft_tokens", max_draft_tokens),
+                                               ("confidence_threshold", confidence_threshold)) if value is not None}
+    if profile is None:
+        return DecodeSettings(temperature=temperature, fallback=fallback, **overrides)
+    return decode_settings_for(profile, policy_costs, temperature=temperature, fallback=fallback, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -158,7 +158,8 @@ def _replay(trace, gamma, threshold):
     from skipsearch.engine.replay import ReplayPrompt, replay_drafting
 
     prompt = ReplayPrompt((1, 2), tuple(range(10, 10 + len(trace) + 1)), tuple(trace))
-    settings = DecodeSettings(max_draft_tokens=gamma, confidence_threshold=threshold)
+    settings = DecodeSettings(max_draft_tokens=gamma, confidence_threshold=threshold, ngram=None, costs=None,
+                              fallback=False)
     stats, _ = replay_drafting([prompt], settings, True, relative_costs(made_up_costs(), SkipSet(mlp=(1,))))
     return stats
 
@@ -282,7 +283,7 @@ def test_a_replay_with_per_prompt_costs_weighs_each_prompt_by_its_plain_step():
 
     skip = SkipSet(mlp=(1,))
     prompts = [ReplayPrompt((1,) * n, tuple(range(10, 21)), ((0.99, True),) * 10) for n in (4, 400)]
-    settings = DecodeSettings(max_draft_tokens=3, confidence_threshold=0.5)
+    settings = DecodeSettings(max_draft_tokens=3, confidence_threshold=0.5, ngram=None, costs=None, fallback=False)
     flat = made_up_costs()
     _, one = replay_drafting(prompts, settings, True, relative_costs(flat, skip))
     per_prompt, steps = prompt_costs(flat, skip, prompts)

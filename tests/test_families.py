@@ -49,7 +49,7 @@ def _references(model, seed):
 
 def _greedy(max_draft_tokens):
     return DecodeSettings(max_new_tokens=NEW_TOKENS, max_draft_tokens=max_draft_tokens,
-                          confidence_threshold=0.0, fallback=False)
+                          confidence_threshold=0.0, fallback=False, ngram=None, costs=None)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -83,7 +83,7 @@ def test_a_draft_equal_to_the_full_model_is_always_accepted(name, skipped):
     model.config.eos_token_id = model.generation_config.eos_token_id = None  # every call runs its three rounds
     prompt = _prompts(1, seed=3)[0]
     settings = DecodeSettings(max_new_tokens=3 * SLIDING_WINDOW + 1, max_draft_tokens=SLIDING_WINDOW,
-                              confidence_threshold=0.0, fallback=False)
+                              confidence_threshold=0.0, fallback=False, ngram=None, costs=None)
     result = decode(model, prompt, skip_set, settings)
     assert result.token_ids == generate_greedy(model, prompt, settings.max_new_tokens)
     assert result.stats.acceptance_rate == 1.0 and result.stats.rounds == 3

@@ -58,6 +58,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# costs under which a skipped model that drafts well pays from the first round
+CHEAP = RelativeCosts(verify=tuple(1.0 + 0.02 * n for n in range(20)), draft_step=0.2)
+
+
 def profile_for(model, skip_set: SkipSet, max_draft_tokens: int = 3, confidence_threshold: float = 0.0,
                 **draft) -> Profile:
     config = model.config
@@ -160,7 +164,7 @@ def test_max_length_and_an_eos_inside_an_accepted_draft_stop_where_generate_stop
         expected = _plain(model, prompt, max_new_tokens=24)
         assert expected[-1] == eos and len(expected) == len(prompt) + position + 1
         stats = DecodeStats()
-        assert _ours(model, prompt, profile, max_new_tokens=24, skip_stats=stats) == expected
+        assert _ours(model, prompt, profile, max_new_tokens=24, skip_stats=stats, policy_costs=CHEAP) == expected
         assert stats.accepted_tokens > 0
         checked += 1
     assert checked
@@ -193,7 +197,7 @@ def test_custom_stopping_criteria_stop_inside_an_accepted_draft():
         expected = _plain(model, prompt, **kwargs)
         assert len(expected) < len(prompt) + 20
         stats = DecodeStats()
-        assert _ours(model, prompt, profile, skip_stats=stats, **kwargs) == expected
+        assert _ours(model, prompt, profile, skip_stats=stats, policy_costs=CHEAP, **kwargs) == expected
         assert stats.accepted_tokens > 0
 
 
@@ -305,7 +309,7 @@ def test_a_streamer_gets_the_prompt_then_the_committed_tokens_then_end():
     prompt = [7, 3, 9]
     streamer = RecordingStreamer()
     out = _ours(model, prompt, profile_for(model, skip_set, max_draft_tokens=4), max_new_tokens=12,
-                streamer=streamer)
+                streamer=streamer, policy_costs=CHEAP)
     assert streamer.events[0] == [prompt] and streamer.events[-1] == "end"
     assert streamer.events.count("end") == 1
     chunks = streamer.events[1:-1]
@@ -366,8 +370,22 @@ def test_a_malformed_profile_is_refused(tmp_path):
         _ours(model, [5, 6, 7], path, max_new_tokens=4)
     _one_line(str(error.value), "bad.yaml", "skip.mlp[1]", "out of range")
     with pytest.raises(SkipsearchError) as error:
-        _ours(model, [5, 6, 7], None, max_new_tokens=4)
+        _ours(model, [5, 6, 7], 42, max_new_tokens=4)
     _one_line(str(error.value), "skip_profile")
+
+
+def test_without_a_profile_it_drafts_n_grams_and_plain_drafts_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKIPSEARCH_CACHE", str(tmp_path))
+    model = make_tiny("llama")
+    model.generation_config.eos_token_id = None
+    prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7]
+    expected = _plain(model, prompt, max_new_tokens=16)
+    stats = DecodeStats()
+    assert _ours(model, prompt, None, max_new_tokens=16, skip_stats=stats, policy_costs=CHEAP) == expected
+    assert stats.ngram_rounds > 0 and stats.layer_skip_rounds == 0
+    stats = DecodeStats()
+    assert _ours(model, prompt, None, max_new_tokens=16, skip_stats=stats, plain=True) == expected
+    assert stats.rounds == 0 and stats.plain_steps == 15
 
 
 def test_batch_size_two_and_beam_search_are_refused():

@@ -49,7 +49,8 @@ def test_non_finite_draft_logits_stop_drafting_greedy(tiny_model, monkeypatch, t
     expected = generate_greedy(tiny_model, prompt, 10)
     with _drafts_give_nan(monkeypatch):
         result = decode(tiny_model, prompt, SkipSet(mlp=(1,)),
-                        DecodeSettings(max_new_tokens=10, confidence_threshold=threshold, fallback=False))
+                        DecodeSettings(max_new_tokens=10, confidence_threshold=threshold, fallback=False,
+                                       ngram=None, costs=None))
     assert result.token_ids == expected
     assert result.stats.drafted_tokens == 0 and result.stats.draft_steps > 0
 

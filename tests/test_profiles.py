@@ -27,16 +27,18 @@ from skipsearch import (
 )
 from skipsearch.cli import main
 from skipsearch.config import profiles
-from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
+from skipsearch.engine.drafting import AcceptanceCounts, NgramSettings, PolicySettings, Priors, RelativeCosts
 from skipsearch.engine.models import LoadedModel
 
 from conftest import make_tiny_llama
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_FINGERPRINT = "sha256:" + "ab" * 32
+PRIORS = Priors(layer_skip=AcceptanceCounts((30, 12), (20, 18)),
+                ngram=((1, AcceptanceCounts((5,), (15,))), (3, AcceptanceCounts((9, 8.5), (1, 0.5)))))
 POLICY_DRAFT = DraftSettings(max_draft_tokens=8, confidence_threshold=0.8, ngram=NgramSettings(2, 4, 10),
                              policy=PolicySettings(ngram_prior=0.5, layer_skip_prior=0.7, prior_weight=4.0, margin=1.1),
-                             costs=RelativeCosts(verify=(1.0, 1.7, 2.2), draft_step=0.85))
+                             costs=RelativeCosts(verify=(1.0, 1.7, 2.2), draft_step=0.85), priors=PRIORS)
 SKIP_ONLY_DRAFT = DraftSettings(max_draft_tokens=8, confidence_threshold=0.8)
 VERSION_1_TEXT = f"""skipsearch_profile: 1
 model: {{name: tiny, architecture: llama, num_hidden_layers: 4, fingerprint: "{FAKE_FINGERPRINT}"}}
@@ -65,6 +67,23 @@ def valid_mapping() -> dict:
     return profiles.profile_to_dict(make_profile())
 
 
+def version_2_mapping() -> dict:
+    """A valid version 2 mapping: its policy with the four keys version 2 knew, costs, no priors."""
+    data = valid_mapping()
+    data["skipsearch_profile"] = 2
+    data["draft"]["policy"] = {key: data["draft"]["policy"][key] for key in profiles.V2_POLICY_KEYS}
+    del data["draft"]["priors"]
+    return data
+
+
+def _in_version_2(change):
+    def changed(data):
+        data.clear()
+        data.update(version_2_mapping())
+        change(data)
+    return changed
+
+
 def write(tmp_path: Path, content: str | bytes, name: str = "profile.yaml") -> Path:
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
@@ -83,8 +102,9 @@ def assert_one_line(message: str, *fragments: str) -> None:
 def test_round_trip_through_text_and_file(tmp_path):
     profile = make_profile()
     text = profiles.dump_profile(profile)
-    assert text.startswith("# skipsearch profile v2")
+    assert text.startswith("# skipsearch profile v3")
     assert "attention: [1, 2]" in text and "verify: [1.0, 1.7, 2.2]" in text
+    assert "  - match: 3\n      accepted: [9, 8.5]\n      rejected: [1, 0.5]\n" in text
     assert list(yaml.safe_load(text)) == ["skipsearch_profile", "model", "task", "skip", "draft", "metrics",
                                           "provenance"]
     assert parse_profile(yaml.safe_load(text)) == profile
@@ -105,41 +125,52 @@ def test_a_skip_only_policy_writes_null_sections_and_they_may_be_left_out(tmp_pa
     profile = make_profile(draft=SKIP_ONLY_DRAFT)
     save_profile(profile, tmp_path / "p.yaml")
     data = yaml.safe_load((tmp_path / "p.yaml").read_text())
-    assert data["draft"] == {"max_draft_tokens": 8, "confidence_threshold": 0.8, "ngram": None, "policy": None,
-                             "costs": None}
+    assert data["draft"] == {"max_draft_tokens": 8, "confidence_threshold": 0.8, "ngram": None}
     assert load_profile(tmp_path / "p.yaml") == profile
-    for key in ("ngram", "policy", "costs"):
-        del data["draft"][key]
+    data["draft"].update(policy=None, costs=None, priors=None)
     assert parse_profile(data) == profile
 
 
-def test_n_gram_drafting_without_a_policy_needs_an_empty_skip_set(tmp_path):
-    # without a policy the choice is fixed: the skip set every round, else the n-gram draft
-    fixed_ngram = dataclasses.replace(POLICY_DRAFT, policy=None, costs=None)
-    profile = make_profile(skip=SkipSet(), draft=fixed_ngram)
-    save_profile(profile, tmp_path / "p.yaml")
-    assert load_profile(tmp_path / "p.yaml") == profile
-    with pytest.raises(SkipsearchError, match=r"^profile to write: draft\.ngram: never used"):
-        save_profile(make_profile(draft=fixed_ngram), tmp_path / "p.yaml")
+def test_in_version_3_a_profile_needs_no_policy_and_in_version_2_n_grams_needed_one(tmp_path):
+    # the runtime always decides by its policy now; version 2 files kept their rule
+    no_policy = dataclasses.replace(POLICY_DRAFT, policy=None, costs=None)
+    save_profile(make_profile(draft=no_policy), tmp_path / "p.yaml")
+    assert load_profile(tmp_path / "p.yaml") == make_profile(draft=no_policy)
+    data = version_2_mapping()
+    data["draft"].update(policy=None, costs=None)
+    with pytest.raises(SkipsearchError, match=r"^<profile>: draft\.ngram: never used"):
+        parse_profile(data)
 
 
-def test_version_1_file_loads_as_a_skip_only_policy_and_is_written_as_version_2(tmp_path):
+def test_version_1_and_2_files_load_and_are_written_as_version_3_as_the_runtime_reads_them(tmp_path):
     profile = load_profile(write(tmp_path, VERSION_1_TEXT, "v1.yaml"))
     assert profile == make_profile(draft=SKIP_ONLY_DRAFT, metrics=None, provenance={}, skipsearch_profile=1)
-    save_profile(profile, tmp_path / "v2.yaml")
-    assert yaml.safe_load((tmp_path / "v2.yaml").read_text())["skipsearch_profile"] == 2
-    assert load_profile(tmp_path / "v2.yaml") == dataclasses.replace(profile, skipsearch_profile=2)
+    # a version 1 or 2 file without n-gram settings drafts n-grams with the defaults now
+    assert profiles.decode_fields(profile)["ngram"] == NgramSettings()
+    save_profile(profile, tmp_path / "v3.yaml")
+    written = yaml.safe_load((tmp_path / "v3.yaml").read_text())
+    assert written["skipsearch_profile"] == 3 and written["draft"]["ngram"] == dataclasses.asdict(NgramSettings())
+    assert profiles.decode_fields(load_profile(tmp_path / "v3.yaml"))["ngram"] == NgramSettings()
+    v2 = parse_profile(version_2_mapping())
+    assert v2.skipsearch_profile == 2 and v2.draft.priors is None and v2.draft.policy.margin == 1.1
+    # in version 3 null turns n-gram drafting off
+    assert profiles.decode_fields(make_profile(draft=dataclasses.replace(POLICY_DRAFT, ngram=None)))["ngram"] is None
 
 
-def test_version_1_with_an_empty_skip_set_still_loads_but_cannot_be_written_as_version_2(tmp_path):
-    # version 1 accepted it (such a profile decodes plainly); version 2 refuses a policy that drafts nothing
+def test_version_1_with_an_empty_skip_set_loads_and_drafts_n_grams(tmp_path):
+    # version 1 accepted it (it decoded plainly then); the runtime drafts n-grams with it now
     path = write(tmp_path, VERSION_1_TEXT.replace("[1, 2], mlp: [2]", "[], mlp: []"))
     profile = load_profile(path)
     assert not profile.skip and profile.draft.ngram is None
-    with pytest.raises(SkipsearchError) as info:
-        save_profile(profile, tmp_path / "out.yaml")
-    assert_one_line(str(info.value), "profile to write: skip: the policy drafts nothing", "set draft.ngram")
-    assert not (tmp_path / "out.yaml").exists()
+    save_profile(profile, tmp_path / "out.yaml")
+    assert load_profile(tmp_path / "out.yaml").draft.ngram == NgramSettings()
+
+
+def test_policy_costs_from_the_profile_need_costs_in_it():
+    assert profiles.decode_fields(make_profile(), "profile")["costs"] == POLICY_DRAFT.costs
+    assert profiles.decode_fields(make_profile())["costs"] == "here"
+    with pytest.raises(SkipsearchError, match="stores no costs"):
+        profiles.decode_fields(make_profile(draft=SKIP_ONLY_DRAFT), "profile")
 
 
 def test_partial_metrics_and_null_sections_are_accepted():
@@ -173,8 +204,7 @@ def test_numpy_values_are_written_as_plain_yaml():
     data = yaml.safe_load(profiles.dump_profile(profile))
     assert data["draft"] == {"max_draft_tokens": 4, "confidence_threshold": 0.5,
                              "ngram": {"min_n": 1, "max_n": 3, "max_tokens": 6},
-                             "policy": {"ngram_prior": 0.6, "layer_skip_prior": 0.6, "prior_weight": 4.0,
-                                        "margin": 1.0},
+                             "policy": dataclasses.asdict(PolicySettings()),
                              "costs": {"verify": [1.0, 1.5], "draft_step": 0.5}}
     assert data["provenance"] == {"seed": 3, "scores": [0.25]}
 
@@ -204,7 +234,7 @@ def _delete(path):
 
 # (change, fragments the one-line message must hold, whether the JSON Schema can tell too)
 REJECTED = {
-    "unknown version": (_set(["skipsearch_profile"], 3), ["skipsearch_profile:", "known: 1, 2"], True),
+    "unknown version": (_set(["skipsearch_profile"], 4), ["skipsearch_profile:", "known: 1, 2, 3"], True),
     "version as text": (_set(["skipsearch_profile"], "1"), ["skipsearch_profile:", "integer"], True),
     "version as bool": (_set(["skipsearch_profile"], True), ["skipsearch_profile:", "boolean"], True),
     "no version": (_delete(["skipsearch_profile"]), ["skipsearch_profile:", "missing"], True),
@@ -258,7 +288,7 @@ REJECTED = {
     # version 2: n-gram drafting, the policy and its costs
     "ngram as list": (_set(["draft", "ngram"], [2, 4]), ["draft.ngram: expected a mapping with keys min_n, max_n, "
                                                          "max_tokens, or null for no n-gram drafting"], True),
-    "policy as text": (_set(["draft", "policy"], "auto"), ["draft.policy:", "or null for a fixed choice"], True),
+    "policy as text": (_set(["draft", "policy"], "auto"), ["draft.policy:", "or null for the runtime's defaults"], True),
     "ngram typo": (_set(["draft", "ngram", "max_token"], 3), ["draft.ngram.max_token: unknown key",
                                                                "did you mean 'max_tokens'"], True),
     "no ngram max_n": (_delete(["draft", "ngram", "max_n"]), ["draft.ngram.max_n: required field is missing"], True),
@@ -267,7 +297,7 @@ REJECTED = {
     "float max_tokens": (_set(["draft", "ngram", "max_tokens"], 2.5), ["draft.ngram.max_tokens:", "2.5"], True),
     "min_n above max_n": (_set(["draft", "ngram", "min_n"], 5), ["draft.ngram: need 1 <= min_n <= max_n",
                                                                  "min_n=5, max_n=4"], False),
-    "unused ngram": (lambda d: d["draft"].update(policy=None, costs=None),
+    "unused ngram": (_in_version_2(lambda d: d["draft"].update(policy=None, costs=None)),
                      ["draft.ngram: never used: without draft.policy the skip set drafts every round",
                       "set ngram to null"], True),
     "policy typo": (_set(["draft", "policy", "margn"], 1.0), ["draft.policy.margn", "did you mean 'margin'"], True),
@@ -278,9 +308,9 @@ REJECTED = {
     "zero margin": (_set(["draft", "policy", "margin"], 0), ["draft.policy.margin: expected a number > 0"], True),
     "prior weight as text": (_set(["draft", "policy", "prior_weight"], "4"), ["draft.policy.prior_weight:",
                                                                               "string"], True),
-    "policy without costs": (_set(["draft", "costs"], None), ["draft.costs: required when draft.policy is set"],
+    "policy without costs": (_in_version_2(_set(["draft", "costs"], None)), ["draft.costs: required when draft.policy is set"],
                              True),
-    "costs without policy": (lambda d: d["draft"].update(ngram=None, policy=None),
+    "costs without policy": (_in_version_2(lambda d: d["draft"].update(ngram=None, policy=None)),
                              ["draft.costs: only a policy uses costs"], True),
     "one verify cost": (_set(["draft", "costs", "verify"], [1.0]), ["draft.costs.verify:", "at least 2 costs"],
                         True),
@@ -293,7 +323,7 @@ REJECTED = {
     "infinite draft step": (_set(["draft", "costs", "draft_step"], math.inf), ["draft.costs.draft_step:", "inf"],
                             False),  # JSON has no infinity; jsonschema lets it through a lower bound
     "drafts nothing": (lambda d: d.update(skip={"attention": [], "mlp": []}, draft={**d["draft"], "ngram": None}),
-                       ["skip: the policy drafts nothing", "skip at least one sublayer or set draft.ngram"], True),
+                       ["skip: the profile drafts nothing", "skip at least one sublayer or set draft.ngram"], True),
     "version 1 with ngram": (_set(["skipsearch_profile"], 1), ["draft.ngram: not part of a version 1 profile",
                                                                "set skipsearch_profile: 2"], True),
     "version 1 with costs": (lambda d: d.update(skipsearch_profile=1, draft={"max_draft_tokens": 8,
@@ -320,8 +350,8 @@ def test_top_level_must_be_a_mapping(data):
 
 
 def test_unknown_version_is_reported_before_other_problems():
-    with pytest.raises(SkipsearchError, match=r"version 3 is not known .*known: 1, 2"):
-        parse_profile({"skipsearch_profile": 3, "whatever": "comes in v3"})
+    with pytest.raises(SkipsearchError, match=r"version 4 is not known .*known: 1, 2, 3"):
+        parse_profile({"skipsearch_profile": 4, "whatever": "comes in v4"})
 
 
 # --- reading files ----------------------------------------------------------------------------
@@ -546,8 +576,8 @@ def test_plain_pyyaml_reader_reads_skip_only_policies(tmp_path, text):
 
 
 def test_plain_pyyaml_reader_refuses_an_unknown_version(tmp_path):
-    path = write(tmp_path, VERSION_1_TEXT.replace("skipsearch_profile: 1", "skipsearch_profile: 3"))
-    with pytest.raises(ValueError, match="unsupported skipsearch profile version 3"):
+    path = write(tmp_path, VERSION_1_TEXT.replace("skipsearch_profile: 1", "skipsearch_profile: 4"))
+    with pytest.raises(ValueError, match="unsupported skipsearch profile version 4"):
         exec(PLAIN_READER, {"path": str(path)})
 
 
@@ -638,19 +668,19 @@ def test_cli_show(tmp_path, capsys):
     save_profile(make_profile(), path)
     assert main(["profile", "show", str(path)]) == 0
     out = capsys.readouterr().out
-    for fragment in ["(skipsearch profile v2)", "model:     tiny (llama, 4 layers, sha256:abab",
+    for fragment in ["(skipsearch profile v3)", "model:     tiny (llama, 4 layers, sha256:abab",
                      "task:      humaneval", "3 of 8 sublayers (layer", "attention: 1, 2", "mlp:       2",
                      "draft:     layer skip up to 8 tokens", "< 0.8",
-                     "n-gram:    up to 10 tokens after the latest earlier occurrence of the context's last 4 down "
+                     "n-gram:    up to 10 tokens, the most frequent continuation of the context's last 4 down "
                      "to 2 tokens",
-                     "each round a plain step, an n-gram draft or a layer-skip draft",
-                     "beats a plain step by x1.1",
-                     "per-token acceptance n-gram 0.5, layer skip 0.7, worth 4 drafted tokens",
-                     "verifying 1..3 tokens 1, 1.7, 2.2; one draft step 0.85",
+                     "runtime:   each round a plain step or a draft, chosen by Thompson sampling with this device's "
+                     "costs",
+                     "layer-skip evidence: 50 drafts, accepted by position 0.60 / 0.40",
+                     "n-gram evidence, 1-token match: 20 drafts, accepted by position 0.25",
+                     "n-gram evidence, 3-token match: 10 drafts, accepted by position 0.90 / 0.94",
                      "matchness: 0.81", "device: cpu (2 threads)", "tool_version: 0.1.0",
                      "command: ['skipsearch', 'search']",
-                     "metrics and the policy's costs measured in float32 on cpu (2 threads); the profile is usable "
-                     "in any dtype"]:
+                     "metrics measured in float32 on cpu (2 threads); the profile is usable in any dtype"]:
         assert fragment in out
 
 
@@ -660,8 +690,7 @@ def test_cli_show_says_what_the_metrics_were_measured_in(tmp_path, capsys):
                  path)
     assert main(["profile", "show", str(path)]) == 0
     out = capsys.readouterr().out
-    assert ("metrics and the policy's costs measured in bfloat16 on NVIDIA H200 (cuda:0); the profile is usable in "
-            "any dtype\n") in out
+    assert "metrics measured in bfloat16 on NVIDIA H200 (cuda:0); the profile is usable in any dtype\n" in out
     save_profile(make_profile(metrics=ProfileMetrics(matchness=0.8), draft=SKIP_ONLY_DRAFT), path)
     assert main(["profile", "show", str(path)]) == 0
     assert "metrics measured in an unrecorded dtype on an unrecorded device;" in capsys.readouterr().out
@@ -674,31 +703,19 @@ def test_cli_show_without_metrics_or_provenance(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "attention: none" in out and "metrics:   none recorded" in out and "provenance: none recorded" in out
     assert "0 of 8 sublayers: n-gram only" in out and "draft:" not in out  # the skipped model never drafts
-    assert "each round a plain step or an n-gram draft, whichever" in out
-    assert "per-token acceptance n-gram 0.5, worth 4" in out and "draft step" not in out
+    assert "runtime:   each round a plain step or a draft" in out
 
 
-def test_cli_show_a_skip_only_policy_and_a_version_1_file(tmp_path, capsys):
+def test_cli_show_a_profile_without_n_grams_and_a_version_1_file(tmp_path, capsys):
     path = tmp_path / "p.yaml"
     save_profile(make_profile(draft=SKIP_ONLY_DRAFT), path)
     assert main(["profile", "show", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "n-gram:    none\npolicy:    none: the skip set drafts every round\n" in out
-    save_profile(make_profile(draft=dataclasses.replace(POLICY_DRAFT, ngram=None)), path)
-    assert main(["profile", "show", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "each round a plain step or a layer-skip draft" in out
-    assert "layer skip 0.7" in out and "n-gram 0.5" not in out
-    save_profile(make_profile(skip=SkipSet(), draft=dataclasses.replace(POLICY_DRAFT, policy=None, costs=None)), path)
-    assert main(["profile", "show", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "n-gram only" in out and "policy:    none: an n-gram draft every round whose context suffix" in out
+    assert "n-gram:    off\n" in out and "evidence: none (the runtime's default priors)" in out
     assert main(["profile", "show", str(write(tmp_path, VERSION_1_TEXT, "v1.yaml"))]) == 0
     out = capsys.readouterr().out
-    assert "(skipsearch profile v1)" in out and "policy:    none: the skip set drafts every round" in out
-    empty = write(tmp_path, VERSION_1_TEXT.replace("[1, 2], mlp: [2]", "[], mlp: []"), "empty.yaml")
-    assert main(["profile", "show", str(empty)]) == 0
-    assert "policy:    none, and nothing drafts: every token is a plain step" in capsys.readouterr().out
+    assert "(skipsearch profile v1)" in out
+    assert "(the runtime's default: this version's null meant the search's choice)" in out
 
 
 # --- the embedded SmolLM2 ---------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The fallback's verdict outlives a `skipsearch generate` process: a losing policy pays for
-proving itself slower once, and the next fresh processes decode plainly from their first token."""
+"""What the runtime learned outlives a `skipsearch generate` process: a drafter that loses is
+shown to lose once, and the next fresh process starts from that evidence."""
 
 import json
 
 from skipsearch.cli import main
+from skipsearch.engine.drafting import AcceptanceCounts, PolicyMemory
+from skipsearch.engine.verdicts import load_memory, save_memory
 
 from conftest import make_tiny_llama, make_tokenizer
 
@@ -14,18 +16,32 @@ def _generate(folder, capsys, *flags):
     return json.loads(capsys.readouterr().out)["stats"]
 
 
-def test_a_fresh_process_remembers_that_drafting_lost(tmp_path, monkeypatch, capsys):
+def test_a_fresh_process_starts_from_what_the_last_one_learned(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SKIPSEARCH_CACHE", str(tmp_path / "cache"))
     model = make_tiny_llama()
     model.generation_config.eos_token_id = None  # decode all 40 tokens
     model.save_pretrained(tmp_path / "tiny")
     make_tokenizer().save_pretrained(tmp_path / "tiny")
-    everything = ["--skip-attention", "0,1,2,3", "--skip-mlp", "0,1,2,3", "--confidence-threshold", "0"]
+    everything = ["--skip-attention", "0,1,2,3", "--skip-mlp", "0,1,2,3", "--confidence-threshold", "0",
+                  "--no-fallback"]
     first = _generate(tmp_path / "tiny", capsys, *everything)
-    assert first["fell_back"] and first["fallback_at_token"] > 0 and first["draft_steps"] > 0
+    memories = list((tmp_path / "cache" / "policy").glob("*.json"))
+    assert len(memories) == 1
+    kept = json.loads(memories[0].read_text())
+    assert sum(kept["layer_skip"]["rejected"]) > 0  # what the first call saw of the skip set's drafts
     second = _generate(tmp_path / "tiny", capsys, *everything)
-    assert second["fell_back"] and second["fallback_at_token"] == 0 and second["draft_steps"] == 0
-    # another policy has a verdict of its own
-    other = _generate(tmp_path / "tiny", capsys, "--skip-attention", "0,1,2,3", "--confidence-threshold", "0")
-    assert other["draft_steps"] > 0
-    assert len(list((tmp_path / "cache" / "fallback").glob("*.json"))) == 2
+    assert second["rounds"] - second["ngram_rounds"] <= first["rounds"] - first["ngram_rounds"]
+    # another profile keeps a memory of its own; --plain keeps none
+    _generate(tmp_path / "tiny", capsys, "--skip-attention", "0,1,2,3", "--confidence-threshold", "0")
+    _generate(tmp_path / "tiny", capsys, "--plain")
+    assert len(list((tmp_path / "cache" / "policy").glob("*.json"))) == 2
+
+
+def test_an_unreadable_memory_is_a_fresh_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKIPSEARCH_CACHE", str(tmp_path))
+    memory = PolicyMemory()
+    memory.ngram = {2: AcceptanceCounts((3.0,), (1.0,))}
+    save_memory("k", memory)
+    assert load_memory("k").to_dict() == memory.to_dict()
+    (tmp_path / "policy" / "k.json").write_text("{not json")
+    assert load_memory("k").to_dict() == PolicyMemory().to_dict()

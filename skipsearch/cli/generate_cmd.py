@@ -65,7 +65,7 @@ def run(args) -> int:
     model, tokenizer = loaded.model, loaded.tokenizer
     skip_set = skip_for_model(source, model)
     draft_tokens, threshold = draft_limits(args, source)
-    policy = _policy(source)
+    policy = _policy(source, args.policy_costs)
     prompt_ids = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     check_prompt_fits(prompt_ids, getattr(model.config, "max_position_embeddings", None), args.max_new_tokens,
                       "--prompt")

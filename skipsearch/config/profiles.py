@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 import torch
 import yaml
 
+from skipsearch.engine.decoding import DecodeSettings
 from skipsearch.engine.drafting import AcceptanceCounts, NgramSettings, PolicySettings, Priors, RelativeCosts
 from skipsearch.engine.models import model_fingerprint
 from skipsearch.engine.skipping import SUBLAYER_KINDS, SkipSet
@@ -500,8 +501,10 @@ def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 
 
 _ProfileDumper.add_representer(str, _represent_str)
+# lists of scalars in flow style; lists of mappings (the n-gram priors) one item a block
 _ProfileDumper.add_representer(
-    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data,
+                                                         flow_style=not any(isinstance(i, dict) for i in data))
 )
 
 
@@ -556,9 +559,14 @@ def decode_fields(profile: Profile, costs: str = "here") -> dict[str, Any]:
     elif costs == "here":
         chosen = "here"
     else:
-        raise SkipsearchError(f'policy costs: expected "here" or "profile", got {costs!r}')
+        raise SkipsearchError(f'policy_costs: expected "here" or "profile", got {costs!r}')
     return {"max_draft_tokens": draft.max_draft_tokens, "confidence_threshold": draft.confidence_threshold,
             "ngram": ngram, "policy": draft.policy or PolicySettings(), "priors": draft.priors, "costs": chosen}
+
+
+def decode_settings_for(profile: Profile, policy_costs: str = "here", **overrides: Any) -> DecodeSettings:
+    """The decoder's settings for a profile (`decode_fields`), with `overrides` (e.g. max_new_tokens)."""
+    return DecodeSettings(**{**decode_fields(profile, policy_costs), **overrides})
 
 
 def profile_schema() -> dict[str, Any]:
