@@ -288,7 +288,8 @@ REJECTED = {
     # version 2: n-gram drafting, the policy and its costs
     "ngram as list": (_set(["draft", "ngram"], [2, 4]), ["draft.ngram: expected a mapping with keys min_n, max_n, "
                                                          "max_tokens, or null for no n-gram drafting"], True),
-    "policy as text": (_set(["draft", "policy"], "auto"), ["draft.policy:", "or null for the runtime's defaults"], True),
+    "policy as text": (_set(["draft", "policy"], "auto"), ["draft.policy:", "or null for the runtime's defaults"],
+                       True),
     "ngram typo": (_set(["draft", "ngram", "max_token"], 3), ["draft.ngram.max_token: unknown key",
                                                                "did you mean 'max_tokens'"], True),
     "no ngram max_n": (_delete(["draft", "ngram", "max_n"]), ["draft.ngram.max_n: required field is missing"], True),
@@ -308,8 +309,8 @@ REJECTED = {
     "zero margin": (_set(["draft", "policy", "margin"], 0), ["draft.policy.margin: expected a number > 0"], True),
     "prior weight as text": (_set(["draft", "policy", "prior_weight"], "4"), ["draft.policy.prior_weight:",
                                                                               "string"], True),
-    "policy without costs": (_in_version_2(_set(["draft", "costs"], None)), ["draft.costs: required when draft.policy is set"],
-                             True),
+    "policy without costs": (_in_version_2(_set(["draft", "costs"], None)),
+                             ["draft.costs: required when draft.policy is set"], True),
     "costs without policy": (_in_version_2(lambda d: d["draft"].update(ngram=None, policy=None)),
                              ["draft.costs: only a policy uses costs"], True),
     "one verify cost": (_set(["draft", "costs", "verify"], [1.0]), ["draft.costs.verify:", "at least 2 costs"],
