@@ -1,8 +1,7 @@
 """Predicted against measured decode speedup on short and long prompts, with the cost model timed
 at one context length ("flat") and with its context fit ("per context"), for a study's exported
-profile as deployed (its n-gram drafts and policy included) and for KnapSpec's set at its own
-skip count, drafting by layer skip only as KnapSpec does, and, where the profile drafts n-grams
-too, with the n-gram policy the search would give it.
+profile and for KnapSpec's set at its own skip count, each run as the runtime runs a profile
+(n-gram drafts and the policy's choice each round, with the priors the search measured).
 
     python tools/predicted_vs_measured.py studies/humaneval.yaml studies/specbench-summarization.yaml \
         --heldout-prompts 12 --out reports/dp/predicted-vs-measured.csv
@@ -34,18 +33,18 @@ COLUMNS = ("study", "candidate", "skip", "drafting", "prompt_tokens", "measured"
 def _flat_prediction(setup, skip_set, candidate, prompts) -> float:
     """The held-out replay's predicted speedup with the costs of the timing context for every prompt."""
     flat = dataclasses.replace(setup.costs, attention_slope=[])
-    drafting = runner.drafting_settings(setup, flat, skip_set, *candidate)
+    drafting = runner.drafting_settings(setup, flat, skip_set, *candidate,
+                                        priors=runner.search_priors(setup, skip_set, *candidate))
     per_prompt, steps = prompt_costs(flat, skip_set, prompts)
     return replay_drafting(prompts, drafting, len(skip_set) > 0, per_prompt, plain_steps=steps)[1]
 
 
-def _searched(setup, skip_set, policies: bool) -> tuple:
+def _searched(setup, skip_set) -> tuple:
     """The draft settings the search would give `skip_set`, chosen on the search prompts:
-    (max draft tokens, confidence threshold, n-gram settings, policy settings)."""
+    (max draft tokens, confidence threshold)."""
     settings, _, _ = best_draft_settings(setup.costs, skip_set, setup.scorer.score(skip_set).prompts,
-                                         setup.config.draft.max_draft_tokens, setup.thresholds, policies)
-    policy = settings.policy if settings.costs is not None else None
-    return settings.max_draft_tokens, settings.confidence_threshold, settings.ngram, policy
+                                         setup.config.draft.max_draft_tokens, setup.thresholds, policies=True)
+    return settings.max_draft_tokens, settings.confidence_threshold
 
 
 def rows_for(study_path: str, heldout: int) -> list[dict]:
@@ -57,15 +56,12 @@ def rows_for(study_path: str, heldout: int) -> list[dict]:
     if Path(profile_path).is_file():
         profile = load_profile(profile_path)
         draft = profile.draft
-        candidates.append(("exported profile", profile.skip,
-                           (draft.max_draft_tokens, draft.confidence_threshold, draft.ngram, draft.policy)))
+        candidates.append(("exported profile", profile.skip, (draft.max_draft_tokens, draft.confidence_threshold)))
     knapspec = runner.dp_method(setup, "knapspec", None).best
-    candidates.append(("knapspec (own count)", knapspec, _searched(setup, knapspec, policies=False)))
-    if any(c[2][2] is not None for c in candidates):  # a profile with n-gram drafts: KnapSpec's set with them too
-        candidates.append(("knapspec (own count) + n-gram policy", knapspec, _searched(setup, knapspec, policies=True)))
+    candidates.append(("knapspec (own count)", knapspec, _searched(setup, knapspec)))
     rows = []
     for name, skip_set, candidate in candidates:
-        measured = runner.measure(setup, skip_set, candidate[0], candidate[1], ngram=candidate[2], policy=candidate[3])
+        measured = runner.measure(setup, skip_set, *candidate)
         per_context = measured.predicted_speedup  # the replay with the costs at each prompt's context
         flat = _flat_prediction(setup, skip_set, candidate, setup.heldout_scorer.score(skip_set).prompts)
         tokens = sum(len(r.prompt_ids) for r in setup.heldout_refs) // len(setup.heldout_refs)
@@ -79,11 +75,8 @@ def rows_for(study_path: str, heldout: int) -> list[dict]:
 
 
 def _drafting(candidate) -> str:
-    max_draft, threshold, ngram, policy = candidate
-    text = f"{max_draft} drafts, threshold {threshold}"
-    if ngram is not None:
-        text += f", n-grams {ngram.min_n}-{ngram.max_n} up to {ngram.max_tokens}"
-    return text + (f", policy margin {policy.margin}" if policy is not None else "")
+    max_draft, threshold = candidate
+    return f"{max_draft} drafts, threshold {threshold}, the runtime's n-grams and policy"
 
 
 def main() -> int:

@@ -24,19 +24,20 @@ import torch
 from tqdm.auto import tqdm
 
 from skipsearch.cli.options import add_study_overrides, configured, device_map_argument
-from skipsearch.config.profiles import load_profile
+from skipsearch.config.profiles import decode_fields, load_profile
 from skipsearch.config.studies import (
     ModelConfig,
     StudyConfig,
     output_paths,
 )
+from skipsearch.engine.drafting import NgramSettings
 from skipsearch.engine.lossless import KINDS, LosslessCounts
 from skipsearch.engine.models import runs_on_cuda
 from skipsearch.errors import SkipsearchError
 from skipsearch.experiments.bench import (
+    NGRAM_ONLY,
     PROFILE_POLICY,
     PROMPT_LOOKUP,
-    SKIP_ONLY,
     BenchPrompt,
     BenchSettings,
     run_bench,
@@ -124,19 +125,21 @@ def worker_gpus(workers: int, model: ModelConfig, gpus: Sequence[str]) -> list[d
 def _versus_transformers(setup, profile) -> str:
     """The exported policy beside transformers' greedy `generate` and its best prompt lookup, as
     whole calls on the held-out prompts, interleaved (the bench's rows for them)."""
-    draft = profile.draft
+    draft, fields = profile.draft, decode_fields(profile)
     settings = BenchSettings(
         max_new_tokens=setup.config.task.reference_tokens, skip_set=profile.skip if len(profile.skip) else None,
         max_draft_tokens=draft.max_draft_tokens, confidence_threshold=draft.confidence_threshold,
-        early_exit_layers=(), ngram=None, policy_ngram=draft.ngram, policy=draft.policy, policy_costs=draft.costs,
-        cost_repeats=0, warmup_tokens=4)
+        early_exit_layers=(), ngram=NgramSettings(), policy_ngram=fields["ngram"], policy=fields["policy"],
+        policy_priors=fields["priors"], cost_repeats=0, warmup_tokens=4)
     prompts = [BenchPrompt(r.prompt_id, list(r.prompt_ids)) for r in setup.heldout_refs]
     rows = run_bench(setup.loaded.model, prompts, settings).rows
-    ours = next(r for r in rows if r.method == (PROFILE_POLICY if draft.ngram or draft.policy else SKIP_ONLY))
+    ours = next(r for r in rows if r.method == PROFILE_POLICY)
+    defaults = next(r for r in rows if r.method == NGRAM_ONLY)
     lookup = next(r for r in rows if r.method.startswith(PROMPT_LOOKUP))
-    return (f"exported policy, whole calls on the {len(prompts)} held-out prompts: "
+    return (f"exported profile, whole calls on the {len(prompts)} held-out prompts: "
             f"{ours.end_to_end_speedup:.2f}x transformers generate, "
-            f"{ours.tokens_per_s / lookup.tokens_per_s:.2f}x its {lookup.method}")
+            f"{ours.tokens_per_s / lookup.tokens_per_s:.2f}x its {lookup.method}, "
+            f"{ours.tokens_per_s / defaults.tokens_per_s:.2f}x skipsearch without a profile")
 
 
 def _policy_line(measurement) -> str:
@@ -144,8 +147,7 @@ def _policy_line(measurement) -> str:
     ngram = measurement.ngram
     parts = [f"skip set of {len(measurement.skip_set)} sublayers" if len(measurement.skip_set) else "no skip set",
              "n-gram drafts (min_n {}, max_n {}, up to {} tokens)".format(*ngram) if ngram else "no n-gram drafts",
-             f"cost-model choice (margin {measurement.policy_margin:g})" if measurement.policy_margin is not None
-             else "the skip set drafts every round"]
+             "the runtime's choice each round (Thompson sampling on the search's evidence)"]
     both = measurement.ngram_layer_skip_rounds
     layer_skip = measurement.rounds - measurement.ngram_rounds - both
     return (", ".join(parts) + f"; held-out rounds: {measurement.ngram_rounds} n-gram, {layer_skip} layer-skip, "

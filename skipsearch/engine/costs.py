@@ -327,5 +327,8 @@ def verify_cost(costs: CostModel, tokens: float) -> float:
 def relative_costs(costs: CostModel, skip_set: SkipSet) -> RelativeCosts:
     """The costs a drafting policy weighs, as multiples of one plain step."""
     plain = costs.plain_step
-    return RelativeCosts(verify=tuple(v / plain for v in costs.verify),
-                         draft_step=draft_step_cost(costs, skip_set) / plain)
+    # a part timed as free on a busy machine (or extrapolated below zero along a noisy context
+    # slope) is noise: nothing runs for less than a hundredth of a plain step here
+    floor = 0.01
+    return RelativeCosts(verify=tuple(max(v / plain, floor) for v in costs.verify),
+                         draft_step=max(draft_step_cost(costs, skip_set) / plain, floor))
