@@ -125,9 +125,11 @@ another profile: a path or a loaded `skipsearch.Profile` |
 | `max_draft_tokens` | the profile's ({profile.draft.max_draft_tokens}) | most tokens one layer-skip draft proposes |
 | `confidence_threshold` | the profile's ({profile.draft.confidence_threshold:g}) | \
 stop a layer-skip draft below this top-1 probability |
-| `fallback` | `True` | decode plainly for the rest of a call once drafting proves slower |
-| `fallback_memory` | one per model and policy | \
-a `skipsearch.FallbackMemory` carrying that verdict across calls |
+| `fallback` | `True` | suspend drafting for a while whenever it is slower than plain steps by the clock |
+| `plain` | `False` | draft nothing |
+| `policy_costs` | `"here"` | what the runtime decides with: this device's costs, or `"profile"`: the stored ones |
+| `policy_memory` | one per model and profile | \
+a `skipsearch.PolicyMemory` carrying what the runtime learned across calls |
 | `skip_stats` | none | a `skipsearch.DecodeStats` filled with the call's rounds, acceptance and times |
 
 Not supported (each one error line): batches of more than one sequence, padding, beam search,

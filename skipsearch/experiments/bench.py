@@ -9,16 +9,15 @@ methods, in the table's order:
   `prompt_lookup_num_tokens`; the table keeps the fastest ("prompt lookup (best N=…)");
 - `early-exit E`: `generate(assistant_early_exit=E)` for each E of `early_exit_layers`; the
   table keeps the fastest ("assistant_early_exit (best E=…)");
-- skipsearch's decoder (`decoding.decode`, each row with the fallback to plain decoding and a
-  `FallbackMemory` carried across prompts as a runtime would, unless its name says otherwise):
+- skipsearch's decoder (`decoding.decode`, each row with the throughput guard and a
+  `PolicyMemory` carried across prompts as a runtime would, unless its name says otherwise):
   `NO_SKIP` (nothing to draft with: the decoder's overhead); `SKIP_ONLY` and
   `SKIP_ONLY_NO_FALLBACK` (the skip set drafts every round, no policy; only with a skip set);
-  `NGRAM_ONLY` (no skip set, n-gram drafts from `ngram`, chosen each round by the cost-model
-  policy with default `PolicySettings` and the bench's measured costs relative to a plain
-  step; without a cost model the fixed rule: the whole n-gram draft whenever there is one);
-  `PROFILE_POLICY` (only with `policy` or `policy_ngram`: the skip set, `policy_ngram` and
-  the policy, deciding with `policy_costs`, else with the bench's relative costs, else by the
-  fixed rule).
+  `NGRAM_ONLY` (the runtime's defaults without a profile: n-gram drafts from `ngram` under the
+  policy with default `PolicySettings`, deciding with the bench's measured costs relative to a
+  plain step, else with this device's cached ones); `PROFILE_POLICY` (only with a profile: the
+  skip set, `policy_ngram` and the policy with the profile's priors, deciding with
+  `policy_costs`, else with the bench's relative costs, else with this device's).
 
 Every method's output is checked against the baseline's tokens (`lossless.classify`:
 identical, a tie flip in bfloat16/float16, or an error). Skipsearch rows count their rounds
