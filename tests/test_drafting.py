@@ -16,6 +16,7 @@ from skipsearch.engine.drafting import (
     DraftPolicy,
     NgramIndex,
     NgramSettings,
+    PolicyMemory,
     PolicySettings,
     Priors,
     RelativeCosts,
@@ -247,12 +248,29 @@ def _perfect_draft_model():
     return model, SkipSet(mlp=(len(model.model.layers) - 1,))
 
 
+def _custom_generate_stats(model, prompt, skip_set, settings) -> DecodeStats:
+    """`generate(custom_generate=self_speculative)` with a profile holding `settings`' drafting."""
+    from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel
+    from skipsearch.engine.models import model_fingerprint
+    from skipsearch.hf import self_speculative
+
+    config = model.config
+    profile = Profile(ProfileModel("tiny", config.model_type, config.num_hidden_layers, model_fingerprint(model)),
+                      "test", skip_set, DraftSettings(settings.max_draft_tokens, settings.confidence_threshold,
+                                                      ngram=settings.ngram, policy=settings.policy))
+    stats = DecodeStats()
+    model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=settings.max_new_tokens,
+                   custom_generate=self_speculative, skip_profile=profile, policy_costs=settings.costs,
+                   fallback=False, skip_stats=stats, policy_memory=PolicyMemory())  # nothing learnt before
+    return stats
+
+
 @pytest.mark.parametrize("mode", ["ngram only", "layer skip", "hybrid, gpu costs", "hybrid, cpu costs",
                                   "continued, cheap drafts", "fixed"])
-def test_decoder_and_replay_count_the_same_rounds(mode):
-    """The search's prediction replays the decoder's own rules: over the tokens the decoder
+def test_decoder_custom_generate_and_replay_count_the_same_rounds(mode):
+    """The search's prediction replays the decoder's own rounds: over the tokens the decoder
     produced, the counts agree exactly (the perfect draft model makes the proxy's outcomes the
-    decoder's)."""
+    decoder's), and so do generate's through custom_generate."""
     model, skip_set = _perfect_draft_model()
     ngram = NgramSettings(min_n=1, max_n=3, max_tokens=6)
     settings = {
@@ -278,6 +296,9 @@ def test_decoder_and_replay_count_the_same_rounds(mode):
     fields = ("rounds", "drafted_tokens", "accepted_tokens", "draft_steps", "plain_steps", "ngram_rounds",
               "ngram_drafted_tokens", "ngram_accepted_tokens", "ngram_layer_skip_rounds")
     assert {f: getattr(replayed, f) for f in fields} == {f: getattr(measured, f) for f in fields}
+    if decoding.costs is not None:  # transformers' generate through custom_generate runs the same rounds
+        via_generate = DecodeStats.total([_custom_generate_stats(model, prompt, skip, decoding) for prompt in prompts])
+        assert {f: getattr(via_generate, f) for f in fields} == {f: getattr(measured, f) for f in fields}
     if mode == "ngram only":
         assert measured.ngram_rounds > 0
     if mode == "continued, cheap drafts":
