@@ -104,7 +104,7 @@ class PolicySettings:
     # per-round fading of evidence (1: never); the profile's priors are capped at this many tokens
     # per position, so that a few dozen rounds on this device can overrule them
     discount: float = 0.95
-    prior_cap: float = 32.0
+    prior_cap: float = 10.0
     seed: int = 0  # Thompson sampling's random stream: the same seed, the same choices
     # False: decide by the posterior means instead of Thompson samples (no exploration)
     explore: bool = True
