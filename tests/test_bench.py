@@ -39,13 +39,7 @@ from conftest import make_tokenizer
 SKIPSEARCH_ROWS = [NO_SKIP, SKIP_ONLY, SKIP_ONLY_NO_FALLBACK, NGRAM_ONLY]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two intra-op threads on two cores shared with other jobs run ~10x slower than one; no timing is checked."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -11,9 +11,11 @@ from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
 from skipsearch.errors import SkipsearchError
 
 from conftest import (
+    assert_blocks_run_through_hooks,
     empirical_two_token_distribution,
     exact_two_token_distribution,
     generate_greedy,
+    hook_blocks,
     make_tiny_llama,
     random_skip_sets,
     sharp_tiny_model,
@@ -191,8 +193,9 @@ def test_batches_are_refused_with_a_clear_message(tiny_model):
 
 
 def test_skipping_is_restored_after_decoding(tiny_model):
+    calls = hook_blocks(tiny_model)
     decode(tiny_model, [1, 2, 3], SkipSet(attention=(1,), mlp=(2,)), DecodeSettings(max_new_tokens=8))
-    assert all("forward" not in vars(layer) for layer in tiny_model.model.layers)
+    assert_blocks_run_through_hooks(tiny_model, calls)
 
 
 def test_streaming_callback_sees_every_token(tiny_model):

@@ -50,12 +50,7 @@ VARIANTS = {
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def profile_for(model, skip_set: SkipSet, max_draft_tokens: int = 3, confidence_threshold: float = 0.0,

@@ -30,8 +30,6 @@ from skipsearch.cli import main
 from skipsearch.search.storages import open_storage
 from skipsearch.search.workers import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
 
-from conftest import make_tiny_llama, make_tokenizer
-
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240  # seconds a whole worker run may take on a loaded 2-core machine
 
@@ -150,15 +148,6 @@ def test_a_worker_waits_for_a_dead_workers_trial_and_runs_its_retry(tmp_path):
 
 
 # ---------------------------------------------------------------------------- worker processes
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """The tiny random Llama as a model folder, so that worker processes can load it."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama().save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def _write_study(folder: Path, model_dir: Path, trials: int) -> Path:
