@@ -33,8 +33,10 @@ def test_a_short_study_writes_a_valid_profile(tmp_path, isolated_cache):
     assert [p.name for p in written] == ["toy.profile.yaml", "toy.profile-2.yaml"]
     profile = load_profile(written[0])
     check_profile_for_model(profile, setup.loaded.model)
-    assert len(profile.skip) > 0
+    # the best re-scored set, at the study's skip budget, of the eligible sublayers
+    assert profile.skip == measurements[0].skip_set and len(profile.skip) == setup.k == 2
     assert set(profile.skip.sublayers) <= set(setup.eligible)
+    assert load_profile(written[1]).skip == measurements[1].skip_set
     assert profile.provenance["study"] == "toy" and profile.provenance["trials"] == 3
     assert 0 <= profile.metrics.acceptance_rate <= 1
 
