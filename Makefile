@@ -10,7 +10,7 @@ TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: demo test lint install lock clean gpu-check gpu-wheels
+.PHONY: demo test test-fast lint install lock clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -36,8 +36,13 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check skipsearch tests tools
 
+# the slowest tests show in CI's log, so that the suite's growth is seen where it happens
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
+
+# the inner loop, under a minute on 2 cores: tiny models only, none of the `slow` or `integration` tests
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not cuda" tests
 
 # On a GPU machine with torch, transformers and accelerate but no network: no venv, no install
 # but pytest from the wheels `make gpu-wheels` downloaded here (carry .gpu-wheels/ along).

@@ -367,6 +367,7 @@ def test_bench_command_takes_the_profile_s_policy(tiny_model, tmp_path, monkeypa
     assert main(["bench", "--prompt-lookup-num-tokens", "3,x"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_bench_command_writes_csv_and_json(smollm, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("skipsearch.cli.bench_cmd.load_model", lambda *args, **kwargs: smollm)

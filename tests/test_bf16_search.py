@@ -3,6 +3,7 @@ profile measured in bfloat16, and reports how its held-out outputs compare with 
 (identical, tie flips, errors), instead of aborting at the first difference as it once did.
 test_precision.py checks the tie-flip accounting itself."""
 
+import pytest
 import yaml
 
 from skipsearch.cli import main
@@ -11,6 +12,7 @@ from skipsearch.config.profiles import load_profile
 from conftest import toy_task_file
 
 
+@pytest.mark.slow
 def test_a_bfloat16_search_completes_and_reports_the_lossless_check(tmp_path, capsys, model_dir, isolated_cache):
     study = tmp_path / "bf16.yaml"
     study.write_text(yaml.safe_dump({

@@ -1,3 +1,5 @@
+import pytest
+
 from skipsearch.cli import main
 from skipsearch.experiments.compare import compare_methods
 from skipsearch.search import runner
@@ -5,6 +7,7 @@ from skipsearch.search import runner
 from conftest import study_config, tiny_loaded
 
 
+@pytest.mark.slow
 def test_every_method_runs_on_the_same_budget(tmp_path, isolated_cache):
     setup = runner.prepare(study_config(tmp_path), progress=False, loaded=tiny_loaded())
     comparison = compare_methods(setup, budget=6, seed=0)

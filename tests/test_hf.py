@@ -247,6 +247,7 @@ def _exact(model, prompt) -> torch.Tensor:
     return p1[:, None] * p2
 
 
+@pytest.mark.slow
 def test_sampling_follows_generate_s_distribution():
     model = sharp_tiny_model()
     model.generation_config.eos_token_id = None
@@ -416,6 +417,7 @@ print("identical" if torch.equal(plain, ours) else f"different: {plain.tolist()}
 """
 
 
+@pytest.mark.slow
 def test_the_exported_folder_runs_in_a_fresh_process(tmp_path, capsys):
     model = make_tiny("llama")
     model.save_pretrained(tmp_path / "model")

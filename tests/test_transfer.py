@@ -29,6 +29,7 @@ def _task(tmp_path, name, loaded):
     return TransferTask(setup, study, runner.build_profile(setup, measurement, study, "memory", "test"))
 
 
+@pytest.mark.slow
 def test_every_profile_is_measured_on_every_task_and_kept_in_the_studies(tmp_path, isolated_cache):
     loaded = tiny_loaded()
     tasks = [_task(tmp_path, "a", loaded), _task(tmp_path, "b", loaded)]
@@ -51,6 +52,7 @@ def test_every_profile_is_measured_on_every_task_and_kept_in_the_studies(tmp_pat
         assert (matrix.acceptance[i][j], matrix.decode_speedup[i][j]) == (row["acceptance_rate"], row["decode_speedup"])
 
 
+@pytest.mark.slow
 def test_profiles_of_another_model_do_not_transfer(tmp_path, isolated_cache):
     loaded = tiny_loaded()
     tasks = [_task(tmp_path, "a", loaded), _task(tmp_path, "b", loaded)]
