@@ -144,6 +144,56 @@ def tiny_model() -> LlamaForCausalLM:
     return make_tiny_llama()
 
 
+@pytest.fixture
+def one_thread():
+    """Two intra-op threads on two cores shared with other jobs run ~10x slower than one; restores
+    whatever count a test (or the CLI it runs) set. No timing is checked."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The tiny random Llama and its tokenizer as a model folder: for the command line and worker processes."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama().save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+# every module `skipping` may bypass, per decoder layer: each block's norm and the block itself
+BLOCK_ATTRIBUTES = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+
+
+def hook_blocks(model) -> dict[str, int]:
+    """Put a counting wrapper in every block module's instance `forward`, as accelerate's hooks do
+    (device maps, offloading); returns the calls per "layer.attribute", counted from now on."""
+    calls = {}
+    for index, layer in enumerate(model.model.layers):
+        for attribute in BLOCK_ATTRIBUTES:
+            module, name = getattr(layer, attribute), f"{index}.{attribute}"
+            calls[name] = 0
+
+            def hooked(*args, _inner=module.forward, _name=name, **kwargs):
+                calls[_name] += 1
+                return _inner(*args, **kwargs)
+
+            module.forward = hooked
+    return calls
+
+
+def assert_blocks_run_through_hooks(model, calls: dict[str, int]) -> None:
+    """One forward pass runs every block, each through the hook `hook_blocks` put there: no block is
+    left switched off, and no hook was replaced or deleted."""
+    for name in calls:
+        calls[name] = 0
+    with torch.inference_mode():
+        model(torch.tensor([[1, 5, 9, 17]]))
+    assert {name for name, count in calls.items() if count != 1} == set()
+
+
 @pytest.fixture(scope="session")
 def smollm():
     from skipsearch.engine.models import load_model

@@ -18,17 +18,9 @@ from skipsearch.cli import main
 from skipsearch.errors import SkipsearchError
 from skipsearch.search.storages import check_storage, redact
 
-from conftest import make_tiny_llama, make_tokenizer
+from conftest import make_tiny_llama
 
 SECRET = "hunter2"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama().save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

@@ -39,13 +39,7 @@ from conftest import make_tokenizer
 SKIPSEARCH_ROWS = [NO_SKIP, SKIP_ONLY, SKIP_ONLY_NO_FALLBACK, NGRAM_ONLY]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two intra-op threads on two cores shared with other jobs run ~10x slower than one; no timing is checked."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -375,6 +369,7 @@ def test_bench_command_takes_the_profile_s_policy(tiny_model, tmp_path, monkeypa
     assert main(["bench", "--prompt-lookup-num-tokens", "3,x"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_bench_command_writes_csv_and_json(smollm, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("skipsearch.cli.bench_cmd.load_model", lambda *args, **kwargs: smollm)

@@ -1,6 +1,7 @@
-"""A real search in bfloat16 on the embedded model: it completes, exports a profile measured in
-bfloat16, and reports how its held-out outputs compare with plain decoding (identical, tie
-flips, errors), instead of aborting at the first difference as it did before."""
+"""A search in bfloat16 through the command line, on the tiny model: it completes, exports a
+profile measured in bfloat16, and reports how its held-out outputs compare with plain decoding
+(identical, tie flips, errors), instead of aborting at the first difference as it once did.
+test_precision.py checks the tie-flip accounting itself."""
 
 import pytest
 import yaml
@@ -8,17 +9,19 @@ import yaml
 from skipsearch.cli import main
 from skipsearch.config.profiles import load_profile
 
+from conftest import toy_task_file
 
-@pytest.mark.integration
-def test_a_bfloat16_search_completes_and_reports_the_lossless_check(tmp_path, capsys):
+
+@pytest.mark.slow
+def test_a_bfloat16_search_completes_and_reports_the_lossless_check(tmp_path, capsys, model_dir, isolated_cache):
     study = tmp_path / "bf16.yaml"
     study.write_text(yaml.safe_dump({
         "name": "bf16-demo",
-        "model": {"name": "smollm2-135m", "device": "cpu"},
-        "task": {"source": "humaneval", "search_prompts": 2, "heldout_prompts": 1, "reference_tokens": 12},
-        # 16 eligible sublayers keep the ranking short: bfloat16 runs slowly on these CPUs
-        "search": {"objective": "speedup", "trials": 4, "skip_budget": 2, "rescore_top": 2, "keep_first": 10,
-                   "keep_last": 12},
+        "model": {"name": str(model_dir), "device": "cpu"},
+        "task": {"source": "specbench", "data": str(toy_task_file(tmp_path)), "search_prompts": 3,
+                 "heldout_prompts": 1, "reference_tokens": 10, "chat_template": False},
+        "search": {"objective": "speedup", "trials": 4, "skip_budget": 2, "rescore_top": 2},
+        "draft": {"max_draft_tokens": 3},
         "output": {"profile": str(tmp_path / "bf16.profile.yaml"), "report": str(tmp_path / "bf16.html")},
     }))
     assert main(["search", str(study), "--dtype", "bfloat16", "--no-progress"]) == 0

@@ -15,17 +15,12 @@ from skipsearch.engine.prediction import (
     predicted_speedup,
     predicted_speedup_from_stats,
 )
-from skipsearch.engine.skipping import SkipSet, decoder_layers
+from skipsearch.engine.skipping import SkipSet
 from skipsearch.errors import SkipsearchError
 
+from conftest import assert_blocks_run_through_hooks, hook_blocks
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two intra-op threads on two cores shared with other jobs run ~10x slower than one; no timing is checked."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def made_up_costs(num_layers: int = 4) -> CostModel:
@@ -57,12 +52,13 @@ def test_measure_costs_leaves_model_unchanged(tiny_model):
     with torch.inference_mode():
         before = tiny_model(ids).logits
     rng_state = torch.get_rng_state()
+    calls = hook_blocks(tiny_model)
     measure_costs(tiny_model, context_tokens=8, max_verify_tokens=2, repeats=1)
     with torch.inference_mode():
         after = tiny_model(ids).logits
     assert torch.equal(before, after)
     assert torch.equal(rng_state, torch.get_rng_state())
-    assert all("forward" not in vars(layer) for layer in decoder_layers(tiny_model))
+    assert_blocks_run_through_hooks(tiny_model, calls)
 
 
 def test_measure_costs_refuses_bad_arguments(tiny_model):

@@ -13,9 +13,11 @@ from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
 from skipsearch.errors import SkipsearchError
 
 from conftest import (
+    assert_blocks_run_through_hooks,
     empirical_two_token_distribution,
     exact_two_token_distribution,
     generate_greedy,
+    hook_blocks,
     make_tiny_llama,
     random_skip_sets,
     sharp_tiny_model,
@@ -29,7 +31,9 @@ def _perfect_draft_model(seed=0):
     return model, SkipSet(mlp=(len(model.model.layers) - 1,))
 
 
-@pytest.mark.parametrize("max_draft_tokens", range(1, 9))
+# a hundred decodes per draft length: the fast tier keeps the shortest and a longer one
+@pytest.mark.parametrize("max_draft_tokens", [pytest.param(n, marks=[] if n in (1, 3) else pytest.mark.slow)
+                                              for n in range(1, 9)])
 def test_greedy_is_identical_togenerate_greedy(tiny_model, max_draft_tokens):
     rng = random.Random(max_draft_tokens)
     prompts = [[rng.randrange(3, 128) for _ in range(rng.randint(1, 16))] for _ in range(5)]
@@ -124,6 +128,7 @@ def test_cache_rollback_after_rejection_at_every_draft_position(tiny_model, reje
         torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_speculative_sampling_matches_the_full_model_distribution(monkeypatch):
     model = sharp_tiny_model()
     prompt = [1, 4, 2]
@@ -194,8 +199,9 @@ def test_batches_are_refused_with_a_clear_message(tiny_model):
 
 
 def test_skipping_is_restored_after_decoding(tiny_model):
+    calls = hook_blocks(tiny_model)
     decode(tiny_model, [1, 2, 3], SkipSet(attention=(1,), mlp=(2,)), DecodeSettings(max_new_tokens=8))
-    assert all("forward" not in vars(layer) for layer in tiny_model.model.layers)
+    assert_blocks_run_through_hooks(tiny_model, calls)
 
 
 def test_streaming_callback_sees_every_token(tiny_model):

@@ -305,6 +305,7 @@ def test_decoder_custom_generate_and_replay_count_the_same_rounds(mode):
         assert measured.ngram_layer_skip_rounds > 0 and measured.layer_skip_rounds > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("continued", [False, True], ids=["ngram", "ngram continued by the skip set"])
 def test_a_sampled_ngram_draft_is_a_point_mass_that_keeps_the_full_models_distribution(monkeypatch, continued):
     """Speculative sampling with an n-gram proposal: accept it with probability p(token), else

@@ -28,6 +28,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_without_cuda_it_says_so_in_one_line_and_exits_0():
     done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=ROOT)
@@ -36,6 +37,7 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_0():
         "gpu-check: no CUDA device on this machine; nothing to check (run it where a GPU is visible)"]
 
 
+@pytest.mark.slow
 def test_a_dry_run_needs_only_torch_transformers_and_accelerate(tmp_path):
     out = tmp_path / "gpu-check.json"
     done = subprocess.run(

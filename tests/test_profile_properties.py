@@ -56,6 +56,7 @@ def load_text(tmp_path, content) -> None:
         assert "\n" not in str(exc)
 
 
+@pytest.mark.slow
 @FAST
 @given(values)
 def test_any_yaml_document_loads_or_gives_one_line(tmp_path, value):
@@ -116,6 +117,7 @@ def _mutate(root: dict, data) -> dict:
     return root
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None)
 @given(st.data())
 def test_mutated_mappings_parse_or_give_one_line_and_the_schema_agrees(data):
@@ -220,6 +222,7 @@ valid_profiles = st.builds(
 )
 
 
+@pytest.mark.slow
 @FAST
 @given(valid_profiles)
 def test_valid_profiles_round_trip_through_a_file_and_fit_the_schema(tmp_path, profile):

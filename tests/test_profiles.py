@@ -654,6 +654,7 @@ def test_cli_missing_file_exits_2(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("skipsearch: error: profile ")
 
 
+@pytest.mark.slow
 def test_cli_as_a_process_exits_2_with_one_line(tmp_path):
     path = write(tmp_path, "skipsearch_profile: 1\nmodel: {}\ntask: t\nskip: {}\ndraft: {}\n", name="bad.yaml")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}

@@ -248,6 +248,7 @@ def _study_file(tmp_path, name="demo"):
     return path
 
 
+@pytest.mark.slow
 def test_report_command_writes_the_page(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = _study_file(tmp_path)

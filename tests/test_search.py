@@ -34,12 +34,15 @@ def test_a_short_study_writes_a_valid_profile(tmp_path, isolated_cache):
     assert [p.name for p in written] == ["toy.profile.yaml", "toy.profile-2.yaml"]
     profile = load_profile(written[0])
     check_profile_for_model(profile, setup.loaded.model)
-    assert len(profile.skip) > 0
+    # the best re-scored set, at the study's skip budget, of the eligible sublayers
+    assert profile.skip == measurements[0].skip_set and len(profile.skip) == setup.k == 2
     assert set(profile.skip.sublayers) <= set(setup.eligible)
+    assert load_profile(written[1]).skip == measurements[1].skip_set
     assert profile.provenance["study"] == "toy" and profile.provenance["trials"] == 3
     assert 0 <= profile.metrics.acceptance_rate <= 1
 
 
+@pytest.mark.slow
 def test_rescoring_predicts_from_costs_timed_on_the_rescoring_machine(tmp_path, isolated_cache):
     setup, study = _run(tmp_path, study_config(tmp_path), f"sqlite:///{tmp_path / 'r.db'}")
     shared = setup.costs
@@ -53,6 +56,7 @@ def test_rescoring_predicts_from_costs_timed_on_the_rescoring_machine(tmp_path, 
     assert CostModel.from_dict(study.user_attrs["costs"]) == shared  # the workers' shared costs stay as they were
 
 
+@pytest.mark.slow
 def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
     setup, study = _run(tmp_path, study_config(tmp_path, objective="matchness", trials=2),
                         f"sqlite:///{tmp_path / 'w.db'}")
@@ -66,6 +70,7 @@ def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
     assert SkipSet.from_attrs(trials[0].user_attrs) == least_important(ranking, 2)
 
 
+@pytest.mark.slow
 def test_the_dynamic_programs_sets_and_their_neighbours_are_warm_starts(tmp_path, isolated_cache):
     setup, study = _run(tmp_path, study_config(tmp_path, objective="matchness", trials=12),
                         f"sqlite:///{tmp_path / 'dp.db'}")
@@ -75,6 +80,7 @@ def test_the_dynamic_programs_sets_and_their_neighbours_are_warm_starts(tmp_path
     assert clasp in warm and knapspec in warm and all(len(s) == setup.k for s in warm)
 
 
+@pytest.mark.slow
 def test_with_a_free_count_knapspecs_own_choice_is_a_warm_start(tmp_path, isolated_cache):
     setup, study = _run(tmp_path, study_config(tmp_path, objective="speedup", trials=16),
                         f"sqlite:///{tmp_path / 'free.db'}")
@@ -87,6 +93,7 @@ def test_with_a_free_count_knapspecs_own_choice_is_a_warm_start(tmp_path, isolat
     assert warm[own.best].value >= knapspec_speedup - 1e-9
 
 
+@pytest.mark.slow
 def test_resuming_adds_trials_instead_of_starting_over(tmp_path, isolated_cache):
     storage = f"sqlite:///{tmp_path / 'resume.db'}"
     _run(tmp_path, study_config(tmp_path, trials=3), storage)

@@ -7,6 +7,8 @@ from skipsearch import SkipsearchError, SkipSet, eligible_sublayers, skipping
 from skipsearch.engine.forward import cache_keyword
 from skipsearch.engine.skipping import param_name
 
+from conftest import BLOCK_ATTRIBUTES, assert_blocks_run_through_hooks, hook_blocks
+
 
 def _hidden_states(model, ids):
     return model(ids, output_hidden_states=True).hidden_states
@@ -51,18 +53,21 @@ def test_skipping_both_blocks_is_the_identity_layer(tiny_model):
 def test_model_restored_after_exception(tiny_model):
     ids = torch.randint(0, 128, (1, 8))
     expected = tiny_model(ids).logits
+    calls = hook_blocks(tiny_model)
     with pytest.raises(RuntimeError):
         with skipping(tiny_model, SkipSet(attention=(1, 2), mlp=(3,))):
             raise RuntimeError("boom")
-    assert all("forward" not in vars(layer) for layer in tiny_model.model.layers)
+    assert_blocks_run_through_hooks(tiny_model, calls)
     assert torch.equal(tiny_model(ids).logits, expected)
 
 
 def test_out_of_range_skip_set_is_refused_before_patching(tiny_model):
     with pytest.raises(SkipsearchError, match="out of range"):
-        with skipping(tiny_model, SkipSet(mlp=(4,))):
+        with skipping(tiny_model, SkipSet(mlp=(3, 4))):
             pass
-    assert all("forward" not in vars(layer) for layer in tiny_model.model.layers)
+    # nothing was installed: not even on layer 3's blocks, which are in range
+    assert not any("forward" in vars(getattr(layer, attribute))
+                   for layer in tiny_model.model.layers for attribute in BLOCK_ATTRIBUTES)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -111,6 +112,7 @@ def test_arbitrary_yaml_files_only_raise_skipsearch_error(text):
             assert str(exc).strip()
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     st.fixed_dictionaries(

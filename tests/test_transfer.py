@@ -29,6 +29,7 @@ def _task(tmp_path, name, loaded):
     return TransferTask(setup, study, runner.build_profile(setup, measurement, study, "memory", "test"))
 
 
+@pytest.mark.slow
 def test_every_profile_is_measured_on_every_task_and_kept_in_the_studies(tmp_path, isolated_cache):
     loaded = tiny_loaded()
     tasks = [_task(tmp_path, "a", loaded), _task(tmp_path, "b", loaded)]
@@ -44,10 +45,14 @@ def test_every_profile_is_measured_on_every_task_and_kept_in_the_studies(tmp_pat
     for task in tasks:
         assert len(task.study.user_attrs["transfer"]) == 2
     matrix = reports.gather_report_data([t.study for t in tasks], {}, [], []).transfer
-    assert matrix is not None
     assert len(matrix.profile_tasks) == 2 and len(matrix.eval_tasks) == 2
+    # each measurement lands in its own cell: searched-on task's row, evaluated-on task's column
+    for row in rows:
+        i, j = matrix.profile_tasks.index(row["profile_task"]), matrix.eval_tasks.index(row["eval_task"])
+        assert (matrix.acceptance[i][j], matrix.decode_speedup[i][j]) == (row["acceptance_rate"], row["decode_speedup"])
 
 
+@pytest.mark.slow
 def test_profiles_of_another_model_do_not_transfer(tmp_path, isolated_cache):
     loaded = tiny_loaded()
     tasks = [_task(tmp_path, "a", loaded), _task(tmp_path, "b", loaded)]

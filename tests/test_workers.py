@@ -30,8 +30,6 @@ from skipsearch.cli import main
 from skipsearch.search.storages import open_storage
 from skipsearch.search.workers import WORKER_ATTR, fail_orphans, run_trials, surplus_reason
 
-from conftest import make_tiny_llama, make_tokenizer
-
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240  # seconds a whole worker run may take on a loaded 2-core machine
 
@@ -86,6 +84,7 @@ def test_a_waiting_retry_keeps_its_place_before_the_target():
     assert surplus_reason(trials, 2, target=4) is None
 
 
+@pytest.mark.slow
 def test_threads_sharing_one_study_finish_exactly_the_target(tmp_path):
     """Five workers (threads with storages of their own) race for the last trials of a SQLite study."""
     url = f"sqlite:///{tmp_path / 'race.db'}"
@@ -127,6 +126,7 @@ def test_a_trial_that_never_reached_the_objective_is_failed_after_the_grace_peri
     assert study.trials[live.number].state == TrialState.RUNNING  # the heartbeat watches that one
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_worker_waits_for_a_dead_workers_trial_and_runs_its_retry(tmp_path):
     """A trial left RUNNING by a killed worker holds the last slot until its heartbeat goes stale."""
@@ -150,15 +150,6 @@ def test_a_worker_waits_for_a_dead_workers_trial_and_runs_its_retry(tmp_path):
 
 
 # ---------------------------------------------------------------------------- worker processes
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """The tiny random Llama as a model folder, so that worker processes can load it."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama().save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def _write_study(folder: Path, model_dir: Path, trials: int) -> Path:
@@ -300,6 +291,7 @@ def postgres_url():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_three_workers_on_three_machines_share_a_postgresql_study_and_a_killed_trial_is_retried(
         tmp_path, model_dir, postgres_url):
     """Three `--trials-only` processes started at once, as on three machines: they race to create
@@ -321,6 +313,7 @@ def test_three_workers_on_three_machines_share_a_postgresql_study_and_a_killed_t
     assert len(warm) == len({json.dumps(p, sort_keys=True) for p in warm})  # each warm start evaluated once
 
 
+@pytest.mark.slow
 def test_workers_flag_shares_a_journal_file_and_a_killed_workers_trial_is_retried(tmp_path, model_dir):
     """`--workers 3` prepares the study once, runs three worker processes, then exports."""
     study = _write_study(tmp_path, model_dir, trials=24)
@@ -490,6 +483,7 @@ def _freeze_workers_mid_study(parent: subprocess.Popen, study: Path, db: Path, w
     pytest.fail("timed out waiting for the workers")
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_workers_cleanly_and_the_same_command_completes_the_study(tmp_path, model_dir):
     """On the default storage, a SQLite file that several worker processes write at once.
 
