@@ -195,7 +195,7 @@ def test_a_thread_drafting_leaves_another_threads_plain_generate_alone():
     import sys
     import threading
 
-    from tests.conftest import generate_greedy, make_tiny_llama
+    from conftest import generate_greedy, make_tiny_llama
 
     model = make_tiny_llama(seed=5)
     prompt = [1, 17, 42, 9, 77]
