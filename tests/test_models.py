@@ -28,10 +28,39 @@ def test_fingerprint_is_stable_and_tells_weights_apart():
     assert model_fingerprint(make_tiny_llama(seed=0)).startswith("sha256:")
 
 
-def test_fingerprint_is_the_same_in_bfloat16():
-    model = make_tiny_llama(seed=0)
+def _wide_range_llama(seed: int = 0):
+    """A tiny float32 model with weight magnitudes from far below float16's normal range
+    (subnormals, underflow to zero) to beyond it (overflow), and at every rounding boundary
+    between: float16 and bfloat16 round many of them apart."""
+    model = make_tiny_llama(seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(2.0 ** torch.randint(-30, 18, parameter.shape, generator=generator).float())
+    return model
+
+
+def test_fingerprint_is_the_same_in_every_dtype_the_weights_are_loaded_in():
+    import copy
+
+    model = _wide_range_llama()
     expected = model_fingerprint(model)
-    assert model_fingerprint(model.to(torch.bfloat16)) == expected
+    for dtype in (torch.bfloat16, torch.float16):
+        assert model_fingerprint(copy.deepcopy(model).to(dtype)) == expected, dtype
+    # a float16 checkpoint loaded in bfloat16, and the other way round
+    for stored, loaded in ((torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)):
+        assert model_fingerprint(copy.deepcopy(model).to(stored).to(loaded)) == expected, (stored, loaded)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fingerprint_tells_apart_a_model_with_one_layer_changed(dtype):
+    model = make_tiny_llama(seed=0).to(dtype)
+    expected = model_fingerprint(model)
+    with torch.no_grad():  # as a fine-tune would, by a hundredth of the weights' spread
+        weight = model.model.layers[2].mlp.down_proj.weight
+        noise = torch.randn(weight.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        weight.add_(noise * weight.std() / 100)
+    assert model_fingerprint(model) != expected
 
 
 @pytest.mark.parametrize("name, message", [

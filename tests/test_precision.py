@@ -150,11 +150,62 @@ def test_flash_attention_gets_the_sequence_lengths_of_multi_token_passes(tiny_mo
 # ---------------------------------------------------------------------------- lossless check
 
 
-def test_tolerance_is_exact_in_float32_and_scales_with_the_logit_otherwise():
+def test_tolerance_is_exact_in_float32_on_a_cpu_and_scales_with_the_logit_otherwise():
     assert tie_tolerance(torch.float32, 30.0) == 0.0
+    assert tie_tolerance(torch.float32, 30.0, "cpu") == 0.0
     assert tie_tolerance(torch.bfloat16, 20.0) == pytest.approx(8 * 2 ** -7 * 20)
     assert tie_tolerance(torch.float16, 0.1) == pytest.approx(8 * 2 ** -10)
     assert tie_tolerance(torch.bfloat16, 40.0) > tie_tolerance(torch.float16, 40.0)
+
+
+@pytest.fixture
+def float32_precision():
+    """Restores torch's float32 matmul precision after a test that changes it."""
+    saved = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(saved)
+
+
+def test_float32_on_a_gpu_has_a_tolerance_that_tf32_widens(float32_precision):
+    float32_precision("highest")
+    full = tie_tolerance(torch.float32, 20.0, "cuda:0")
+    assert full == pytest.approx(64 * 2 ** -23 * 20)
+    float32_precision("high")  # TF32: a 10-bit mantissa inside the matmuls
+    assert tie_tolerance(torch.float32, 20.0, "cuda:0") == pytest.approx(8 * 2 ** -10 * 20)
+    float32_precision("medium")
+    assert tie_tolerance(torch.float32, 20.0, "cuda:0") == pytest.approx(8 * 2 ** -7 * 20)
+    assert tie_tolerance(torch.float32, 20.0, "cpu") == 0.0  # the CPU's float32 stays exact
+    float32_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = True  # the older switch, same effect
+    try:
+        assert tie_tolerance(torch.float32, 20.0, "cuda") == pytest.approx(8 * 2 ** -10 * 20)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@pytest.mark.parametrize("gap, device, precision, kind", [
+    (1e-5, "cuda", "highest", "tie_flip"),  # within 64 float32 epsilons of the best logit (1.5e-4)
+    (1e-5, "cpu", "highest", "error"),  # the CPU is exact: any flip is a defect
+    (1e-2, "cuda", "highest", "error"),
+    (1e-2, "cuda", "high", "tie_flip"),  # within TF32's 8 epsilons (0.16)
+    (1.0, "cuda", "high", "error"),
+])
+def test_a_non_exact_float32_verifier_flips_ties_only_within_the_tolerance(
+        tiny_model, monkeypatch, float32_precision, gap, device, precision, kind):
+    """A GPU's one-token step and multi-token pass, faked: each ranks the other of two near-tied tokens first."""
+    float32_precision(precision)
+    expected, got = 7, 9
+
+    def fake_logits(model, context, new_tokens):
+        logits = torch.zeros(128)
+        logits[expected], logits[got] = (20.0, 20.0 - gap) if new_tokens == 1 else (20.0 - gap, 20.0)
+        return logits
+
+    monkeypatch.setattr(lossless, "_next_token_logits", fake_logits)
+    monkeypatch.setattr(forward, "input_device", lambda model: torch.device(device))
+    result = classify(tiny_model, [1, 2, 3], [4, expected, 5], [4, got, 6])
+    assert (result.kind, result.position, result.expected, result.got) == (kind, 1, expected, got)
+    assert result.gap == pytest.approx(gap, rel=0.1)  # 20 - gap in float32
 
 
 def test_identical_outputs_need_no_model_pass(tiny_model):

@@ -10,6 +10,7 @@ from skipsearch.engine.skipping import SkipSet, eligible_sublayers
 from skipsearch.errors import SkipsearchError
 from skipsearch.search import runner
 from skipsearch.search.draft_grid import best_draft_settings
+from skipsearch.search.references import Reference
 from skipsearch.search.scoring import ProxyScorer, score_from_scratch
 from skipsearch.search.study import open_study
 
@@ -153,3 +154,37 @@ def test_explicit_output_folder_must_exist(tmp_path):
         runner.check_output_path(tmp_path / "missing" / "p.yaml", is_default=False)
     runner.check_output_path(tmp_path / "made" / "p.yaml", is_default=True)
     assert (tmp_path / "made").is_dir()
+
+
+def _held_bytes(value, seen: set[int]) -> int:
+    """Bytes of the tensors `value` holds (in fields, lists, tuples, caches), each storage once."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        pointer = value.untyped_storage().data_ptr()
+        if pointer in seen:
+            return 0
+        seen.add(pointer)
+        return value.untyped_storage().nbytes()
+    if isinstance(value, (list, tuple)):
+        return sum(_held_bytes(item, seen) for item in value)
+    if isinstance(value, dict):
+        return sum(_held_bytes(item, seen) for item in value.values())
+    if hasattr(value, "__dict__"):
+        return sum(_held_bytes(item, seen) for item in vars(value).values())
+    return 0
+
+
+def test_scoring_memory_grows_with_tokens_not_with_the_vocabulary():
+    """64 prompts x 512 tokens x a 128k vocabulary of kept float32 distributions would be ~17 GB."""
+    from conftest import make_tiny_llama
+
+    vocab = 128 * 1024
+    model = make_tiny_llama(seed=2, vocab_size=vocab)
+    rng = random.Random(3)
+    references = [Reference(f"p{i}", tuple(rng.randrange(vocab) for _ in range(6)),
+                            tuple(rng.randrange(vocab) for _ in range(33))) for i in range(4)]
+    held = [_held_bytes(ProxyScorer(model, references[:count])._states, set()) for count in (2, 4)]
+    per_token = (held[1] - held[0]) / (2 * 32)
+    assert 0 < per_token < vocab * 4 / 16  # far below one float32 row of the vocabulary
+    ProxyScorer(model, references).score(SkipSet(attention=(1,)))  # and it still scores

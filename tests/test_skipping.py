@@ -193,3 +193,56 @@ def test_from_params_breaks_ties_by_the_order_of_the_eligible_sublayers():
 def test_a_trial_without_skip_attributes_skips_nothing():
     assert SkipSet.from_attrs({}) == SkipSet()
     assert SkipSet(attention=(3, 1), mlp=()).describe() == "attention[1,3] mlp[-]"
+
+
+def test_a_thread_drafting_leaves_another_threads_plain_generate_alone():
+    """Serving code shares one model between request threads: skipping in one must not reach another."""
+    import sys
+    import threading
+
+    from conftest import generate_greedy, make_tiny_llama
+
+    model = make_tiny_llama(seed=5)
+    prompt = [1, 17, 42, 9, 77]
+    expected = generate_greedy(model, prompt, 16)
+    skip_set = SkipSet(attention=(1, 2), mlp=(1, 2, 3))
+    with skipping(model, skip_set):
+        assert generate_greedy(model, prompt, 16) != expected  # the skip set does change the output
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so that the two interleave within each call
+    try:
+        stop, drafted, errors = threading.Event(), [], []
+
+        def draft():
+            try:
+                ids = torch.tensor([prompt])
+                while not stop.is_set():
+                    with skipping(model, skip_set), torch.inference_mode():
+                        model(ids)
+                    drafted.append(1)
+            except Exception as error:  # surfaced below: a thread's exception would be lost
+                errors.append(error)
+
+        drafter = threading.Thread(target=draft)
+        drafter.start()
+        try:
+            outputs = [generate_greedy(model, prompt, 16) for _ in range(12)]
+        finally:
+            stop.set()
+            drafter.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors
+    assert len(drafted) > 12  # the drafter ran throughout
+    assert outputs == [expected] * 12
+
+
+def test_nested_skipping_skips_the_union_and_restores_the_outer_set(tiny_model):
+    ids = torch.randint(0, 128, (1, 8))
+    with skipping(tiny_model, SkipSet(attention=(1,))):
+        outer = tiny_model(ids).logits
+        with skipping(tiny_model, SkipSet(mlp=(2,))):
+            inner = tiny_model(ids).logits
+        assert torch.equal(tiny_model(ids).logits, outer)
+    with skipping(tiny_model, SkipSet(attention=(1,), mlp=(2,))):
+        assert torch.equal(tiny_model(ids).logits, inner)

@@ -9,11 +9,17 @@ re-scores that position with the full model twice — as a one-token step and in
 multi-token pass — and calls it a *tie flip* when, in either pass, both tokens lie within
 the dtype's tolerance of the best logit, else an *error* (a defect).
 
-The tolerance is `TIE_EPS` machine epsilons of the dtype, times the size of the best logit
-(rounding errors scale with the activations). On the embedded SmolLM2 in bfloat16 the
-largest logit difference between a one-token and a 9-token pass over 49 positions was
-7.2 epsilons of the best logit; 8 covers it. float32 has no tolerance: any difference is an
-error.
+The tolerance is `TIE_EPS` epsilons of the precision the matmuls run in, times the size of
+the best logit (rounding errors scale with the activations). On the embedded SmolLM2 in
+bfloat16 the largest logit difference between a one-token and a 9-token pass over 49
+positions was 7.2 epsilons of the best logit; 8 covers it. float32 on a CPU has no tolerance:
+its one-token and multi-token passes agree bit for bit, so any difference is an error. On a
+GPU they do not: float32 matmuls run in TF32 (10-bit mantissa) or bfloat16 where
+`torch.backends.cuda.matmul.allow_tf32` or `torch.set_float32_matmul_precision` allow it,
+and those get the bfloat16 rule with that epsilon; full float32 there still differs through
+the kernels' summation order, which `FLOAT32_GPU_EPS` float32 epsilons are meant to cover.
+That number is not measured yet (no GPU run so far): it is set generously, as a tolerance too
+wide only calls an error with a gap of a few millionths of the best logit a tie.
 
 This module knows nothing about tasks or search; it imports torch and transformers only.
 """
@@ -27,6 +33,9 @@ import torch
 from skipsearch.engine import forward
 
 TIE_EPS = 8.0
+FLOAT32_GPU_EPS = 64.0
+# the epsilon float32 matmuls round their inputs to under torch's float32 matmul precision
+_MATMUL_PRECISION_EPS = {"high": 2.0**-10, "medium": 2.0**-7}  # TF32, bfloat16
 KINDS = ("identical", "tie_flip", "error")
 
 
@@ -66,11 +75,20 @@ class LosslessCounts:
         return {kind: getattr(self, kind) for kind in KINDS}
 
 
-def tie_tolerance(dtype: torch.dtype, best_logit: float) -> float:
-    """The logit gap under which two tokens count as tied in `dtype`; 0 in float32 (exact)."""
-    if dtype == torch.float32 or dtype == torch.float64:
+def tie_tolerance(dtype: torch.dtype, best_logit: float, device: torch.device | str = "cpu") -> float:
+    """The logit gap under which two tokens count as tied in `dtype` on `device` (under torch's
+    matmul precision settings now); 0 for float32 on a CPU (exact)."""
+    device_type = torch.device(device).type
+    if dtype not in (torch.float32, torch.float64):
+        return TIE_EPS * torch.finfo(dtype).eps * max(1.0, abs(best_logit))
+    if device_type == "cpu":
         return 0.0
-    return TIE_EPS * torch.finfo(dtype).eps * max(1.0, abs(best_logit))
+    precision = torch.get_float32_matmul_precision()
+    if device_type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        precision = "high" if precision == "highest" else precision
+    if dtype == torch.float32 and precision in _MATMUL_PRECISION_EPS:
+        return TIE_EPS * _MATMUL_PRECISION_EPS[precision] * max(1.0, abs(best_logit))
+    return FLOAT32_GPU_EPS * torch.finfo(dtype).eps * max(1.0, abs(best_logit))
 
 
 def _next_token_logits(model, context: list[int], new_tokens: int) -> torch.Tensor:
@@ -98,8 +116,9 @@ def classify(model, prompt_ids: list[int], reference: list[int], candidate: list
     expected = reference[position] if position < len(reference) else None
     got = candidate[position] if position < len(candidate) else None
     dtype = model.get_input_embeddings().weight.dtype
+    device = forward.input_device(model)
     if expected is None or got is None:  # one output stopped where the other did not: no tie to weigh
-        return Divergence("error", position, expected, got, float("inf"), tie_tolerance(dtype, 0.0))
+        return Divergence("error", position, expected, got, float("inf"), tie_tolerance(dtype, 0.0, device))
     context = list(prompt_ids) + list(reference[:position])
     gaps, tolerances = [], []
     with torch.inference_mode():
@@ -107,7 +126,7 @@ def classify(model, prompt_ids: list[int], reference: list[int], candidate: list
             logits = _next_token_logits(model, context, new_tokens)
             best = logits.max()
             gaps.append(float(torch.maximum(best - logits[expected], best - logits[got])))
-            tolerances.append(tie_tolerance(dtype, float(best)))
+            tolerances.append(tie_tolerance(dtype, float(best), device))
     closer = min(range(len(gaps)), key=lambda i: gaps[i] - tolerances[i])
     kind = "tie_flip" if gaps[closer] <= tolerances[closer] and tolerances[closer] > 0 else "error"
     return Divergence(kind, position, expected, got, gaps[closer], tolerances[closer])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from skipsearch.engine.forward import input_device
@@ -403,9 +404,13 @@ def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 4096) ->
     the model is whole, split over devices or offloaded.
 
     Hashing every weight would take minutes for large models, so each tensor contributes its
-    name, shape and an evenly strided sample of values rounded to bfloat16, so float32 and
-    bfloat16 loads of the same weights agree. A float16 load does not: float16 rounds small
-    values (below its normal range, 6e-5) more coarsely than the other two.
+    name, shape and the sign bits of an evenly strided sample of its values. Signs are what
+    float32, bfloat16 and float16 loads of any checkpoint agree on: rounding to a narrower
+    float keeps the sign bit, also where a value underflows to a signed zero or overflows to
+    a signed infinity, while no rounding of magnitudes can agree for every weight (some value
+    always sits where float16 and bfloat16 round apart). So a profile searched in bfloat16 is
+    accepted in float16. Other weights flip thousands of sampled signs; what signs do not see
+    is a tensor rescaled as a whole.
     """
     config = model.config
     digest = hashlib.sha256()
@@ -430,4 +435,4 @@ def _sample_bytes(tensor: torch.Tensor, samples: int) -> bytes:
     flat = tensor.detach().reshape(-1)
     if flat.numel() > samples:
         flat = flat[:: flat.numel() // samples][:samples]
-    return flat.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+    return np.packbits(torch.signbit(flat).cpu().numpy()).tobytes()

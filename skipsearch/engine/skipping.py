@@ -2,9 +2,11 @@
 
 A `SkipSet` names the decoder layers whose attention block and/or MLP block are left out
 while drafting. `skipping(model, skip_set)` switches those blocks off and back on at exit,
-also after an exception. A block is switched through a small bypass that wraps whatever
-`forward` its modules had, so hooks that accelerate (device maps, offloading) or another
-library put there keep working and stay in place. No weights are copied: the draft model
+also after an exception, for the calling thread (or asyncio task) only: the model can be
+shared, and another thread's forward passes through the same modules see every block. A block
+is switched through a small bypass that wraps whatever `forward` its modules had, so hooks
+that accelerate (device maps, offloading) or another library put there keep working and stay
+in place. No weights are copied: the draft model
 *is* the full model with some residual branches not taken. A skipped attention block adds
 nothing to the residual stream and writes no key/value entries for its layer; a skipped MLP
 block adds nothing.
@@ -15,6 +17,8 @@ This module knows nothing about decoding, caches or search.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -147,22 +151,32 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return model.model.layers
 
 
+# The bypasses switched off in this thread / task. A context variable rather than a flag on the
+# shared modules: serving code shares one model between request threads, and a flag would make
+# another thread's plain `generate` run with this thread's blocks skipped.
+_SKIPPED: contextvars.ContextVar[frozenset["_Bypass"]] = contextvars.ContextVar(
+    "skipsearch_skipped", default=frozenset()
+)
+_INSTALL_LOCK = threading.Lock()
+
+
 class _Bypass:
-    """Stands in one block's `forward` slot and calls whatever was there before, unless it is off.
+    """Stands in one block's `forward` slot and calls whatever was there before, unless the
+    calling context skips it.
 
     What was there may be the module's own forward or a hook another library installed by
     assigning `forward` on the instance (accelerate's device map and offloading do): it is
-    kept and called, never replaced or deleted. Off, a norm passes its input through and an
+    kept and called, never replaced or deleted. Skipped, a norm passes its input through and an
     attention or MLP block adds a zero to the residual stream: the decoder layer's own forward
     still runs, with any hook on it, so inputs and weights are where they should be."""
 
-    __slots__ = ("inner", "role", "off")
+    __slots__ = ("inner", "role")
 
     def __init__(self, inner, role: str):
-        self.inner, self.role, self.off = inner, role, False
+        self.inner, self.role = inner, role
 
     def __call__(self, *args, **kwargs):
-        if not self.off:
+        if self not in _SKIPPED.get():
             return self.inner(*args, **kwargs)
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         if self.role == "norm":
@@ -180,31 +194,33 @@ _BLOCK_MODULES = {
 
 
 def _bypass(module: torch.nn.Module, role: str) -> _Bypass:
-    """The module's bypass, installed on first use and kept: later skips only flip its switch.
+    """The module's bypass, installed on first use and kept: later skips only name it in `_SKIPPED`.
 
-    Installed again if something replaced it since (a hook added or removed afterwards)."""
-    current = module.__dict__.get("forward")
-    if isinstance(current, _Bypass):
-        return current
-    bypass = _Bypass(current if current is not None else module.forward, role)
-    module.forward = bypass
-    return bypass
+    Installed again if something replaced it since (a hook added or removed afterwards); under a
+    lock, so that two threads skipping at once do not wrap each other's bypass."""
+    with _INSTALL_LOCK:
+        current = module.__dict__.get("forward")
+        if isinstance(current, _Bypass):
+            return current
+        bypass = _Bypass(current if current is not None else module.forward, role)
+        module.forward = bypass
+        return bypass
 
 
 @contextlib.contextmanager
 def skipping(model: torch.nn.Module, skip_set: SkipSet) -> Iterator[None]:
-    """Run the model with `skip_set`'s blocks left out inside the block; restored on exit."""
+    """Run the model with `skip_set`'s blocks left out inside the block, in this thread / task
+    only; restored on exit. Nested blocks skip the union of their sets."""
     layers = decoder_layers(model)
     skip_set.check_against(len(layers))
-    switched = []
+    bypasses = frozenset(
+        _bypass(getattr(layers[index], attribute), role)
+        for kind in SUBLAYER_KINDS
+        for index in getattr(skip_set, kind)
+        for attribute, role in _BLOCK_MODULES[kind]
+    )
+    token = _SKIPPED.set(_SKIPPED.get() | bypasses)
     try:
-        for kind in SUBLAYER_KINDS:
-            for index in getattr(skip_set, kind):
-                for attribute, role in _BLOCK_MODULES[kind]:
-                    bypass = _bypass(getattr(layers[index], attribute), role)
-                    bypass.off = True
-                    switched.append(bypass)
         yield
     finally:
-        for bypass in switched:
-            bypass.off = False
+        _SKIPPED.reset(token)

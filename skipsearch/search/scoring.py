@@ -13,6 +13,11 @@ Scores:
 - expected acceptance: the mean of sum_v min(p_v, q_v), the chance that speculative
   sampling at temperature 1 accepts a drafted token.
 
+Nothing of vocabulary size is kept between scores: the full model's distribution p is
+recomputed from its final hidden states (kept anyway) one prompt at a time, so held memory
+grows with tokens x hidden size, not tokens x vocabulary (64 prompts x 512 tokens x a 128k
+vocabulary would be ~17 GB of float32), at the price of one LM head pass per prompt and score.
+
 This module knows nothing about tasks, storage or search.
 """
 
@@ -49,12 +54,11 @@ class _PromptState:
     cache: DynamicCache  # the full model's KV of the prompt only
     prompt_length: int
     hidden: list[torch.Tensor]  # hidden[i]: input of layer i over the continuation, (1, T, hidden)
-    final: torch.Tensor  # the last layer's output after the final norm, (1, T, hidden)
+    final: torch.Tensor  # the last layer's output after the final norm, (1, T, hidden); p comes from it
     masks: list  # per layer attention mask for the continuation, as the model itself builds them
     position_ids: torch.Tensor  # (1, T)
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     targets: torch.Tensor  # (T,) the next token after each input position
-    target_probs: torch.Tensor  # (T, vocab) the full model's next-token distribution
 
 
 def mask_kinds(config, num_layers: int) -> list[str]:
@@ -112,7 +116,8 @@ class ProxyScorer:
         position_ids = torch.arange(start, start + inputs.shape[1], device=device).unsqueeze(0)
         embeds = model.model.embed_tokens(inputs)
         masks = self._masks(embeds, cache, position_ids)
-        out = forward.run(model, cache, inputs, start, output_hidden_states=True)
+        # one logit only: scoring recomputes p from the final hidden states when it needs it
+        out = forward.run(model, cache, inputs, start, output_hidden_states=True, logits_to_keep=1)
         crop_cache(cache, start)
         return _PromptState(
             cache=cache,
@@ -123,7 +128,6 @@ class ProxyScorer:
             position_ids=position_ids,
             position_embeddings=model.model.rotary_emb(embeds, position_ids=position_ids),
             targets=targets,
-            target_probs=out.logits[0].float().softmax(-1),
         )
 
     def _draft_logits(self, state: _PromptState, skip_set: SkipSet) -> torch.Tensor:
@@ -197,7 +201,8 @@ class ProxyScorer:
                 confidence, best = probs.max(-1)
                 hits = best == state.targets
                 matches += int(hits.sum())
-                overlap += torch.minimum(probs, state.target_probs).sum().item()
+                target_probs = self.model.lm_head(state.final)[0].float().softmax(-1)  # (T, vocab)
+                overlap += torch.minimum(probs, target_probs).sum().item()
                 trace.append(tuple(zip(confidence.tolist(), hits.tolist())))
         self.seconds += device_time(self.device) - started
         self.evaluations += 1
