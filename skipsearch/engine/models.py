@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from skipsearch.engine.forward import input_device
@@ -435,4 +434,8 @@ def _sample_bytes(tensor: torch.Tensor, samples: int) -> bytes:
     flat = tensor.detach().reshape(-1)
     if flat.numel() > samples:
         flat = flat[:: flat.numel() // samples][:samples]
-    return np.packbits(torch.signbit(flat).cpu().numpy()).tobytes()
+    # the sign bits packed eight to a byte, most significant first, the last byte zero-padded
+    bits = torch.signbit(flat).to(torch.uint8).cpu()
+    bits = torch.cat([bits, bits.new_zeros(-bits.numel() % 8)]).view(-1, 8)
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.int32)
+    return bytes((bits.to(torch.int32) * weights).sum(1).tolist())
