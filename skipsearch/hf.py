@@ -459,9 +459,7 @@ def _self_speculative(model, input_ids, logits_processor, stopping_criteria, gen
     skip_set = profile.skip if profile is not None and not plain else SkipSet()
     max_length = generation_config.max_length or stopping_criteria.max_length
     prompt = input_ids[0].tolist()
-    # the context decoding spends most of its steps at: the prompt and half the output
-    middle = len(prompt) + max(0, (max_length or len(prompt)) - len(prompt)) // 2
-    settings = resolve_costs(model, skip_set, settings, middle)
+    settings = resolve_costs(model, skip_set, settings, len(prompt), max(0, (max_length or len(prompt)) - len(prompt)))
     keep = bool(generation_config.return_dict_in_generate)
 
     sequence = _Sequence(input_ids, forward.input_device(model),

@@ -334,15 +334,18 @@ def choose_token(logits: torch.Tensor, settings: DecodeSettings, generator) -> i
     return token
 
 
-def resolve_costs(model, skip_set: SkipSet, settings: DecodeSettings, context_tokens: int) -> DecodeSettings:
+def resolve_costs(model, skip_set: SkipSet, settings: DecodeSettings, prompt_tokens: int,
+                  new_tokens: int) -> DecodeSettings:
     """The settings with `costs="here"` replaced by this device's costs relative to a plain step,
-    timed at the bucket of `context_tokens` (once per machine: `device_costs` caches them). Nothing
-    is timed where nothing drafts."""
+    timed once per machine (`device_costs` caches them) at the context a call with this prompt and
+    output length spends most of its steps at: the prompt and half the output. Every caller (the
+    decoder, custom_generate, the bench's warm-up) goes through here, so they share one cache
+    entry. Nothing is timed where nothing drafts."""
     if settings.costs != "here":
         return settings
     if not len(skip_set) and settings.ngram is None:
         return dataclasses.replace(settings, costs=None)
-    here = costs_here(model, context_tokens, settings.longest_draft + 1)
+    here = costs_here(model, prompt_tokens + new_tokens // 2, settings.longest_draft + 1)
     return dataclasses.replace(settings, costs=relative_costs(here, skip_set))
 
 
@@ -454,8 +457,7 @@ def decode(
     if not prompt_ids:
         raise SkipsearchError("the prompt is empty; give at least one token")
     skip_set = skip_set or SkipSet()
-    # the context decoding spends most of its steps at: the prompt and half the output
-    settings = resolve_costs(model, skip_set, settings, len(prompt_ids) + settings.max_new_tokens // 2)
+    settings = resolve_costs(model, skip_set, settings, len(prompt_ids), settings.max_new_tokens)
     device = forward.input_device(model)
     generator = None
     if not settings.greedy:

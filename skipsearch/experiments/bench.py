@@ -483,8 +483,8 @@ def run_bench(
     for method in methods:
         if method.decode_settings is not None and method.decode_settings.costs == "here":
             for prompt in prompts:
-                resolve_costs(model, method.skip_set or SkipSet(), method.decode_settings,
-                              len(prompt.token_ids) + settings.max_new_tokens // 2)
+                resolve_costs(model, method.skip_set or SkipSet(), method.decode_settings, len(prompt.token_ids),
+                              settings.max_new_tokens)
 
     total = len(prompts) * len(methods)
     runs: list[PromptRun] = []
