@@ -10,7 +10,7 @@ TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: demo test test-fast lint install lock clean gpu-check gpu-wheels
+.PHONY: demo test test-fast lint install lock clean gpu-check gpu-wheels report-png
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ lock: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/skipsearch search studies/demo.yaml
+
+# docs/report.png, the README's picture: the report `make demo` wrote, drawn by headless Chromium
+report-png: $(STAMP)
+	$(BIN)/python tools/report_png.py reports/demo.html docs/report.png
 
 # ruff's settings are in pyproject.toml; `make test` lints first
 lint: $(STAMP)

@@ -2,7 +2,7 @@
 below it. From the bottom: the shared modules (`errors`, `files`, `version`), `engine`,
 `config` (with `skipsearch.hf`, transformers' generate running a profile, kept at its public
 path), `search`, `experiments`, `reporting`, `cli`. Every import counts, also one inside a
-function. The engine needs torch, transformers and accelerate only. The README's snippets import
+function. The engine needs torch, transformers and accelerate only. The snippets of README.md and docs/ import
 what they name."""
 
 from __future__ import annotations
@@ -113,8 +113,9 @@ def test_the_check_sees_an_upward_import():
 
 
 def _readme_imports() -> list[str]:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    texts = [page.read_text(encoding="utf-8") for page in pages]
+    blocks = [block for text in texts for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)]
     statements = []
     for block in blocks:
         for node in ast.parse(block).body:
@@ -125,7 +126,7 @@ def _readme_imports() -> list[str]:
 
 def test_the_readme_snippets_import_what_they_name():
     statements = _readme_imports()
-    assert statements, "the README's python snippets import nothing from skipsearch"
+    assert statements, "the python snippets of README.md and docs/ import nothing from skipsearch"
     for statement in statements:
         exec(statement, {})
 

@@ -544,15 +544,15 @@ def test_schema_rejects_what_the_loader_rejects(case):
         jsonschema.validate(data, profile_schema(), cls=jsonschema.Draft202012Validator)
 
 
-# --- plain PyYAML reader documented in the README ---------------------------------------------
+# --- plain PyYAML reader documented in docs/profiles.md -----------------------------------------
 
-def readme_snippet(after: str) -> str:
-    """The first python code block in README.md after the line holding `after`."""
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    return readme[readme.index(after):].split("```python\n", 1)[1].split("```", 1)[0]
+def docs_snippet(after: str) -> str:
+    """The first python code block in docs/profiles.md after the line holding `after`."""
+    page = (REPO_ROOT / "docs" / "profiles.md").read_text(encoding="utf-8")
+    return page[page.index(after):].split("```python\n", 1)[1].split("```", 1)[0]
 
 
-PLAIN_READER = readme_snippet("Another runtime can read a profile with PyYAML alone")
+PLAIN_READER = docs_snippet("Another runtime can read a profile with PyYAML alone")
 
 
 def test_plain_pyyaml_reader_from_the_readme(tmp_path):

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from skipsearch.reporting import data as reports
 from skipsearch.reporting.figures import build_figures
 from skipsearch.reporting.page import render_report, write_report
 from test_reports import XSS, make_study, profile_text
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -136,10 +139,15 @@ def test_report_renders_offline_without_errors(chromium, tmp_path):
 
 
 def test_report_screenshot(chromium, tmp_path):
+    """`make report-png`'s tool draws a report into a PNG, and says in one line what is missing."""
     page, _ = build_page(tmp_path)
-    shot = tmp_path / "report.png"
-    result = run_chromium(chromium, page, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400",
-                          "--hide-scrollbars")
+    tool = [sys.executable, str(ROOT / "tools" / "report_png.py")]
+    shot = tmp_path / "docs" / "report.png"
+    shot.parent.mkdir()
+    result = subprocess.run([*tool, str(page), str(shot)], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    missing = subprocess.run([*tool, str(tmp_path / "none.html"), str(shot)], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "make demo" in missing.stderr
+    assert shot.read_bytes() == data
