@@ -80,6 +80,23 @@ def test_at_most_one_host_transfer_per_pass_on_the_gpu(monkeypatch):
     assert counted["n"] <= 1 + stats.draft_steps + stats.rounds + stats.plain_steps
 
 
+@pytest.mark.parametrize("first, last", [(0, "cpu"), ("cpu", 0)])
+def test_sampling_on_a_model_split_between_the_gpu_and_the_host(first, last):
+    """Input ids on one device, logits on the other: every draw uses a generator where the logits are."""
+    from accelerate import dispatch_model
+
+    device_map = {"model.embed_tokens": first, "model.rotary_emb": first, "model.layers.0": first,
+                  "model.layers.1": first, "model.layers.2": last, "model.layers.3": last, "model.norm": last,
+                  "lm_head": last}
+    # main_device "cpu": the "cpu" modules run on the host instead of being offloaded to the GPU
+    model = dispatch_model(make_tiny_llama(), device_map=device_map, main_device="cpu")
+    settings = DecodeSettings(max_new_tokens=16, max_draft_tokens=3, temperature=1.0, top_k=8, seed=3,
+                              confidence_threshold=0.0, fallback=False)
+    result = decode(model, [5, 6, 5, 6, 5], SkipSet(attention=(1,)), settings)
+    assert result.stats.rounds > 0
+    assert decode(model, [5, 6, 5, 6, 5], SkipSet(attention=(1,)), settings).token_ids == result.token_ids
+
+
 def test_auto_dtype_is_bfloat16_on_a_gpu_that_supports_it():
     from skipsearch.engine.models import resolve_dtype
 
