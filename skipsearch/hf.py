@@ -35,8 +35,9 @@ embedded in the folder.
 
 Streaming: `generate` puts the prompt into `streamer` itself, but transformers 5.20-5.24 pass the
 streamer on only to their own decoding methods, not to a `custom_generate` callable; the callable
-reads it from `generate`'s frame, so `TextStreamer`/`TextIteratorStreamer` get the committed
-tokens round by round and `end()` at the end (also when the call fails, so no reader waits forever).
+takes it from its arguments where transformers passes it, else from the nearest `generate` frame up
+the stack, so `TextStreamer`/`TextIteratorStreamer` get the committed tokens round by round and
+`end()` at the end (also when the call fails, so no reader waits forever).
 """
 
 from __future__ import annotations
@@ -171,13 +172,12 @@ def decode_settings(profile: Profile | None, do_sample: bool = False, max_draft_
 
 def _streamer_from_generate(streamer):
     """The streamer given to `generate`: passed in where transformers passes it, else read from the
-    calling `generate`'s frame (5.20-5.24 put the prompt into it and then drop it for a callable)."""
+    nearest `generate` frame up the stack (5.20-5.24 put the prompt into it and then drop it for a
+    callable); the whole stack is searched, so helpers transformers puts between them do not hide it."""
     if streamer is not None:
         return streamer
-    frame = sys._getframe(2)  # our caller's caller: generate itself
-    for _ in range(4):
-        if frame is None:
-            break
+    frame = sys._getframe(1)
+    while frame is not None:
         if frame.f_code is _GENERATE_CODE:
             return frame.f_locals.get("streamer")
         frame = frame.f_back
