@@ -57,9 +57,9 @@ def test_cuda_events_time_what_a_synchronised_clock_times():
             a @ a
 
     work()
-    with Stopwatch(device, events=True) as events:
+    with Stopwatch([device], events=True) as events:
         work()
-    with Stopwatch(device, events=False) as clock:
+    with Stopwatch([device], events=False) as clock:
         work()
     assert 0.5 < events.seconds / clock.seconds < 2.0
 
@@ -95,6 +95,19 @@ def test_sampling_on_a_model_split_between_the_gpu_and_the_host(first, last):
     result = decode(model, [5, 6, 5, 6, 5], SkipSet(attention=(1,)), settings)
     assert result.stats.rounds > 0
     assert decode(model, [5, 6, 5, 6, 5], SkipSet(attention=(1,)), settings).token_ids == result.token_ids
+
+
+def test_decoding_without_a_guard_never_synchronises_the_gpu(monkeypatch):
+    """Rounds are marked with events read once after the loop: no device-wide wait inside it."""
+    model = make_tiny_llama().cuda()
+    synchronized = []
+    real = torch.cuda.synchronize
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: (synchronized.append(device), real(device)))
+    settings = DecodeSettings(max_new_tokens=24, max_draft_tokens=4, confidence_threshold=0.0, costs=None,
+                              fallback=False)
+    stats = decode(model, [5, 17, 33, 9, 41], SkipSet(attention=(2,), mlp=(3,)), settings).stats
+    assert synchronized == []
+    assert stats.rounds > 0 and stats.verify_time_s > 0 and stats.total_time_s >= stats.verify_time_s
 
 
 def test_auto_dtype_is_bfloat16_on_a_gpu_that_supports_it():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from skipsearch.engine import decoding
+from skipsearch.engine import decoding, timing
 from skipsearch.engine.decoding import DecodeSettings, DecodeStats, Randomness, decode, warp
 from skipsearch.engine.drafting import PolicyMemory, PolicySettings, RelativeCosts
 from skipsearch.engine.forward import cache_keyword, crop_cache
@@ -221,6 +221,41 @@ def test_the_guard_suspends_drafting_that_is_slower_by_the_clock(tiny_model):
     assert result.stats.fallback_at_token < 32
     unguarded = decode(tiny_model, prompt, everything, dataclasses.replace(settings, fallback=False))
     assert not unguarded.stats.fell_back and unguarded.stats.rounds > 50
+
+
+@pytest.fixture
+def host_waits(monkeypatch):
+    """The devices each wait of the timer was for (`timing.synchronize`: what a clock read that
+    waits for the device calls), from now on."""
+    waits = []
+    real = timing.synchronize
+
+    def counting(devices):
+        waits.append(frozenset(devices))
+        real(devices)
+
+    monkeypatch.setattr(timing, "synchronize", counting)
+    return waits
+
+
+def test_the_loop_waits_for_the_model_s_devices_once_a_round_for_the_guard_only(host_waits):
+    """Rounds are timed by marks read after the loop; the guard, deciding inside it, is the one
+    thing that waits: one synchronised clock read a round (plain step or drafting round) and one
+    before the first, on the model's devices. Without a guard the loop never waits for the timer.
+    (Before: two waits a drafting round, one a plain step and four around the loop, on every GPU.)"""
+    model, skip_set = _perfect_draft_model()
+    costs = RelativeCosts(verify=tuple(1.0 + 0.02 * n for n in range(20)), draft_step=0.2)
+    settings = DecodeSettings(max_new_tokens=24, max_draft_tokens=3, confidence_threshold=0.0, costs=costs)
+    stats = decode(model, [5, 6, 7, 8], skip_set, settings).stats
+    assert stats.rounds > 0 and stats.plain_steps >= settings.probe_steps
+    assert len(host_waits) == 1 + stats.rounds + stats.plain_steps
+    assert set(host_waits) == {frozenset({torch.device("cpu")})}
+    assert stats.draft_time_s > 0 and stats.verify_time_s > 0 and stats.plain_time_s > 0
+    phases = stats.prefill_time_s + stats.draft_time_s + stats.verify_time_s + stats.plain_time_s
+    assert stats.total_time_s >= phases - 1e-9  # contiguous marks: the phases add up to the call
+    host_waits.clear()
+    decode(model, [5, 6, 7, 8], skip_set, dataclasses.replace(settings, fallback=False))
+    assert host_waits == []
 
 
 def test_a_memory_carries_what_the_policy_learned_to_the_next_call(tiny_model):

@@ -33,6 +33,7 @@ from transformers import (
 from skipsearch import hf
 from skipsearch.cli import main
 from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel, load_profile, save_profile
+from skipsearch.engine import timing
 from skipsearch.engine.decoding import DecodeStats
 from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
 from skipsearch.engine.models import model_fingerprint
@@ -285,6 +286,25 @@ def test_sampling_follows_generate_s_distribution():
         again.append(model.generate(_ids(prompt), do_sample=True, top_k=5, max_new_tokens=8,
                                     custom_generate=self_speculative, skip_profile=profile).tolist())
     assert again[0] == again[1]
+
+
+def test_custom_generate_waits_for_the_model_s_devices_once_a_round_for_the_guard_only(monkeypatch):
+    """As in the decoder: one synchronised clock read a round for the guard (and one before the
+    first), on the model's devices; none without a guard. (Before: two a drafting round.)"""
+    waits = []
+    real = timing.synchronize
+    monkeypatch.setattr(timing, "synchronize", lambda devices: (waits.append(frozenset(devices)), real(devices)))
+    model, skip_set = _perfect_draft_model()
+    model.generation_config.eos_token_id = None
+    profile = profile_for(model, skip_set, max_draft_tokens=3)
+    stats = DecodeStats()
+    _ours(model, [5, 6, 7, 8], profile, max_new_tokens=20, skip_stats=stats, policy_costs=CHEAP, fallback=True)
+    assert stats.rounds > 0 and stats.plain_steps >= 2
+    assert len(waits) == 1 + stats.rounds + stats.plain_steps
+    assert set(waits) == {frozenset({torch.device("cpu")})}
+    waits.clear()
+    _ours(model, [5, 6, 7, 8], profile, max_new_tokens=20, policy_costs=CHEAP)
+    assert waits == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from skipsearch.engine.drafting import (
 from skipsearch.engine.forward import crop_cache
 from skipsearch.engine.rounds import run_rounds
 from skipsearch.engine.skipping import SkipSet, skipping
-from skipsearch.engine.timing import device_time
+from skipsearch.engine.timing import Timeline
 from skipsearch.errors import SkipsearchError
 
 
@@ -392,6 +392,7 @@ class _Decoding:
         self.model, self.skip_set, self.settings, self.randomness = model, skip_set, settings, randomness
         self.prompt_ids, self.on_tokens = prompt_ids, on_tokens
         self.device = forward.input_device(model)
+        self.clock = Timeline(forward.model_devices(model))
         self.stop_ids = eos_token_ids(model)
         self.cache = forward.new_cache()
         self.step = ForwardStep(model, self.cache, self.device)
@@ -408,9 +409,6 @@ class _Decoding:
     def length(self) -> int:
         """Positions with full-model KV: every committed token but the pending one."""
         return len(self.prompt_ids) + len(self.generated) - 1
-
-    def now(self) -> float:
-        return device_time(self.device)
 
     def commit(self, tokens: list[int]) -> None:
         """Append tokens up to EOS or the length limit."""
@@ -488,11 +486,13 @@ def decode(
     backend = _Decoding(model, list(prompt_ids), skip_set, settings, randomness, on_tokens)
     policy = new_policy(settings, skip_set, memory)
     with torch.inference_mode():
-        start = backend.now()
+        clock = backend.clock
+        start = clock.mark()
         backend.prefill()
-        stats.prefill_time_s = backend.now() - start
+        prefilled = clock.mark()
         run_rounds(backend, policy, new_guard(settings), stats, drafts=len(skip_set) > 0 or settings.ngram is not None)
-        stats.total_time_s = backend.now() - start
+        end = clock.mark()
+        stats.prefill_time_s, stats.total_time_s = clock.seconds(start, prefilled), clock.seconds(start, end)
     stats.new_tokens = len(backend.generated)
     policy.remember()
     return DecodeResult(token_ids=backend.generated, stats=stats)
