@@ -35,8 +35,9 @@ embedded in the folder.
 
 Streaming: `generate` puts the prompt into `streamer` itself, but transformers 5.20-5.24 pass the
 streamer on only to their own decoding methods, not to a `custom_generate` callable; the callable
-reads it from `generate`'s frame, so `TextStreamer`/`TextIteratorStreamer` get the committed
-tokens round by round and `end()` at the end (also when the call fails, so no reader waits forever).
+takes it from its arguments where transformers passes it, else from the nearest `generate` frame up
+the stack, so `TextStreamer`/`TextIteratorStreamer` get the committed tokens round by round and
+`end()` at the end (also when the call fails, so no reader waits forever).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ from skipsearch.engine.forward import crop_cache
 from skipsearch.engine.models import model_fingerprint
 from skipsearch.engine.rounds import run_rounds
 from skipsearch.engine.skipping import SkipSet
-from skipsearch.engine.timing import device_time
+from skipsearch.engine.timing import Timeline
 from skipsearch.errors import SkipsearchError
 
 # what `generate` puts in the model kwargs it hands a decoding method, all of which this method
@@ -171,13 +172,12 @@ def decode_settings(profile: Profile | None, do_sample: bool = False, max_draft_
 
 def _streamer_from_generate(streamer):
     """The streamer given to `generate`: passed in where transformers passes it, else read from the
-    calling `generate`'s frame (5.20-5.24 put the prompt into it and then drop it for a callable)."""
+    nearest `generate` frame up the stack (5.20-5.24 put the prompt into it and then drop it for a
+    callable); the whole stack is searched, so helpers transformers puts between them do not hide it."""
     if streamer is not None:
         return streamer
-    frame = sys._getframe(2)  # our caller's caller: generate itself
-    for _ in range(4):
-        if frame is None:
-            break
+    frame = sys._getframe(1)
+    while frame is not None:
         if frame.f_code is _GENERATE_CODE:
             return frame.f_locals.get("streamer")
         frame = frame.f_back
@@ -382,6 +382,7 @@ class _Generating:
         self.sequence, self.scorer, self.output, self.max_length = sequence, scorer, output, max_length
         self.stop_ids = stop_ids
         self.device = forward.input_device(model)
+        self.clock = Timeline(forward.model_devices(model))
         self.cache = forward.new_cache()
         self.step = ForwardStep(model, self.cache, self.device)
         self.draft_step = _ScoredForward(self.step, sequence, scorer) if scorer.processors else self.step
@@ -395,9 +396,6 @@ class _Generating:
     @property
     def length(self) -> int:
         return self.sequence.length - 1  # positions with full-model KV: all but the pending token
-
-    def now(self) -> float:
-        return device_time(self.device)
 
     def prefill(self, prompt: list[int]) -> None:
         raw, processed, usable = self.scorer(self.step(prompt, 0, logits_to_keep=1)[-1:], [len(prompt)])
@@ -476,11 +474,13 @@ def _self_speculative(model, input_ids, logits_processor, stopping_criteria, gen
 
     stats = skip_stats if skip_stats is not None else DecodeStats()
     with torch.inference_mode():
-        start = backend.now()
+        clock = backend.clock
+        start = clock.mark()
         backend.prefill(prompt)
-        stats.prefill_time_s = backend.now() - start
+        prefilled = clock.mark()
         run_rounds(backend, policy, new_guard(settings), stats, drafts=len(skip_set) > 0 or settings.ngram is not None)
-        stats.total_time_s = backend.now() - start
+        end = clock.mark()
+        stats.prefill_time_s, stats.total_time_s = clock.seconds(start, prefilled), clock.seconds(start, end)
     stats.new_tokens = output.new_tokens
     policy.remember()
 

@@ -57,9 +57,9 @@ def test_cuda_events_time_what_a_synchronised_clock_times():
             a @ a
 
     work()
-    with Stopwatch(device, events=True) as events:
+    with Stopwatch([device], events=True) as events:
         work()
-    with Stopwatch(device, events=False) as clock:
+    with Stopwatch([device], events=False) as clock:
         work()
     assert 0.5 < events.seconds / clock.seconds < 2.0
 
@@ -78,6 +78,36 @@ def test_at_most_one_host_transfer_per_pass_on_the_gpu(monkeypatch):
     settings = DecodeSettings(max_new_tokens=24, max_draft_tokens=4, confidence_threshold=0.005, fallback=False)
     stats = decode(model, [5, 17, 33, 9, 41], SkipSet(attention=(2,), mlp=(3,)), settings).stats
     assert counted["n"] <= 1 + stats.draft_steps + stats.rounds + stats.plain_steps
+
+
+@pytest.mark.parametrize("first, last", [(0, "cpu"), ("cpu", 0)])
+def test_sampling_on_a_model_split_between_the_gpu_and_the_host(first, last):
+    """Input ids on one device, logits on the other: every draw uses a generator where the logits are."""
+    from accelerate import dispatch_model
+
+    device_map = {"model.embed_tokens": first, "model.rotary_emb": first, "model.layers.0": first,
+                  "model.layers.1": first, "model.layers.2": last, "model.layers.3": last, "model.norm": last,
+                  "lm_head": last}
+    # main_device "cpu": the "cpu" modules run on the host instead of being offloaded to the GPU
+    model = dispatch_model(make_tiny_llama(), device_map=device_map, main_device="cpu")
+    settings = DecodeSettings(max_new_tokens=16, max_draft_tokens=3, temperature=1.0, top_k=8, seed=3,
+                              confidence_threshold=0.0, fallback=False)
+    result = decode(model, [5, 6, 5, 6, 5], SkipSet(attention=(1,)), settings)
+    assert result.stats.rounds > 0
+    assert decode(model, [5, 6, 5, 6, 5], SkipSet(attention=(1,)), settings).token_ids == result.token_ids
+
+
+def test_decoding_without_a_guard_never_synchronises_the_gpu(monkeypatch):
+    """Rounds are marked with events read once after the loop: no device-wide wait inside it."""
+    model = make_tiny_llama().cuda()
+    synchronized = []
+    real = torch.cuda.synchronize
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: (synchronized.append(device), real(device)))
+    settings = DecodeSettings(max_new_tokens=24, max_draft_tokens=4, confidence_threshold=0.0, costs=None,
+                              fallback=False)
+    stats = decode(model, [5, 17, 33, 9, 41], SkipSet(attention=(2,), mlp=(3,)), settings).stats
+    assert synchronized == []
+    assert stats.rounds > 0 and stats.verify_time_s > 0 and stats.total_time_s >= stats.verify_time_s
 
 
 def test_auto_dtype_is_bfloat16_on_a_gpu_that_supports_it():

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from skipsearch.engine import decoding
-from skipsearch.engine.decoding import DecodeSettings, DecodeStats, decode, warp
+from skipsearch.engine import decoding, timing
+from skipsearch.engine.decoding import DecodeSettings, DecodeStats, Randomness, decode, warp
 from skipsearch.engine.drafting import PolicyMemory, PolicySettings, RelativeCosts
 from skipsearch.engine.forward import cache_keyword, crop_cache
 from skipsearch.engine.skipping import SkipSet, eligible_sublayers, skipping
@@ -144,9 +144,9 @@ def test_speculative_sampling_matches_the_full_model_distribution(monkeypatch):
     tv = 0.5 * (empirical_two_token_distribution(model, prompt, skip_set, settings, 2000) - exact).abs().sum().item()
     assert tv < tolerance
 
-    def accept_every_draft(logits, drafts, draft_probs, settings, generator):
+    def accept_every_draft(logits, drafts, draft_probs, settings, randomness):
         target = warp(logits, settings)
-        return len(drafts), int(torch.multinomial(target[-1], 1, generator=generator))
+        return len(drafts), int(torch.multinomial(target[-1], 1, generator=randomness.on(logits.device)))
 
     monkeypatch.setattr(decoding, "verify_drafts", accept_every_draft)
     wrong_tv = 0.5 * (empirical_two_token_distribution(model, prompt, skip_set, settings, 400)
@@ -158,6 +158,55 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model):
     settings = DecodeSettings(max_new_tokens=16, temperature=0.9, top_p=0.9, seed=7, confidence_threshold=0.0)
     first = decode(tiny_model, [5, 6], SkipSet(attention=(2,)), settings).token_ids
     assert decode(tiny_model, [5, 6], SkipSet(attention=(2,)), settings).token_ids == first
+
+
+def test_randomness_is_one_seeded_generator_per_device_made_there():
+    randomness = Randomness(7)
+    cpu = torch.device("cpu")
+    generator = randomness.on(cpu)
+    assert generator.device == cpu and randomness.on(cpu) is generator  # one stream per device, not reseeded
+    assert torch.equal(torch.rand(4, generator=generator), torch.rand(4, generator=torch.Generator().manual_seed(7)))
+
+
+def test_sampling_draws_where_the_logits_are(tiny_model):
+    """Every draw asks for the generator of the device its probabilities are on (a split model's
+    logits are on its last device); a real split is checked in test_cuda.py."""
+    asked = []
+
+    class Recording(Randomness):
+        def on(self, device):
+            asked.append(device)
+            return super().on(device)
+
+    logits = tiny_model(torch.tensor([[5, 6, 7]])).logits[0].detach()  # (3, vocab)
+    settings = DecodeSettings(temperature=1.0)
+    probs = [warp(logits[0], settings), warp(logits[1], settings)]
+    decoding.verify_drafts(logits, [9, 4], probs, settings, Recording(3))
+    decoding.choose_token(logits[-1], settings, Recording(3))
+    assert asked == [logits.device] * 3  # the acceptance test and the resample, then the plain draw
+
+
+def test_sampling_on_an_offloaded_model_is_plain_sampling_seed_for_seed(tmp_path):
+    """A model dispatched by accelerate (hooks; two layers on disk) samples, for each seed, exactly
+    what the same model samples in one piece: the same distribution, and reproducible."""
+    from accelerate import dispatch_model
+
+    plain = make_tiny_llama()
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": ("disk" if i >= 2 else "cpu") for i in range(4)})
+    dispatched = dispatch_model(make_tiny_llama(), device_map=device_map, offload_dir=str(tmp_path))
+    costs = RelativeCosts(verify=tuple(1.0 + 0.02 * n for n in range(30)), draft_step=0.2)
+    skip_set, prompt = SkipSet(attention=(1,), mlp=(0,)), [5, 6, 5, 6, 5]
+    samples = set()
+    for seed in range(4):
+        settings = DecodeSettings(max_new_tokens=10, max_draft_tokens=3, temperature=1.0, top_k=8, seed=seed,
+                                  confidence_threshold=0.0, costs=costs, fallback=False)
+        ours = decode(dispatched, prompt, skip_set, settings)
+        assert ours.stats.rounds > 0  # drafts were verified by speculative sampling
+        assert ours.token_ids == decode(plain, prompt, skip_set, settings).token_ids
+        assert decode(dispatched, prompt, skip_set, settings).token_ids == ours.token_ids
+        samples.add(tuple(ours.token_ids))
+    assert len(samples) > 1  # the seed is what decides
 
 
 def test_the_guard_suspends_drafting_that_is_slower_by_the_clock(tiny_model):
@@ -172,6 +221,41 @@ def test_the_guard_suspends_drafting_that_is_slower_by_the_clock(tiny_model):
     assert result.stats.fallback_at_token < 32
     unguarded = decode(tiny_model, prompt, everything, dataclasses.replace(settings, fallback=False))
     assert not unguarded.stats.fell_back and unguarded.stats.rounds > 50
+
+
+@pytest.fixture
+def host_waits(monkeypatch):
+    """The devices each wait of the timer was for (`timing.synchronize`: what a clock read that
+    waits for the device calls), from now on."""
+    waits = []
+    real = timing.synchronize
+
+    def counting(devices):
+        waits.append(frozenset(devices))
+        real(devices)
+
+    monkeypatch.setattr(timing, "synchronize", counting)
+    return waits
+
+
+def test_the_loop_waits_for_the_model_s_devices_once_a_round_for_the_guard_only(host_waits):
+    """Rounds are timed by marks read after the loop; the guard, deciding inside it, is the one
+    thing that waits: one synchronised clock read a round (plain step or drafting round) and one
+    before the first, on the model's devices. Without a guard the loop never waits for the timer.
+    (Before: two waits a drafting round, one a plain step and four around the loop, on every GPU.)"""
+    model, skip_set = _perfect_draft_model()
+    costs = RelativeCosts(verify=tuple(1.0 + 0.02 * n for n in range(20)), draft_step=0.2)
+    settings = DecodeSettings(max_new_tokens=24, max_draft_tokens=3, confidence_threshold=0.0, costs=costs)
+    stats = decode(model, [5, 6, 7, 8], skip_set, settings).stats
+    assert stats.rounds > 0 and stats.plain_steps >= settings.probe_steps
+    assert len(host_waits) == 1 + stats.rounds + stats.plain_steps
+    assert set(host_waits) == {frozenset({torch.device("cpu")})}
+    assert stats.draft_time_s > 0 and stats.verify_time_s > 0 and stats.plain_time_s > 0
+    phases = stats.prefill_time_s + stats.draft_time_s + stats.verify_time_s + stats.plain_time_s
+    assert stats.total_time_s >= phases - 1e-9  # contiguous marks: the phases add up to the call
+    host_waits.clear()
+    decode(model, [5, 6, 7, 8], skip_set, dataclasses.replace(settings, fallback=False))
+    assert host_waits == []
 
 
 def test_a_memory_carries_what_the_policy_learned_to_the_next_call(tiny_model):

@@ -333,7 +333,8 @@ def test_a_sampled_ngram_draft_is_a_point_mass_that_keeps_the_full_models_distri
     tv = 0.5 * (empirical_two_token_distribution(model, prompt, skip_set, settings, 2000) - exact).abs().sum().item()
     assert tv < tolerance
 
-    def accept_every_draft(logits, drafts, draft_probs, settings, generator):
+    def accept_every_draft(logits, drafts, draft_probs, settings, randomness):
+        generator = randomness.on(logits.device)
         return len(drafts), int(torch.multinomial(warp(logits, settings)[-1], 1, generator=generator))
 
     monkeypatch.setattr(decoding, "verify_drafts", accept_every_draft)

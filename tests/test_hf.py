@@ -6,7 +6,9 @@ logits processors and stopping criteria; sampled output must follow generate's d
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 import random
 import subprocess
@@ -19,6 +21,7 @@ import pytest
 import torch
 from transformers import (
     LogitsProcessorList,
+    MaxLengthCriteria,
     RepetitionPenaltyLogitsProcessor,
     StoppingCriteria,
     StoppingCriteriaList,
@@ -30,6 +33,7 @@ from transformers import (
 from skipsearch import hf
 from skipsearch.cli import main
 from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel, load_profile, save_profile
+from skipsearch.engine import timing
 from skipsearch.engine.decoding import DecodeStats
 from skipsearch.engine.drafting import NgramSettings, PolicySettings, RelativeCosts
 from skipsearch.engine.models import model_fingerprint
@@ -284,6 +288,25 @@ def test_sampling_follows_generate_s_distribution():
     assert again[0] == again[1]
 
 
+def test_custom_generate_waits_for_the_model_s_devices_once_a_round_for_the_guard_only(monkeypatch):
+    """As in the decoder: one synchronised clock read a round for the guard (and one before the
+    first), on the model's devices; none without a guard. (Before: two a drafting round.)"""
+    waits = []
+    real = timing.synchronize
+    monkeypatch.setattr(timing, "synchronize", lambda devices: (waits.append(frozenset(devices)), real(devices)))
+    model, skip_set = _perfect_draft_model()
+    model.generation_config.eos_token_id = None
+    profile = profile_for(model, skip_set, max_draft_tokens=3)
+    stats = DecodeStats()
+    _ours(model, [5, 6, 7, 8], profile, max_new_tokens=20, skip_stats=stats, policy_costs=CHEAP, fallback=True)
+    assert stats.rounds > 0 and stats.plain_steps >= 2
+    assert len(waits) == 1 + stats.rounds + stats.plain_steps
+    assert set(waits) == {frozenset({torch.device("cpu")})}
+    waits.clear()
+    _ours(model, [5, 6, 7, 8], profile, max_new_tokens=20, policy_costs=CHEAP)
+    assert waits == []
+
+
 # ---------------------------------------------------------------------------------------------
 # streaming
 
@@ -337,6 +360,80 @@ def test_a_failing_call_still_ends_the_streamer(tmp_path):
     with pytest.raises(SkipsearchError):
         _ours(model, [5, 6], tmp_path / "missing.yaml", max_new_tokens=4, streamer=streamer)
     assert streamer.events == [[[5, 6]], "end"]
+
+
+def test_a_streamer_passed_as_an_argument_is_used_without_generate_s_frame():
+    """Where transformers passes the streamer on (it does to its own decoding methods), that one is
+    streamed to and ended; here no `generate` frame exists to read one from."""
+    model, skip_set = _perfect_draft_model()
+    prompt = [7, 3, 9]
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id, config.max_length, config.do_sample = None, len(prompt) + 8, False
+    streamer = RecordingStreamer()
+    out = self_speculative(model, _ids(prompt), LogitsProcessorList(),
+                           StoppingCriteriaList([MaxLengthCriteria(len(prompt) + 8)]), config, streamer=streamer,
+                           skip_profile=profile_for(model, skip_set), fallback=False, policy_costs=CHEAP)
+    assert streamer.events[-1] == "end" and streamer.events.count("end") == 1
+    assert [token for chunk in streamer.events[:-1] for token in chunk] == out[0, len(prompt):].tolist()
+
+
+def _read_while_generating(model, streamer, generate) -> tuple[str, dict]:
+    """Run `generate()` in a thread while this one reads `streamer` as a consumer does; the
+    streamer's timeout turns an `end()` that never comes into a failure instead of a hang."""
+    result = {}
+
+    def run():
+        try:
+            result["ids"] = generate()
+        except Exception as error:  # the consumer's side is what is checked
+            result["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    text = "".join(streamer)  # queue.Empty after the timeout if the streamer is never ended
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    return text, result
+
+
+def test_a_call_that_fails_while_decoding_still_ends_a_text_iterator_streamer():
+    model = make_tiny("llama", vocab_size=9)
+    model.generation_config.eos_token_id = None
+    passes = {"n": 0}
+
+    def fail_at_the_fourth_pass(module, args, output):
+        passes["n"] += 1
+        if passes["n"] == 4:
+            raise RuntimeError("the device went away")
+
+    model.lm_head.register_forward_hook(fail_at_the_fourth_pass)
+    streamer = TextIteratorStreamer(make_tokenizer(), skip_prompt=True, timeout=10)
+    profile = profile_for(model, SkipSet(mlp=(3,)), max_draft_tokens=3)
+    _, result = _read_while_generating(model, streamer, lambda: _ours(model, [1, 7, 8], profile, max_new_tokens=20,
+                                                                      streamer=streamer))
+    assert passes["n"] == 4 and "the device went away" in str(result.get("error"))
+
+
+def test_the_streamer_is_found_however_deep_generate_calls_the_method():
+    """transformers 5.24 drops the streamer for a callable, so it is read from `generate`'s frame:
+    helpers put between them (here eight frames) must not hide it."""
+    model = make_tiny("llama", vocab_size=9)
+    model.generation_config.eos_token_id = None
+    tokenizer = make_tokenizer()
+    profile = profile_for(model, SkipSet(mlp=(3,)), max_draft_tokens=3)
+
+    def through(depth, *args, **kwargs):
+        return through(depth - 1, *args, **kwargs) if depth else self_speculative(*args, **kwargs)
+
+    @functools.wraps(self_speculative)  # generate reads the method's own keywords from its signature
+    def deeper(*args, **kwargs):
+        return through(8, *args, **kwargs)
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=10)
+    text, result = _read_while_generating(model, streamer, lambda: model.generate(
+        _ids([1, 7, 8]), do_sample=False, max_new_tokens=10, custom_generate=deeper, skip_profile=profile,
+        fallback=False, streamer=streamer)[0].tolist())
+    assert text.strip() == tokenizer.decode(result["ids"][3:]).strip()
 
 
 # ---------------------------------------------------------------------------------------------

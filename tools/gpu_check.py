@@ -100,17 +100,17 @@ def _decoder_overhead(model, prompt: list[int], new_tokens: int, repeats: int = 
     from skipsearch.engine.decoding import DecodeSettings, decode
     from skipsearch.engine.timing import Stopwatch
 
-    device = forward.input_device(model)
+    device, devices = forward.input_device(model), forward.model_devices(model)
     ids = torch.tensor([prompt], device=device)
     settings = DecodeSettings.plain(new_tokens)
     times = {"generate": [], "skipsearch": []}
     with torch.inference_mode():
         for _ in range(repeats + 1):  # the first round warms up
-            with Stopwatch(device, events=False) as watch:
+            with Stopwatch(devices, events=False) as watch:
                 model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                max_new_tokens=new_tokens, min_new_tokens=new_tokens)
             times["generate"].append(watch.seconds)
-            with Stopwatch(device, events=False) as watch:
+            with Stopwatch(devices, events=False) as watch:
                 decode(model, prompt, None, settings)
             times["skipsearch"].append(watch.seconds)
     median = {name: statistics.median(values[1:]) for name, values in times.items()}

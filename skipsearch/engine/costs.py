@@ -216,7 +216,7 @@ def measure_costs(
         configurations[f"no mlp {number}"] = (SkipSet(mlp=group), 1)
     configurations.update({f"verify {n}": (SkipSet(), n) for n in range(1, max_verify_tokens + 1)})
 
-    medians = _timed_medians(model, context, context_tokens, configurations, repeats, device)
+    medians = _timed_medians(model, context, context_tokens, configurations, repeats)
     attention = _per_layer(medians, groups, "no attention", num_layers)
     mlp = _per_layer(medians, groups, "no mlp", num_layers)
     if 0.0 in attention or 0.0 in mlp:
@@ -244,22 +244,23 @@ def _attention_at(model, groups, context_tokens: int, repeats: int, generator, d
     ids = torch.randint(0, model.config.vocab_size, (1, context_tokens + 1), generator=generator).to(device)
     configurations = {"verify 1": (SkipSet(), 1),
                       **{f"no attention {g}": (SkipSet(attention=group), 1) for g, group in enumerate(groups)}}
-    medians = _timed_medians(model, ids, context_tokens, configurations, repeats, device)
+    medians = _timed_medians(model, ids, context_tokens, configurations, repeats)
     return _per_layer(medians, groups, "no attention", len(decoder_layers(model)))
 
 
 def _timed_medians(model, ids: torch.Tensor, context_tokens: int, configurations: dict[str, tuple[SkipSet, int]],
-                   repeats: int, device) -> dict[str, float]:
+                   repeats: int) -> dict[str, float]:
     """Each configuration's (skip set, new tokens) median time over `repeats` passes after the
     cache holds `ids[:, :context_tokens]`, interleaved, after one warm-up pass of each. Every pass
     appends `new tokens` of `ids` at explicit positions and the cache is cropped back after it,
     so all passes see the same context."""
+    devices = forward.model_devices(model)
     with torch.inference_mode():
         cache = forward.new_cache()
         forward.run(model, cache, ids[:, :context_tokens], 0, logits_to_keep=1)
 
         def timed(skip_set: SkipSet, new_tokens: int) -> float:
-            with skipping(model, skip_set), Stopwatch(device) as watch:
+            with skipping(model, skip_set), Stopwatch(devices) as watch:
                 # every position's logits, as the decoder computes them while drafting and verifying
                 forward.run(model, cache, ids[:, context_tokens : context_tokens + new_tokens], context_tokens)
             forward.crop_cache(cache, context_tokens)

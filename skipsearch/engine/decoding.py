@@ -49,7 +49,7 @@ from skipsearch.engine.drafting import (
 from skipsearch.engine.forward import crop_cache
 from skipsearch.engine.rounds import run_rounds
 from skipsearch.engine.skipping import SkipSet, skipping
-from skipsearch.engine.timing import device_time
+from skipsearch.engine.timing import Timeline
 from skipsearch.errors import SkipsearchError
 
 
@@ -228,17 +228,41 @@ def _not_finite(dtype: torch.dtype) -> SkipsearchError:
                            f"in this precision; load it in {better} (--dtype)")
 
 
-def _sample(probs: torch.Tensor, usable: torch.Tensor, generator) -> torch.Tensor:
+class Randomness:
+    """A call's seeded generators, one per device and made on it the first time it draws there: a
+    generator draws only on its own device, and a model split by hand gives its logits on its last
+    device, not on the input's."""
+
+    def __init__(self, seed: int | None):
+        self.seed = torch.seed() if seed is None else seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def on(self, device: torch.device) -> torch.Generator:
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+            generator.manual_seed(self.seed)
+        return generator
+
+
+def _generator(randomness: Randomness | None, device: torch.device) -> torch.Generator | None:
+    """The generator to draw with on `device`; None (torch's default one there, which `generate`'s
+    seeding sets) without a `Randomness`."""
+    return None if randomness is None else randomness.on(device)
+
+
+def _sample(probs: torch.Tensor, usable: torch.Tensor, randomness: Randomness | None) -> torch.Tensor:
     """One token id drawn from `probs` where `usable`, else -1, without a device-to-host transfer.
 
     Where the probabilities are unusable (not finite) a uniform stand-in is sampled instead, so
     `multinomial` never sees them."""
     safe = torch.where(usable, probs, torch.ones_like(probs))
-    return torch.where(usable, torch.multinomial(safe, 1, generator=generator)[0], -1)
+    return torch.where(usable, torch.multinomial(safe, 1, generator=_generator(randomness, probs.device))[0], -1)
 
 
 def draft_tokens(forward_step: ForwardStep, skip_set: SkipSet, model, context: list[int], start: int, budget: int,
-           settings: DecodeSettings, generator, stop_ids: set[int]) -> tuple[list[int], list[torch.Tensor], int]:
+           settings: DecodeSettings, randomness: Randomness | None,
+           stop_ids: set[int]) -> tuple[list[int], list[torch.Tensor], int]:
     """Draft up to `budget` tokens after `context` (the pending token, and the n-gram draft's
     tokens where the skipped model continues one), read in one pass from position `start`;
     returns the tokens, when sampling their q, and the number of forward passes it took.
@@ -264,7 +288,7 @@ def draft_tokens(forward_step: ForwardStep, skip_set: SkipSet, model, context: l
             else:
                 probs = warp(logits, settings)
                 usable = torch.isfinite(probs).all() & (probs.max() >= threshold)
-                chosen = _sample(probs, usable, generator)
+                chosen = _sample(probs, usable, randomness)
             token = int(chosen)
             if token < 0:
                 break
@@ -278,7 +302,7 @@ def draft_tokens(forward_step: ForwardStep, skip_set: SkipSet, model, context: l
 
 
 def verify_drafts(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Tensor],
-            settings: DecodeSettings, generator) -> tuple[int, int]:
+            settings: DecodeSettings, randomness: Randomness | None) -> tuple[int, int]:
     """Given the full model's logits at the pending token and each draft, return
     (number of drafts accepted, the full model's next token), with one device-to-host transfer."""
     finite = torch.isfinite(logits).all(-1)  # (len(drafts) + 1,)
@@ -300,7 +324,8 @@ def verify_drafts(logits: torch.Tensor, drafts: list[int], draft_probs: list[tor
         index = torch.arange(n, device=logits.device)
         ids = torch.tensor(drafts, device=logits.device)
         p_drafts, q_drafts = target_probs[index, ids], q[index, ids]
-        rejected = torch.rand(n, generator=generator, device=logits.device) * q_drafts >= p_drafts
+        uniform = torch.rand(n, generator=_generator(randomness, logits.device), device=logits.device)
+        rejected = uniform * q_drafts >= p_drafts
         stop = torch.where(rejected.any(), rejected.int().argmax(), n)
     else:
         stop = torch.tensor(0, device=logits.device)
@@ -308,7 +333,7 @@ def verify_drafts(logits: torch.Tensor, drafts: list[int], draft_probs: list[tor
     total = residual.sum()
     # p == q up to rounding leaves no residual mass; sampling p is then exact
     replacement = torch.where(total > 0, residual / total, target_probs[stop])
-    token = _sample(replacement, finite[: n + 1].all(), generator)
+    token = _sample(replacement, finite[: n + 1].all(), randomness)
     stop_at, next_token = torch.stack([stop, token]).tolist()
     if next_token < 0:
         raise _not_finite(logits.dtype)
@@ -323,12 +348,12 @@ def point_mass(token: int, like: torch.Tensor) -> torch.Tensor:
     return q
 
 
-def choose_token(logits: torch.Tensor, settings: DecodeSettings, generator) -> int:
+def choose_token(logits: torch.Tensor, settings: DecodeSettings, randomness: Randomness | None) -> int:
     finite = torch.isfinite(logits).all()
     if settings.greedy:
         token = int(torch.where(finite, logits.argmax(), -1))
     else:
-        token = int(_sample(warp(logits, settings), finite, generator))
+        token = int(_sample(warp(logits, settings), finite, randomness))
     if token < 0:
         raise _not_finite(logits.dtype)
     return token
@@ -362,11 +387,12 @@ def new_guard(settings: DecodeSettings) -> ThroughputGuard | None:
 class _Decoding:
     """The decoder's side of a round (`rounds.RoundBackend`): the model, its cache, the ids."""
 
-    def __init__(self, model, prompt_ids: list[int], skip_set: SkipSet, settings: DecodeSettings, generator,
-                 on_tokens: Callable[[list[int]], None] | None):
-        self.model, self.skip_set, self.settings, self.generator = model, skip_set, settings, generator
+    def __init__(self, model, prompt_ids: list[int], skip_set: SkipSet, settings: DecodeSettings,
+                 randomness: Randomness | None, on_tokens: Callable[[list[int]], None] | None):
+        self.model, self.skip_set, self.settings, self.randomness = model, skip_set, settings, randomness
         self.prompt_ids, self.on_tokens = prompt_ids, on_tokens
         self.device = forward.input_device(model)
+        self.clock = Timeline(forward.model_devices(model))
         self.stop_ids = eos_token_ids(model)
         self.cache = forward.new_cache()
         self.step = ForwardStep(model, self.cache, self.device)
@@ -384,9 +410,6 @@ class _Decoding:
         """Positions with full-model KV: every committed token but the pending one."""
         return len(self.prompt_ids) + len(self.generated) - 1
 
-    def now(self) -> float:
-        return device_time(self.device)
-
     def commit(self, tokens: list[int]) -> None:
         """Append tokens up to EOS or the length limit."""
         for i, token in enumerate(tokens):
@@ -401,7 +424,7 @@ class _Decoding:
 
     def prefill(self) -> None:
         self.logits = self.step(self.prompt_ids, 0, logits_to_keep=1)[-1]
-        self.commit([choose_token(self.logits, self.settings, self.generator)])
+        self.commit([choose_token(self.logits, self.settings, self.randomness)])
 
     def budget(self) -> int:
         return min(self.settings.longest_draft, self.settings.max_new_tokens - len(self.generated) - 1)
@@ -411,7 +434,7 @@ class _Decoding:
 
     def plain(self) -> None:
         self.logits = self.step([self.generated[-1]], self.length)[-1]
-        self.commit([choose_token(self.logits, self.settings, self.generator)])
+        self.commit([choose_token(self.logits, self.settings, self.randomness)])
 
     def point_masses(self, tokens) -> list[torch.Tensor]:
         # a proposal from the context is a point mass: accepted with probability p(token)
@@ -419,14 +442,14 @@ class _Decoding:
 
     def draft(self, after, budget: int):
         tokens, probs, steps = draft_tokens(self.step, self.skip_set, self.model, [self.generated[-1], *after],
-                                            self.length, budget, self.settings, self.generator, self.stop_ids)
+                                            self.length, budget, self.settings, self.randomness, self.stop_ids)
         crop_cache(self.cache, self.length)
         return tokens, probs, steps
 
     def verify(self, drafts, draft_probs) -> int:
         length = self.length
         logits = self.step([self.generated[-1], *drafts], length)
-        accepted, next_token = verify_drafts(logits, list(drafts), list(draft_probs), self.settings, self.generator)
+        accepted, next_token = verify_drafts(logits, list(drafts), list(draft_probs), self.settings, self.randomness)
         crop_cache(self.cache, length + 1 + accepted)
         self.logits = logits[accepted]
         self.commit(list(drafts[:accepted]) + [next_token])
@@ -458,21 +481,18 @@ def decode(
         raise SkipsearchError("the prompt is empty; give at least one token")
     skip_set = skip_set or SkipSet()
     settings = resolve_costs(model, skip_set, settings, len(prompt_ids), settings.max_new_tokens)
-    device = forward.input_device(model)
-    generator = None
-    if not settings.greedy:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
-
+    randomness = None if settings.greedy else Randomness(settings.seed)
     stats = DecodeStats()
-    backend = _Decoding(model, list(prompt_ids), skip_set, settings, generator, on_tokens)
+    backend = _Decoding(model, list(prompt_ids), skip_set, settings, randomness, on_tokens)
     policy = new_policy(settings, skip_set, memory)
     with torch.inference_mode():
-        start = backend.now()
+        clock = backend.clock
+        start = clock.mark()
         backend.prefill()
-        stats.prefill_time_s = backend.now() - start
+        prefilled = clock.mark()
         run_rounds(backend, policy, new_guard(settings), stats, drafts=len(skip_set) > 0 or settings.ngram is not None)
-        stats.total_time_s = backend.now() - start
+        end = clock.mark()
+        stats.prefill_time_s, stats.total_time_s = clock.seconds(start, prefilled), clock.seconds(start, end)
     stats.new_tokens = len(backend.generated)
     policy.remember()
     return DecodeResult(token_ids=backend.generated, stats=stats)

@@ -75,6 +75,20 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return embeddings.weight.device
 
 
+def model_devices(model: torch.nn.Module) -> frozenset[torch.device]:
+    """The devices the model computes on: those its parameters and buffers live on, and the
+    execution devices accelerate's hooks bring offloaded weights to (those sit on the meta
+    device). Timing waits for these devices and no others."""
+    devices = {tensor.device for tensor in (*model.parameters(), *model.buffers()) if tensor.device.type != "meta"}
+    for module in model.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for single in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
+            device = getattr(single, "execution_device", None)
+            if device is not None:
+                devices.add(torch.device(device))
+    return frozenset(devices)
+
+
 def _uses_flash_attention(model) -> bool:
     return str(getattr(model.config, "_attn_implementation", "")).startswith("flash_attention")
 

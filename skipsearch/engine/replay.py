@@ -109,6 +109,21 @@ def _leading_matches(draft: Sequence[int], truth: Sequence[int]) -> int:
 _WRONG = -1  # a drafted token the proxy says is not the reference's: no reference token equals it
 
 
+class _PredictedClock:
+    """The replay's clock (`rounds.Clock`): the seconds the cost model predicts so far."""
+
+    def __init__(self, replay: "_Replay"):
+        self.replay = replay
+
+    def mark(self) -> float:
+        return self.replay.elapsed
+
+    now = mark
+
+    def seconds(self, start: float, end: float) -> float:
+        return end - start
+
+
 class _Replay:
     """One prompt's side of the rounds (`rounds.RoundBackend`), its clock the cost model's."""
 
@@ -119,13 +134,11 @@ class _Replay:
         self.committed = 1  # the prefill's token
         self.elapsed = 0.0
         self.done = len(prompt.continuation) <= 1
+        self.clock = _PredictedClock(self)
 
     @property
     def new_tokens(self) -> int:
         return self.committed
-
-    def now(self) -> float:
-        return self.elapsed
 
     def budget(self) -> int:
         return min(self.settings.longest_draft, len(self.prompt.continuation) - self.committed - 1)

@@ -7,6 +7,9 @@ in their backends: how a plain step, a draft and a verification are done, how to
 committed and when generation is over, and their clock (the device's, or the cost model's). So
 the rounds the replay predicts and the rounds the decoders run can differ only through timing.
 
+Rounds are timed without waiting for the device: the per-phase times in the stats are read from
+marks after the loop; the guard alone, which decides inside it, takes one waiting clock read a round.
+
 This module knows nothing about models or tensors; it imports the drafting policy only.
 """
 
@@ -17,12 +20,23 @@ from typing import Any, Protocol, Sequence
 from skipsearch.engine.drafting import NGRAM, PLAIN, Choice, DraftPolicy, ThroughputGuard, count_round
 
 
+class Clock(Protocol):
+    """What rounds are timed by, in seconds (or, in replay, predicted seconds): `timing.Timeline`."""
+
+    def mark(self) -> Any:
+        """A point in time, taken without waiting for the device."""
+
+    def now(self) -> float:
+        """The time once the device has finished its queued work."""
+
+    def seconds(self, start: Any, end: Any) -> float:
+        """The time from mark `start` to mark `end` (may wait for the device: read after the loop)."""
+
+
 class RoundBackend(Protocol):
     done: bool  # generation is over (set by the commits)
     new_tokens: int  # tokens committed so far
-
-    def now(self) -> float:
-        """The clock rounds are timed by, in seconds (or, in replay, predicted seconds)."""
+    clock: Clock
 
     def budget(self) -> int:
         """The most tokens this round may draft."""
@@ -50,7 +64,12 @@ def run_rounds(backend: RoundBackend, policy: DraftPolicy, guard: ThroughputGuar
     """Run rounds until `backend.done`, counting them in `stats` (a `decoding.DecodeStats`).
     `drafts`: whether there is anything to draft with; `guard` None keeps drafting whatever the
     clock says."""
-    last = backend.now()
+    clock = backend.clock
+    spans: list[tuple[str, Any, Any]] = []  # (stats field, start mark, end mark): read after the loop
+    last = clock.mark()
+    # the guard decides inside the loop, so it cannot wait for events to be read at the end: one
+    # clock read a round, waiting only for the model's devices (none at all without a guard)
+    guard_last = clock.now() if guard is not None else 0.0
     while not backend.done:
         choice = Choice(PLAIN)
         if drafts and (guard is None or guard.allows_drafting(backend.new_tokens)):
@@ -58,13 +77,15 @@ def run_rounds(backend: RoundBackend, policy: DraftPolicy, guard: ThroughputGuar
             choice = policy.choose(backend.budget(), proposal, match)
         if choice.kind == PLAIN:
             backend.plain()
-            now = backend.now()
+            end = clock.mark()
+            spans.append(("plain_time_s", last, end))
             count_round(stats, choice, 0, 0, 0)
             policy.record(choice, 0, 0)
-            stats.plain_time_s += now - last
             if guard is not None:
-                guard.plain_step(now - last)
-            last = now
+                now = clock.now()
+                guard.plain_step(now - guard_last)
+                guard_last = now
+            last = end
             continue
 
         drafted = list(choice.tokens)  # an n-gram draft, alone or to be continued
@@ -73,16 +94,19 @@ def run_rounds(backend: RoundBackend, policy: DraftPolicy, guard: ThroughputGuar
         if choice.kind != NGRAM:
             more, more_probs, steps = backend.draft(drafted, choice.draft_tokens)
             drafted, draft_probs = drafted + more, draft_probs + more_probs
-        verify_start = backend.now()
+        verify_start = clock.mark()
         accepted = backend.verify(drafted, draft_probs)
-        now = backend.now()
+        end = clock.mark()
 
-        stats.draft_time_s += verify_start - last
-        stats.verify_time_s += now - verify_start
+        spans += [("draft_time_s", last, verify_start), ("verify_time_s", verify_start, end)]
         count_round(stats, choice, len(drafted), accepted, steps)
         policy.record(choice, len(drafted), accepted)
         if guard is not None:
-            guard.drafting_round(now - last, accepted + 1, backend.new_tokens)
+            now = clock.now()
+            guard.drafting_round(now - guard_last, accepted + 1, backend.new_tokens)
+            guard_last = now
             if guard.suspensions and guard.suspensions[-1] == backend.new_tokens and stats.fallback_at_token is None:
                 stats.fell_back, stats.fallback_at_token = True, backend.new_tokens
-        last = now
+        last = end
+    for name, start, end in spans:
+        setattr(stats, name, getattr(stats, name) + clock.seconds(start, end))

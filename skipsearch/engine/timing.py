@@ -1,10 +1,11 @@
-"""Timing device work, the one way skipsearch does it: CUDA events on one GPU, a synchronised
-perf_counter elsewhere; and the one median of repeated timings.
+"""Timing device work, the one way skipsearch does it: CUDA events on the model's GPUs, a
+synchronised perf_counter where events cannot serve; and the one median of repeated timings.
 
 A CUDA kernel launch returns before the kernel ran, so a host clock read without a sync
-measures launches, not work. Events recorded on the GPU's stream time the work itself
-without stalling the host between passes; they only compare within one device, so a model
-spread over several GPUs is timed by synchronising them all around a host clock.
+measures launches, not work. Events recorded on a GPU's stream time the work itself without
+stalling the host; they compare only within one device. Every wait here is for the devices it is
+given — a model's (`forward.model_devices`) — never for every visible GPU: that would stall on
+other work and create a CUDA context on each.
 
 This module knows nothing about models; it imports torch only.
 """
@@ -13,22 +14,25 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the GPUs, every one of them: a model spread over several finishes on its last."""
-    if device.type == "cuda":
-        for index in range(torch.cuda.device_count()):
-            torch.cuda.synchronize(index)
+def _gpus(devices: Iterable[torch.device]) -> list[torch.device]:
+    return sorted({device for device in devices if device.type == "cuda"}, key=str)
 
 
-def device_time(device: torch.device) -> float:
-    """A host clock read once the device has finished its queued work: the difference of two
-    reads times the work between them (a loop that splits one call into parts reads it often)."""
-    synchronize(device)
+def synchronize(devices: Iterable[torch.device]) -> None:
+    """Wait for the GPUs among `devices` (a model spread over several finishes on its last)."""
+    for gpu in _gpus(devices):
+        torch.cuda.synchronize(gpu)
+
+
+def device_time(devices: Iterable[torch.device]) -> float:
+    """A host clock read once `devices` have finished their queued work: the difference of two
+    reads times the work between them."""
+    synchronize(devices)
     return time.perf_counter()
 
 
@@ -37,30 +41,63 @@ def median(seconds: Iterable[float]) -> float:
     return statistics.median(seconds)
 
 
-class Stopwatch:
-    """`with Stopwatch(device) as watch: ...` then `watch.seconds`."""
+def _recorded(gpu: torch.device) -> torch.cuda.Event:
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(torch.cuda.current_stream(gpu))
+    return event
 
-    def __init__(self, device: torch.device, events: bool | None = None):
-        # events by default where one GPU does all the work
-        self.device = device
-        self.events = device.type == "cuda" and torch.cuda.device_count() == 1 if events is None else events
+
+class Stopwatch:
+    """`with Stopwatch(devices) as watch: ...` then `watch.seconds`, `devices` being the model's."""
+
+    def __init__(self, devices: Iterable[torch.device], events: bool | None = None):
+        self.devices = tuple(devices)
+        gpus = _gpus(self.devices)
+        # events by default where one GPU does all the device work
+        self.events = len(gpus) == 1 if events is None else events
+        self._gpu = gpus[0] if gpus else None
         self.seconds = 0.0
 
     def __enter__(self) -> "Stopwatch":
         if self.events:
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._end = torch.cuda.Event(enable_timing=True)
-            self._start.record()
+            self._start = _recorded(self._gpu)
         else:
-            synchronize(self.device)
-            self._started = time.perf_counter()
+            self._started = device_time(self.devices)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.events:
-            self._end.record()
-            self._end.synchronize()
-            self.seconds = self._start.elapsed_time(self._end) / 1000
+            end = _recorded(self._gpu)
+            end.synchronize()
+            self.seconds = self._start.elapsed_time(end) / 1000
         else:
-            synchronize(self.device)
-            self.seconds = time.perf_counter() - self._started
+            self.seconds = device_time(self.devices) - self._started
+
+
+class Timeline:
+    """Points in time taken inside a loop without waiting for `devices` (a model's), read after it.
+
+    `mark()` records a CUDA event on each of the GPUs (on the host alone, whose work is done when
+    a call returns, it reads the clock); `seconds(start, end)` waits for `end` once and gives the
+    longest span over the GPUs. `now()` is the one reading that waits: for a decision taken inside
+    the loop."""
+
+    def __init__(self, devices: Iterable[torch.device]):
+        self.devices = tuple(devices)
+        self._gpus = _gpus(self.devices)
+
+    def mark(self) -> Any:
+        if not self._gpus:
+            return time.perf_counter()
+        return [_recorded(gpu) for gpu in self._gpus]
+
+    def now(self) -> float:
+        return device_time(self.devices)
+
+    def seconds(self, start: Any, end: Any) -> float:
+        if not self._gpus:
+            return end - start
+        for event in end:
+            event.synchronize()
+        # a GPU idle at both marks spans the time between them too; the busiest one spans the work
+        return max(first.elapsed_time(last) for first, last in zip(start, end)) / 1000

@@ -380,8 +380,8 @@ def _methods(model, settings: BenchSettings, costs: CostModel | None) -> list[_M
     return methods
 
 
-def _timed(method: _Method, prompt_ids: list[int], max_new_tokens: int, device: torch.device):
-    with Stopwatch(device) as watch:
+def _timed(method: _Method, prompt_ids: list[int], max_new_tokens: int, devices):
+    with Stopwatch(devices) as watch:
         token_ids, stats = method.generate(prompt_ids, max_new_tokens)
     return token_ids, stats, watch.seconds
 
@@ -456,7 +456,7 @@ def run_bench(
         raise SkipsearchError("the benchmark needs at least one prompt")
     if any(not p.token_ids for p in prompts):
         raise SkipsearchError("a benchmark prompt is empty; give at least one token per prompt")
-    device = forward.input_device(model)
+    devices = forward.model_devices(model)  # what each timed call waits for
     _check_methods(model, settings)  # before the cost model: bad settings fail at once
 
     costs = None
@@ -492,7 +492,7 @@ def run_bench(
     for prompt in prompts:
         reference: list[int] | None = None
         for method in methods:
-            token_ids, stats, elapsed = _timed(method, list(prompt.token_ids), settings.max_new_tokens, device)
+            token_ids, stats, elapsed = _timed(method, list(prompt.token_ids), settings.max_new_tokens, devices)
             run = PromptRun(method=method.name, prompt_id=prompt.id, token_ids=token_ids, time_s=elapsed, stats=stats)
             if method.name == BASELINE:
                 reference = token_ids

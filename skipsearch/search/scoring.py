@@ -78,6 +78,7 @@ class ProxyScorer:
         self.model = model
         self.layers = decoder_layers(model)
         self.device = forward.input_device(model)
+        self.devices = forward.model_devices(model)  # what timing waits for
         self._layer_cache_keyword = forward.cache_keyword(self.layers[0])
         usable = [r for r in references if len(r.continuation) >= 2]
         if not usable:
@@ -193,7 +194,7 @@ class ProxyScorer:
         if not len(skip_set):  # nothing skipped drafts nothing: only n-gram drafting can replay here
             return ProxyScore(1.0, 1.0, prompts=tuple(ReplayPrompt(r.prompt_ids, r.continuation)
                                                       for r in self.references))
-        started = device_time(self.device)
+        started = device_time(self.devices)
         matches, overlap, trace = 0, 0.0, []
         with torch.inference_mode():
             for state in self._states:
@@ -204,7 +205,7 @@ class ProxyScorer:
                 target_probs = self.model.lm_head(state.final)[0].float().softmax(-1)  # (T, vocab)
                 overlap += torch.minimum(probs, target_probs).sum().item()
                 trace.append(tuple(zip(confidence.tolist(), hits.tolist())))
-        self.seconds += device_time(self.device) - started
+        self.seconds += device_time(self.devices) - started
         self.evaluations += 1
         prompts = tuple(ReplayPrompt(r.prompt_ids, r.continuation, t) for r, t in zip(self.references, trace))
         result = ProxyScore(matches / self.positions, overlap / self.positions, tuple(trace), prompts)
@@ -222,7 +223,7 @@ def full_forward_seconds(model, references: list[Reference], repeats: int = 3) -
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
-            with Stopwatch(device) as watch:
+            with Stopwatch(forward.model_devices(model)) as watch:
                 for ids, scored in inputs:
                     model(input_ids=ids, logits_to_keep=scored)
             times.append(watch.seconds)
