@@ -48,18 +48,22 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration and not cuda" tests
 
-# On a GPU machine with torch, transformers and accelerate but no network: no venv, no install
-# but pytest from the wheels `make gpu-wheels` downloaded here (carry .gpu-wheels/ along).
+# On a GPU machine with torch, transformers and accelerate but no network: no venv; the wheels
+# `make gpu-wheels` downloaded here (carry .gpu-wheels/ along) go into .gpu-site/, first on
+# PYTHONPATH, so the image itself is left as it is. MODEL=PATH (a model folder or .gguf) adds the
+# run with real weights; GPU_CHECK_ARGS passes more options to tools/gpu_check.py.
 GPU_PYTHON ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
-GPU_WHEELS := .gpu-wheels
+MODEL ?=
+GPU_CHECK_ARGS ?=
 
+# the venv, where there is one, already holds the locked set
 gpu-check:
-	@$(GPU_PYTHON) -c "import pytest" 2>/dev/null || ! test -d $(GPU_WHEELS) || \
-		$(GPU_PYTHON) -m pip install --quiet --no-index --find-links $(GPU_WHEELS) pytest
-	$(GPU_PYTHON) tools/gpu_check.py
+	$(if $(filter $(BIN)/python,$(GPU_PYTHON)),,$(GPU_PYTHON) tools/gpu_wheels.py install)
+	PYTHONPATH=$(CURDIR)/.gpu-site$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) tools/gpu_check.py \
+		$(if $(MODEL),--model $(MODEL)) $(GPU_CHECK_ARGS)
 
 gpu-wheels:
-	$(PYTHON) -m pip download --quiet --dest $(GPU_WHEELS) --only-binary=:all: pytest
+	$(PYTHON) tools/gpu_wheels.py download
 
 clean:
 	rm -rf $(VENV)
