@@ -43,8 +43,8 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 def _dry_run(tmp_path, hidden, *options, timeout=600):
     out = tmp_path / "gpu-check.json"
     done = subprocess.run(
-        [sys.executable, "-c", BLOCKER, ",".join(hidden), str(SCRIPT), "--device", "cpu", "--no-tests",
-         "--out", str(out), *options],
+        [sys.executable, "-c", BLOCKER, ",".join(hidden), str(SCRIPT), "--device", "cpu", "--out", str(out),
+         *options],
         capture_output=True, text=True, cwd=ROOT, timeout=timeout,
         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "SKIPSEARCH_CACHE": str(tmp_path / "cache"),
              "HF_HUB_OFFLINE": "1"},
@@ -64,7 +64,7 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_0():
 
 @pytest.mark.slow
 def test_a_dry_run_needs_only_torch_transformers_and_accelerate(tmp_path):
-    summary, printed = _dry_run(tmp_path, NOT_ON_GPU_MACHINES, "--config", "tiny", "--context", "16",
+    summary, printed = _dry_run(tmp_path, NOT_ON_GPU_MACHINES, "--no-tests", "--config", "tiny", "--context", "16",
                                 "--new-tokens", "8")
     assert BUDGET_KEYS | {"costs", "decoder_overhead", "predicted_speedup", "lossless", "layer_groups"} <= set(summary)
     assert set(summary["seconds_by_part"]) == {"random_build", "random_costs", "random_decoder_overhead",
@@ -96,8 +96,9 @@ def test_a_dry_run_with_weights_searches_a_profile_and_measures_it(tmp_path):
     make_tokenizer().save_pretrained(folder)
     summary, printed = _dry_run(tmp_path, NOT_CARRIED, "--config", "none", "--model", str(folder), "--trials", "2",
                                 "--search-tokens", "4", "--new-tokens", "6", "--prompts", "2")
-    assert BUDGET_KEYS | {"model", "skip_profile", "model_bench", "sampling"} <= set(summary)
-    assert set(summary["seconds_by_part"]) == {"model_load", "skip_profile", "model_bench", "sampling"}
+    assert BUDGET_KEYS | {"cuda_tests", "model", "skip_profile", "model_bench", "sampling"} <= set(summary)
+    assert set(summary["seconds_by_part"]) == {"cuda_tests", "model_load", "skip_profile", "model_bench", "sampling"}
+    assert summary["cuda_tests"]["exit_code"] == 0  # each skips here, saying why
     assert summary["skip_profile"]["trials"] == 2
     _bench_is_lossless(summary, 2)
     assert 1 <= summary["sampling"]["new_tokens"] <= 6
@@ -109,8 +110,9 @@ def test_a_dry_run_with_the_embedded_gguf_and_a_profile(tmp_path):
     from skipsearch.engine.models import DEFAULT_MODEL, embedded_model_path
 
     profile = ROOT / "reports" / "specbench-math_reasoning-smollm2.profile.yaml"
-    summary, _ = _dry_run(tmp_path, NOT_CARRIED, "--config", "none", "--model", str(embedded_model_path(DEFAULT_MODEL)),
-                          "--profile", str(profile), "--new-tokens", "8", "--prompts", "2")
+    summary, _ = _dry_run(tmp_path, NOT_CARRIED, "--no-tests", "--config", "none",
+                          "--model", str(embedded_model_path(DEFAULT_MODEL)), "--profile", str(profile),
+                          "--new-tokens", "8", "--prompts", "2")
     assert summary["model"]["parameters_m"] > 100 and summary["skip_profile"]["from"] == str(profile)
     _bench_is_lossless(summary, 2)
 
@@ -131,6 +133,12 @@ def test_versions_outside_the_tested_range_are_warned_of():
     warnings = gpu_check._out_of_range({"torch": "2.11.0+cu130", "transformers": "5.17.0", "accelerate": None})
     assert warnings == [f"transformers 5.17.0 is outside the tested range {gpu_check._tested_ranges()['transformers']}",
                         f"accelerate is not installed (tested: {gpu_check._tested_ranges()['accelerate']})"]
+
+
+def test_make_gpu_check_passes_the_model_on():
+    done = subprocess.run(["make", "-n", "gpu-check", "MODEL=.gpu-model/m.gguf", "GPU_PYTHON=python3"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert "tools/gpu_wheels.py install" in done.stdout and "--model .gpu-model/m.gguf" in done.stdout
 
 
 def test_every_wheel_is_pinned_by_the_lock():

@@ -106,8 +106,10 @@ def _parse(argv):
     parser.add_argument("--prompts", type=int, default=4, choices=range(1, len(PROMPTS) - SEARCH_PROMPTS
                                                                           - HELDOUT_PROMPTS + 1),
                         metavar="N", help="bench prompts for --model (default 4)")
-    parser.add_argument("--budget-seconds", type=int, default=420,
-                        help="parts that would start later than this are left out (default 420)")
+    # 8 minutes on one H200 with the machine's start (1-2 minutes), the wheels' install and the
+    # part still running when the budget runs out (the bench: about a minute)
+    parser.add_argument("--budget-seconds", type=int, default=300,
+                        help="parts that would start later than this are left out (default 300)")
     args = parser.parse_args(argv)
     if args.profile and not args.model:
         parser.error("--profile needs --model")
@@ -273,6 +275,13 @@ def _best_length(costs, skip_set, acceptance: float) -> dict:
     return {"draft_tokens": draft_tokens, "speedup": round(speedup, 3)}
 
 
+def _timer(device) -> str:
+    """What the cost model is timed with there (`timing.Stopwatch`'s default)."""
+    from skipsearch.engine.timing import Stopwatch
+
+    return "cuda events" if Stopwatch(device).events else "wall clock"
+
+
 def _costs_summary(costs) -> dict:
     plain = costs.plain_step
     return {
@@ -302,7 +311,7 @@ def _random_model(args, parts: Parts, summary: dict, dtype, device) -> None:
 
     costs = parts.run("random_costs", measure_costs, model, args.context, 17, 5)
     if costs is not None:
-        summary["costs"] = _costs_summary(costs)
+        summary["costs"] = {**_costs_summary(costs), "timer": _timer(device)}
     overhead = parts.run("random_decoder_overhead", _decoder_overhead, model, prompts[0], args.new_tokens)
     if overhead is not None:
         summary["decoder_overhead"] = overhead
@@ -352,7 +361,7 @@ def _search(loaded, args) -> tuple:
     measurement = runner.rescore(setup, study, top=1, progress=False)[0]
     profile = runner.build_profile(setup, measurement, study, "memory", "tools/gpu_check.py")
     return profile, {"trials": len(runner.completed_trials(study)), "costs_device": setup.costs.device,
-                     "measured_on_heldout": measurement.to_attrs()}
+                     "cost_timer": _timer(loaded.device), "measured_on_heldout": measurement.to_attrs()}
 
 
 def _skip_profile(loaded, args) -> tuple:
@@ -446,7 +455,8 @@ def _screen(summary: dict) -> str:
         lines.append(f"cuda tests: {tests.get('summary') or tests.get('why')}")
     if "costs" in summary:
         costs = summary["costs"]
-        lines.append(f"random {summary['config']} ({summary['dtype']}): plain step {costs['plain_step_ms']} ms, "
+        lines.append(f"random {summary['config']} ({summary['dtype']}, {costs['timer']}): plain step "
+                     f"{costs['plain_step_ms']} ms, "
                      f"verify 9/17 tokens {costs['verify_over_plain_step'][8]}/{costs['verify_over_plain_step'][-1]}"
                      " x a step")
     if summary.get("decoder_overhead"):

@@ -13,9 +13,11 @@ there, the second joining the halves and comparing the checksum (the device tool
     run(carry=[".gpu-model/part1"], command="python3 tools/gpu_weights.py receive")
     run(carry=[".gpu-model/part2"], command="python3 tools/gpu_weights.py join")
 
-and a third runs the check on it (with the wheels, which would not fit beside a half):
+and a third runs the check on it (with the wheels, which would not fit beside a half), its JSON
+coming back through $OUT:
 
-    run(carry=[".gpu-wheels"], command="make gpu-check MODEL=.gpu-model/SmolLM2-135M-Instruct.Q4_1.gguf")
+    run(carry=[".gpu-wheels"], command="make gpu-check MODEL=.gpu-model/SmolLM2-135M-Instruct.Q4_1.gguf "
+                                       "GPU_CHECK_ARGS='--out $OUT/gpu-check.json'")
 
 `join` writes .gpu-model/<the file's name>, prints its path, and removes the halves; on a missing
 half or a checksum that differs it says so in one line and exits 1 (send the halves again).
