@@ -130,9 +130,13 @@ def test_a_part_after_the_budget_is_left_out_and_says_so():
 def test_versions_outside_the_tested_range_are_warned_of():
     import gpu_check
 
-    warnings = gpu_check._out_of_range({"torch": "2.11.0+cu130", "transformers": "5.17.0", "accelerate": None})
-    assert warnings == [f"transformers 5.17.0 is outside the tested range {gpu_check._tested_ranges()['transformers']}",
-                        f"accelerate is not installed (tested: {gpu_check._tested_ranges()['accelerate']})"]
+    ranges = gpu_check._tested_ranges()
+    assert {"torch", "transformers", "accelerate", "gguf", "optuna"} <= set(ranges)
+    warnings = gpu_check._out_of_range({"torch": "2.11.0+cu130", "transformers": "5.17.0", "accelerate": None,
+                                        "optuna": "4.5.0", "gguf": None})
+    assert warnings == [f"transformers 5.17.0 is outside the tested range {ranges['transformers']}",
+                        f"accelerate is not installed (tested: {ranges['accelerate']})",
+                        f"optuna 4.5.0 is outside the tested range {ranges['optuna']}"]
 
 
 def test_make_gpu_check_passes_the_model_on():

@@ -59,9 +59,10 @@ CONFIGS = {
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
 }
 ACCEPTANCE_RATES = (0.5, 0.7, 0.8, 0.9)
-# the packages whose versions the JSON records; the first three are checked against pyproject.toml
-PACKAGES = ("torch", "transformers", "accelerate", "gguf", "optuna", "huggingface_hub", "tokenizers")
-CHECKED = PACKAGES[:3]
+# the packages whose versions the JSON records, each checked against the range pyproject.toml
+# states for it, if any; the first three the check cannot run without
+PACKAGES = ("torch", "transformers", "accelerate", "gguf", "optuna", "safetensors", "huggingface_hub", "tokenizers")
+REQUIRED = PACKAGES[:3]
 # The embedded task: the search scores on SEARCH_PROMPTS of the first prompts and re-scores on
 # HELDOUT_PROMPTS more; the bench runs on the others, so the profile is measured on prompts it was
 # not searched on. Code, rewriting and extraction give prompt lookup n-grams to find; the rest do not.
@@ -133,7 +134,7 @@ def _tested_ranges() -> dict[str, str]:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = [Requirement(line) for line in project["dependencies"]]
-    return {r.name: str(r.specifier) for r in requirements if r.name in CHECKED}
+    return {r.name: str(r.specifier) for r in requirements if r.name in PACKAGES}
 
 
 def _out_of_range(versions: dict[str, str | None]) -> list[str]:
@@ -144,7 +145,8 @@ def _out_of_range(versions: dict[str, str | None]) -> list[str]:
     for name, spec in _tested_ranges().items():
         found = versions.get(name)
         if found is None:
-            warnings.append(f"{name} is not installed (tested: {spec})")
+            if name in REQUIRED:
+                warnings.append(f"{name} is not installed (tested: {spec})")
         elif Version(found).release and not SpecifierSet(spec).contains(Version(found).base_version):
             warnings.append(f"{name} {found} is outside the tested range {spec}")
     return warnings
@@ -448,7 +450,7 @@ def _real_model(args, parts: Parts, summary: dict, device) -> None:
 def _screen(summary: dict) -> str:
     """The one-screen summary: what each part found, in a line or two."""
     lines = [f"gpu-check {summary['date']}  {', '.join(summary['gpus']) or summary['device']}  "
-             + "  ".join(f"{k} {v}" for k, v in summary["versions"].items() if v and k in (*CHECKED, "python"))]
+             + "  ".join(f"{k} {v}" for k, v in summary["versions"].items() if v and k in (*REQUIRED, "python"))]
     lines += [f"  warning: {w}" for w in summary["version_warnings"]]
     tests = summary.get("cuda_tests")
     if tests:
