@@ -169,3 +169,11 @@ def test_weights_travel_in_two_halves_and_are_joined_with_their_checksum(tmp_pat
     with pytest.raises(SystemExit):
         gpu_weights.join()
     assert all(part.is_dir() for part in gpu_weights.PARTS)  # kept, to send again
+
+
+def test_a_model_path_that_does_not_exist_is_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--no-tests", "--config", "none",
+                           "--model", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "out.json")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"gpu-check: GGUF file {tmp_path / 'missing.gguf'} does not exist"]
