@@ -277,11 +277,12 @@ def _best_length(costs, skip_set, acceptance: float) -> dict:
     return {"draft_tokens": draft_tokens, "speedup": round(speedup, 3)}
 
 
-def _timer(device) -> str:
-    """What the cost model is timed with there (`timing.Stopwatch`'s default)."""
+def _timer(model) -> str:
+    """What the cost model of this model is timed with (`timing.Stopwatch`'s default for its devices)."""
+    from skipsearch.engine.forward import model_devices
     from skipsearch.engine.timing import Stopwatch
 
-    return "cuda events" if Stopwatch(device).events else "wall clock"
+    return "cuda events" if Stopwatch(model_devices(model)).events else "wall clock"
 
 
 def _costs_summary(costs) -> dict:
@@ -313,7 +314,7 @@ def _random_model(args, parts: Parts, summary: dict, dtype, device) -> None:
 
     costs = parts.run("random_costs", measure_costs, model, args.context, 17, 5)
     if costs is not None:
-        summary["costs"] = {**_costs_summary(costs), "timer": _timer(device)}
+        summary["costs"] = {**_costs_summary(costs), "timer": _timer(model)}
     overhead = parts.run("random_decoder_overhead", _decoder_overhead, model, prompts[0], args.new_tokens)
     if overhead is not None:
         summary["decoder_overhead"] = overhead
@@ -363,7 +364,7 @@ def _search(loaded, args) -> tuple:
     measurement = runner.rescore(setup, study, top=1, progress=False)[0]
     profile = runner.build_profile(setup, measurement, study, "memory", "tools/gpu_check.py")
     return profile, {"trials": len(runner.completed_trials(study)), "costs_device": setup.costs.device,
-                     "cost_timer": _timer(loaded.device), "measured_on_heldout": measurement.to_attrs()}
+                     "cost_timer": _timer(loaded.model), "measured_on_heldout": measurement.to_attrs()}
 
 
 def _skip_profile(loaded, args) -> tuple:
