@@ -27,6 +27,8 @@ from skipsearch.reporting.page import render_report, write_report
 from test_reports import XSS, make_study, profile_text
 
 ROOT = Path(__file__).resolve().parents[1]
+# a browser start is seconds: left to `make test`
+pytestmark = pytest.mark.slow
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
