@@ -1,13 +1,15 @@
 """A profile's skipped model as a standalone draft checkpoint in the DeciLM / Nemotron-NAS layout that
 vLLM and SGLang load (`DeciLMForCausalLM`, `model_type: nemotron-nas`).
 
-What the layout is, read on 2026-12-04 in vllm-project/vllm `vllm/model_executor/models/nemotron_nas.py`,
-SGLang's `sglang/srt/models/nemotron_nas.py`, vLLM's `ModelConfig.get_total_num_kv_heads`, and NVIDIA's
+What the layout is, read on 2026-12-04 in vllm-project/vllm
+`vllm/model_executor/models/nemotron_nas.py` and `ModelConfig.get_total_num_kv_heads`, sgl-project/sglang
+`python/sglang/srt/models/nemotron_nas.py`, llama.cpp's HF-to-GGUF converter (`DeciModel`), and NVIDIA's
 `configuration_decilm.py` / `block_config.py` shipped with Llama-3_1-Nemotron-51B:
 
 - `config.json` is a Llama config plus `block_configs`, one per decoder layer:
-  `{"attention": {"no_op", "n_heads_in_group"}, "ffn": {"no_op", "ffn_mult"}}`. A no_op attention
-  block builds neither `self_attn` nor `input_layernorm`; a no_op FFN neither `mlp` nor
+  `{"attention": {"no_op", "replace_with_linear", "n_heads_in_group"},
+  "ffn": {"no_op", "replace_with_linear", "ffn_mult"}}` (llama.cpp's converter reads `replace_with_linear`
+  too). A no_op attention block builds neither `self_attn` nor `input_layernorm`; a no_op FFN neither `mlp` nor
   `post_attention_layernorm`: the residual stream passes unchanged, which is what skipping a block
   does here (`skipsearch.engine.skipping`). Layer numbers stay those of the full model.
 - The engines read the config through the model folder's own config class (`auto_map`, so
@@ -219,8 +221,9 @@ python -m sglang.launch_server --model-path {model.name} --trust-remote-code \\
 
 ## llama.cpp
 
-Not yet: llama.cpp reads a DeciLM draft only as GGUF (architecture `deci`), and the GGUF export is not
-built. This folder cannot be converted with `convert_hf_to_gguf.py` either until that is checked.
+Not yet. llama.cpp takes a draft as GGUF (`-md`), and skipsearch's GGUF export (architecture `deci`) is
+not built. llama.cpp's own HF-to-GGUF converter (`convert_hf_to_gguf.py`, `DeciModel`) reads
+`block_configs` (layers without attention or FFN included); it has not been run on this folder.
 
 ## Memory the draft adds
 
