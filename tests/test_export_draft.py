@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
 from skipsearch.cli import main
-from skipsearch.config.draft_export import block_configs, ffn_mult
+from skipsearch.config.draft_export import block_configs, draft_config, ffn_mult
 from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel, save_profile
 from skipsearch.engine.models import model_fingerprint
 from skipsearch.engine.skipping import SkipSet, skipping
@@ -169,6 +169,21 @@ def test_an_unstatable_ffn_width_fails_with_one_line(tmp_path, capsys):
     folder, profile = _saved(tmp_path, _tiny_llama(intermediate_size=128))
     _fails_with_one_line(["export-draft", str(profile), str(tmp_path / "draft")], capsys, "not a multiple of 256")
     assert not (tmp_path / "draft").exists()
+
+
+@pytest.mark.parametrize("skip, message", [
+    (SkipSet(attention=(0, 1, 2, 3)), "skips every attention block"),
+    (SkipSet(attention=(0,)), "keeps the MLP of layer 0 but no attention block before it"),
+])
+def test_a_skip_set_the_engines_cannot_run_fails_with_one_line(tmp_path, capsys, skip, message):
+    folder, profile = _saved(tmp_path, _tiny_llama(), skip)
+    _fails_with_one_line(["export-draft", str(profile), str(tmp_path / "draft")], capsys, message)
+    assert not (tmp_path / "draft").exists()
+
+
+def test_a_first_layer_without_attention_or_mlp_is_fine():
+    blocks = draft_config(_tiny_llama(), SkipSet(attention=(0,), mlp=(0,)))["block_configs"]
+    assert blocks[0]["attention"]["no_op"] and blocks[0]["ffn"]["no_op"]
 
 
 def test_a_non_empty_folder_is_refused_unless_forced(tmp_path, capsys):

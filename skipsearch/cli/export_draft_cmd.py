@@ -4,7 +4,7 @@ vLLM and SGLang (DeciLM / Nemotron-NAS layout; `skipsearch.config.draft_export` 
 from __future__ import annotations
 
 from skipsearch.cli.options import add_model_arguments, model_options
-from skipsearch.config.draft_export import write_draft
+from skipsearch.config.draft_export import check_family, write_draft
 from skipsearch.config.profiles import check_profile_for_model, load_profile
 from skipsearch.engine.models import load_model
 
@@ -27,6 +27,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     profile = load_profile(args.profile)
+    check_family(profile.model.architecture)  # before loading weights it could not export
     loaded = load_model(args.model or profile.model.name, **model_options(args))
     check_profile_for_model(profile, loaded.model)
     memory = write_draft(loaded.model, loaded.tokenizer, profile, args.folder, force=args.force, source=loaded.source)

@@ -56,8 +56,7 @@ DROPPED_KEYS = ("architectures", "model_type", "transformers_version", "_name_or
                 "id2label", "label2id")
 
 
-def check_family(model: torch.nn.Module) -> None:
-    model_type = getattr(model.config, "model_type", None)
+def check_family(model_type: str | None) -> None:
     if model_type != "llama":
         reason = UNSUPPORTED.get(model_type, "DeciLM blocks are Llama blocks")
         raise SkipsearchError(f"export-draft writes Llama-family models only; this model is {model_type!r}: {reason}")
@@ -94,10 +93,19 @@ def block_configs(config, skip: SkipSet) -> list[dict]:
 
 def draft_config(model: torch.nn.Module, skip: SkipSet) -> dict:
     """config.json of the draft: the model's Llama config, renamed, with its block_configs."""
-    check_family(model)
-    if all(layer in skip.attention for layer in range(model.config.num_hidden_layers)):
+    check_family(model.config.model_type)
+    kept_attention = [i for i in range(model.config.num_hidden_layers) if i not in skip.attention]
+    if not kept_attention:
         # vLLM sizes the KV cache from the first block with attention
         raise SkipsearchError("the skip set skips every attention block; vLLM needs at least one to size its KV cache")
+    # The engines' layers start the residual stream in the first kept attention block's fused norm; an
+    # FFN kept before it would get residual None, and its norm returns one tensor where two are unpacked.
+    early = [i for i in range(kept_attention[0]) if i not in skip.mlp]
+    if early:
+        raise SkipsearchError(
+            f"the skip set keeps the MLP of layer {early[0]} but no attention block before it, which vLLM's and "
+            f"SGLang's DeciLM layers cannot run; skip that MLP too, or keep the attention of layer {early[0]}"
+        )
     config = {k: v for k, v in model.config.to_dict().items() if k not in DROPPED_KEYS}
     return {"architectures": ["DeciLMForCausalLM"], "model_type": "nemotron-nas",
             "auto_map": {"AutoConfig": "configuration_decilm.DeciLMConfig"},
@@ -113,7 +121,7 @@ def _skipped_names(skip: SkipSet) -> list[str]:
 
 def draft_tensors(model: torch.nn.Module, skip: SkipSet) -> dict[str, torch.Tensor]:
     """The kept weights under their Llama names, on the CPU; a tied LM head is stored once (as the embeddings)."""
-    check_family(model)
+    check_family(model.config.model_type)
     dropped = tuple(_skipped_names(skip))
     tensors = {}
     for name, tensor in model.state_dict().items():
