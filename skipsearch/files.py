@@ -65,6 +65,8 @@ def write_folder_atomic(path: str | os.PathLike, fill: Callable[[Path], None], w
     try:
         fill(temporary)
         os.chmod(temporary, 0o755)
+        for written in temporary.rglob("*"):  # readable by all, whatever mode the writers chose
+            os.chmod(written, 0o755 if written.is_dir() else 0o644)
         if path.exists():
             moved = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, moved / path.name)

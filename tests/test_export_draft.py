@@ -31,11 +31,11 @@ def _run(argv: list[str]) -> int:
         return exc.code
 
 
-def _tiny_llama(intermediate_size: int = 256) -> LlamaForCausalLM:
+def _tiny_llama(intermediate_size: int = 256, tied: bool = False) -> LlamaForCausalLM:
     """A Llama whose FFN width DeciLM's ffn_mult can state (a multiple of 256)."""
     config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=intermediate_size, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=tied)
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval().requires_grad_(False)
 
@@ -76,6 +76,9 @@ def read_draft(folder):
             assert heads == config["num_key_value_heads"]
     missing, unexpected = model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
     assert unexpected == []
+    if config["tie_word_embeddings"]:  # stored once, as the embeddings
+        model.tie_weights()
+        missing = [name for name in missing if name != "lm_head.weight"]
     # exactly the no_op blocks' weights are absent, their norms included (the engines build none of them)
     expected = {name for name in model.state_dict()
                 if any(name.startswith(f"model.layers.{i}.{part}.") for i in skip.attention
@@ -86,8 +89,9 @@ def read_draft(folder):
     return model, skip
 
 
-def test_the_exported_draft_computes_the_skipped_model_exactly(tmp_path, capsys):
-    source = _tiny_llama()
+@pytest.mark.parametrize("tied", [False, True], ids=["own LM head", "tied LM head"])
+def test_the_exported_draft_computes_the_skipped_model_exactly(tmp_path, capsys, tied):
+    source = _tiny_llama(tied=tied)
     folder, profile = _saved(tmp_path, source)
     draft = tmp_path / "draft"
     assert _run(["export-draft", str(profile), str(draft)]) == 0

@@ -141,6 +141,7 @@ class DraftMemory:
     weights: int  # kept blocks + embeddings + LM head + final norm
     full_weights: int  # the same count for the whole model
     kv_per_token: int  # the draft's own KV cache, per token of context
+    tied: bool  # the LM head is the embedding matrix
 
     @classmethod
     def of(cls, model: torch.nn.Module, tensors: dict[str, torch.Tensor], skip: SkipSet) -> "DraftMemory":
@@ -152,7 +153,8 @@ class DraftMemory:
         full = {id(p): p.numel() * p.element_size() for p in model.parameters()}  # tied weights counted once
         return cls(weights=sum(t.numel() * t.element_size() for t in tensors.values()),
                    full_weights=sum(full.values()),
-                   kv_per_token=kept_attention * 2 * kv_heads * head_dim * element)
+                   kv_per_token=kept_attention * 2 * kv_heads * head_dim * element,
+                   tied=bool(config.tie_word_embeddings))
 
 
 def _size(n: int) -> str:
@@ -200,6 +202,7 @@ class DeciLMConfig(LlamaConfig):
 
 def render_readme(profile: Profile, folder: str, memory: DraftMemory, k: int) -> str:
     model, skip = profile.model, profile.skip
+    head = "LM head tied to the embeddings (one matrix)" if memory.tied else "LM head"
     spec = json.dumps({"method": "draft_model", "model": folder, "num_speculative_tokens": k})
     return f"""# Layer-skip draft of {model.name} ({profile.task})
 
@@ -239,7 +242,7 @@ The engine loads the draft beside the target and shares nothing with it:
 
 | | bytes |
 |---|---|
-| weights: kept blocks, embeddings, LM head, final norm | {memory.weights} ({_size(memory.weights)}) |
+| weights: kept blocks, embeddings, {head}, final norm | {memory.weights} ({_size(memory.weights)}) |
 | the full model, for comparison | {memory.full_weights} ({_size(memory.full_weights)}) |
 | the draft's own KV cache, per token of context | {memory.kv_per_token} ({_size(memory.kv_per_token)}) |
 
