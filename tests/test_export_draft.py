@@ -17,6 +17,7 @@ from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel, sav
 from skipsearch.engine.models import model_fingerprint
 from skipsearch.engine.skipping import SkipSet, skipping
 from skipsearch.errors import SkipsearchError
+from skipsearch.files import write_folder_atomic
 
 from conftest import make_tiny, make_tokenizer
 
@@ -201,3 +202,20 @@ def test_a_non_empty_folder_is_refused_unless_forced(tmp_path, capsys):
     assert _run(["export-draft", str(profile), str(draft), "--force"]) == 0
     assert not (draft / "old.txt").exists() and (draft / "model.safetensors").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["draft", "model", "profile.yaml"]  # no temporary left
+
+
+def test_a_failed_folder_write_leaves_the_old_folder_and_no_temporary(tmp_path):
+    target = tmp_path / "draft"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+
+    def half(folder):
+        (folder / "config.json").write_text("{}")
+        raise KeyboardInterrupt  # as an interrupt halfway through would
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomic(target, half)
+    assert [p.name for p in tmp_path.iterdir()] == ["draft"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    write_folder_atomic(target, lambda folder: (folder / "new.txt").write_text("new"))
+    assert [p.name for p in target.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["draft"]
