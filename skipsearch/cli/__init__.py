@@ -13,6 +13,7 @@ import sys
 from skipsearch.cli import (
     bench_cmd,
     compare_cmd,
+    export_draft_cmd,
     export_hf_cmd,
     generate_cmd,
     models_cmd,
@@ -26,7 +27,7 @@ from skipsearch.errors import SkipsearchError
 from skipsearch.version import __version__
 
 COMMAND_MODULES = [models_cmd, generate_cmd, search_cmd, compare_cmd, profile_cmd, tasks_cmd, validate_cmd, bench_cmd,
-                   report_cmd, export_hf_cmd]
+                   report_cmd, export_hf_cmd, export_draft_cmd]
 
 
 class _Parser(argparse.ArgumentParser):
