@@ -98,22 +98,22 @@ def run_import(args) -> int:
     name, skip = choose_entry(read_skip_entries(_read_text(args.file, "skip file"), args.file), args.entry, args.file)
     loaded = load_model(args.model, **model_options(args))
     profile = imported_profile(skip, loaded.model, args.model, args.task or task_of_entry(name), args.file, name)
-    text = dump_profile(profile)
-    if args.output:
-        write_atomic(args.output, text, what="profile")
-        print(f"wrote {args.output}: entry {name!r} as {skip.describe()} for {args.model}")
-    else:
-        print(text, end="")
-    return 0
+    return _write_or_print(dump_profile(profile), args.output, "profile",
+                           f"entry {name!r} as {skip.describe()} for {args.model}")
 
 
 def run_export_skip(args) -> int:
     profile = load_profile(args.file)
     existing = _read_text(args.output, "skip file") if args.output and Path(args.output).is_file() else None
     text = render_skip_file(profile, args.format, existing, args.output or "")
-    if args.output:
-        write_atomic(args.output, text, what="skip file")
-        print(f"wrote {args.output}: {profile.skip.describe()} ({args.format})")
+    return _write_or_print(text, args.output, "skip file", f"{profile.skip.describe()} ({args.format})")
+
+
+def _write_or_print(text: str, output: str | None, what: str, summary: str) -> int:
+    """To the file named, atomically, with one line saying what went there; else to stdout."""
+    if output:
+        write_atomic(output, text, what=what)
+        print(f"wrote {output}: {summary}")
     else:
         print(text, end="")
     return 0
