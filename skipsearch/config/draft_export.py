@@ -157,7 +157,7 @@ class DraftMemory:
                    tied=bool(config.tie_word_embeddings))
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     if n < 1024:
         return f"{n} B"
     power = min(int(math.log(n, 1024)), 4)
@@ -232,9 +232,10 @@ python -m sglang.launch_server --model-path {model.name} --trust-remote-code \\
 
 ## llama.cpp
 
-Not yet. llama.cpp takes a draft as GGUF (`-md`), and skipsearch's GGUF export (architecture `deci`) is
-not built. llama.cpp's own HF-to-GGUF converter (`convert_hf_to_gguf.py`, `DeciModel`) reads
-`block_configs` (layers without attention or FFN included); it has not been run on this folder.
+llama.cpp takes a draft as GGUF (`-md`): export it with `skipsearch export-draft PROFILE DIR --format gguf
+--model MODEL.gguf` from the target's GGUF (its tensors keep their quantization). Converting this folder
+with llama.cpp's `convert_hf_to_gguf.py` (`DeciModel`) is not advised: its deci graph drops the attention of a
+layer whose FFN is skipped, which `--format gguf` works around.
 
 ## Memory the draft adds
 
@@ -242,13 +243,27 @@ The engine loads the draft beside the target and shares nothing with it:
 
 | | bytes |
 |---|---|
-| weights: kept blocks, embeddings, {head}, final norm | {memory.weights} ({_size(memory.weights)}) |
-| the full model, for comparison | {memory.full_weights} ({_size(memory.full_weights)}) |
-| the draft's own KV cache, per token of context | {memory.kv_per_token} ({_size(memory.kv_per_token)}) |
+| weights: kept blocks, embeddings, {head}, final norm | {memory.weights} ({size_text(memory.weights)}) |
+| the full model, for comparison | {memory.full_weights} ({size_text(memory.full_weights)}) |
+| the draft's own KV cache, per token of context | {memory.kv_per_token} ({size_text(memory.kv_per_token)}) |
 
 Not checked here: a run in a real engine. The draft keeps its own KV cache, where skipsearch's own
 runtime drafts from the full model's; acceptance measured by skipsearch may differ.
 """
+
+
+def check_target(folder: str, force: bool, source: str | None) -> Path:
+    """The folder to export into, or a one-line refusal: not a folder, the model's own folder (`source`, which
+    --force must never replace), or not empty without `force`."""
+    target = Path(folder)
+    if target.exists() and not target.is_dir():
+        raise SkipsearchError(f"{folder} exists and is not a folder; give a folder path to export into")
+    if source is not None and target.exists() and target.resolve() == Path(source).resolve():
+        raise SkipsearchError(f"{folder} is the model's own folder; export the draft into another one")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise SkipsearchError(f"{folder} is not empty; choose a new folder, or pass --force to replace it "
+                              "(everything in it is removed)")
+    return target
 
 
 def write_draft(model: torch.nn.Module, tokenizer, profile: Profile, folder: str, force: bool = False,
@@ -258,14 +273,7 @@ def write_draft(model: torch.nn.Module, tokenizer, profile: Profile, folder: str
     own folder, which --force must never replace."""
     from safetensors.torch import save_file
 
-    target = Path(folder)
-    if target.exists() and not target.is_dir():
-        raise SkipsearchError(f"{folder} exists and is not a folder; give a folder path to export into")
-    if source is not None and target.exists() and target.resolve() == Path(source).resolve():
-        raise SkipsearchError(f"{folder} is the model's own folder; export the draft into another one")
-    if target.is_dir() and any(target.iterdir()) and not force:
-        raise SkipsearchError(f"{folder} is not empty; choose a new folder, or pass --force to replace it "
-                              "(everything in it is removed)")
+    target = check_target(folder, force, source)
     config = draft_config(model, profile.skip)
     tensors = draft_tensors(model, profile.skip)
     memory = DraftMemory.of(model, tensors, profile.skip)

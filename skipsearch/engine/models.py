@@ -267,15 +267,24 @@ def _dequantised_gguf_dir(gguf_path: Path, dtype: torch.dtype) -> Path:
     return target
 
 
+def gguf_file_of(name_or_path: str) -> Path | None:
+    """The GGUF file a model name stands for (an embedded name or a .gguf path); None for a folder or hub id."""
+    if name_or_path in EMBEDDED_MODELS:
+        return embedded_model_path(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.suffix != ".gguf":
+        return None
+    if not path.is_file():
+        raise SkipsearchError(f"GGUF file {path} does not exist")
+    return path.resolve()
+
+
 def resolve_source(name_or_path: str, dtype: torch.dtype) -> Path | str:
     """Where to load from: a local directory (a GGUF file's copy in `dtype`), or a hub id left as is."""
-    if name_or_path in EMBEDDED_MODELS:
-        return _dequantised_gguf_dir(embedded_model_path(name_or_path), dtype)
+    gguf_path = gguf_file_of(name_or_path)
+    if gguf_path is not None:
+        return _dequantised_gguf_dir(gguf_path, dtype)
     path = Path(name_or_path).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise SkipsearchError(f"GGUF file {path} does not exist")
-        return _dequantised_gguf_dir(path.resolve(), dtype)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SkipsearchError(f"{path} is a directory without config.json; point --model at a model folder")
