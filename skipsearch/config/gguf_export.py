@@ -254,9 +254,9 @@ llama-server -m {source} -md {draft} --draft-max {k} --draft-p-min {p_min}
 ```
 
 `-m` is the target, the GGUF this draft was made from; `--draft-max` is the profile's `max_draft_tokens`
-({k}) and `--draft-p-min` its confidence threshold (llama.cpp stops drafting when the draft's top
-probability falls below it, as skipsearch's confidence stop does). Add `-ngld` (GPU layers of the draft)
-as for `-ngl`.
+({k}) and `--draft-p-min` its confidence threshold. llama.cpp stops drafting after the first token whose
+top probability is below it but keeps that token, where skipsearch's confidence stop drops it: one
+draft token more at most per round. Add `-ngld` (GPU layers of the draft) as for `-ngl`.
 
 Layers given a one-wide FFN of zeros where the profile skips the FFN: {zero}. llama.cpp's `deci` graph
 drops the attention output of a layer whose FFN length is 0 (and, in the last layer, does not pick the
@@ -273,8 +273,10 @@ llama.cpp loads the draft beside the target and shares nothing with it:
 | the full model, for comparison | {memory.full_weights} ({size_text(memory.full_weights)}) |
 | the draft's own KV cache per token (f16, the default) | {memory.kv_per_token} ({size_text(memory.kv_per_token)}) |
 
-Not checked here: a run in llama.cpp. The file was read back with gguf-py and compared with the source;
-the layout follows llama.cpp's source as read on 2026-12-04.
+Not checked: a run in llama.cpp. The layout follows llama.cpp's source as read on 2026-12-04
+(`src/llama-model.cpp`, `src/models/deci.cpp`, `convert_hf_to_gguf.py`); skipsearch's tests read such
+files back with gguf-py and compare them with their source. The draft keeps its own KV cache, where
+skipsearch's runtime drafts from the full model's; acceptance in llama.cpp may differ.
 """
 
 
