@@ -8,6 +8,8 @@ integration test exports the embedded SmolLM2 (Q4_1) through the command."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
@@ -242,7 +244,8 @@ SMOLLM_SKIP = SkipSet(attention=(3, 5, 29), mlp=(4, 5, 7, 29))
 
 
 @pytest.mark.integration
-def test_the_smollm2_draft_keeps_its_q4_1_tensors(tmp_path, capsys, monkeypatch, smollm):
+def test_the_smollm2_draft_keeps_its_q4_1_tensors(tmp_path, capsys, caplog, monkeypatch, smollm):
+    caplog.set_level(logging.INFO)
     profile = _saved_profile(tmp_path, _profile(SMOLLM_SKIP, name="smollm2-135m", layers=30,
                                                 fingerprint=model_fingerprint(smollm.model)))
 
@@ -255,6 +258,8 @@ def test_the_smollm2_draft_keeps_its_q4_1_tensors(tmp_path, capsys, monkeypatch,
     assert _run(["export-draft", str(profile), str(draft), "--format", "gguf"]) == 0
     file = draft / "SmolLM2-135M-Instruct.Q4_1-draft.gguf"
     assert str(file) in capsys.readouterr().out
+    # gguf-py's writer logs at INFO the file it writes, here the temporary one: kept quiet
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("gguf")] == []
     reader = check_draft(file, embedded_model_path("smollm2-135m"), SMOLLM_SKIP, zero_layers=(4, 7, 29))
     fields = {f.name: f.contents() for f in reader.fields.values()}
     assert fields["deci.feed_forward_length"][5] == 0 and fields["deci.attention.head_count"][5] == 0

@@ -28,10 +28,12 @@ writes the folder atomically. Not run in llama.cpp here.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -225,6 +227,18 @@ def _fields(reader) -> dict[str, Field]:
     return out
 
 
+@contextlib.contextmanager
+def _quiet_writer() -> Iterator[None]:
+    """GGUFWriter logs at INFO the file it writes: here the temporary one, which the user never sees."""
+    log = logging.getLogger("gguf.gguf_writer")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 @dataclass(frozen=True)
 class GgufDraft:
     """What `write_gguf_draft` wrote."""
@@ -303,8 +317,8 @@ def write_gguf_draft(source: Path, profile: Profile, folder: str, force: bool = 
     file_name = f"{source.stem}-draft.gguf"
     readme = render_readme(profile, source, str(Path(folder) / file_name), layers, memory)
 
-    def fill(temporary: Path) -> None:
-        writer = GGUFWriter(temporary / file_name, arch=ARCH, endianess=reader.endianess)
+    def write_file(path: Path) -> None:
+        writer = GGUFWriter(path, arch=ARCH, endianess=reader.endianess)
         writer.data_alignment = reader.alignment
         for name, field in metadata.items():
             writer.add_key_value(name, field.value, field.type, sub_type=field.sub_type)
@@ -313,14 +327,20 @@ def write_gguf_draft(source: Path, profile: Profile, folder: str, force: bool = 
             writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, tensors[name].tensor_type)
         for name, array in zeros.items():
             writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for name in kept:
-            writer.write_tensor_data(tensors[name].data, tensor_endianess=reader.endianess)
-        for array in zeros.values():
-            writer.write_tensor_data(array)
-        writer.close()
+        try:
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for name in kept:
+                writer.write_tensor_data(tensors[name].data, tensor_endianess=reader.endianess)
+            for array in zeros.values():
+                writer.write_tensor_data(array)
+        finally:
+            writer.close()
+
+    def fill(temporary: Path) -> None:
+        with _quiet_writer():
+            write_file(temporary / file_name)
         (temporary / README_FILE).write_text(readme, encoding="utf-8")
 
     write_folder_atomic(target, fill, what="draft folder")
