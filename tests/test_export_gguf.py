@@ -4,7 +4,10 @@ arrays, kept tensors byte for byte in their stored types, skipped tensors absent
 for FFN length 0 where llama.cpp's deci graph would drop the attention output, the tokenizer keys.
 
 The fast tests export a tiny Llama GGUF written here (Q4_1 and Q8_0 tensors quantised by gguf-py); the
-integration test exports the embedded SmolLM2 (Q4_1) through the command."""
+integration test exports the embedded SmolLM2 (Q4_1) through the command. `run_deci` restates llama.cpp's
+deci graph in numpy, flaws included, and computes with an F32 draft of a tiny HF Llama: its logits equal
+the skipped model's, and fall apart where the export writes FFN length 0 for a layer with attention or
+for the last layer (both seen failing once)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from gguf.quants import quantize
 
@@ -19,7 +23,7 @@ from skipsearch.cli import export_draft_cmd, main
 from skipsearch.config.gguf_export import deci_layers, kept_tensors, write_gguf_draft
 from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel, save_profile
 from skipsearch.engine.models import embedded_model_path, model_fingerprint
-from skipsearch.engine.skipping import SkipSet
+from skipsearch.engine.skipping import SkipSet, skipping
 from skipsearch.errors import SkipsearchError
 
 from conftest import make_tiny, make_tokenizer
@@ -269,3 +273,125 @@ def test_the_smollm2_draft_keeps_its_q4_1_tensors(tmp_path, capsys, caplog, monk
     other = _saved_profile(tmp_path, _profile(SMOLLM_SKIP, name="smollm2-135m", layers=30), "other.yaml")
     _fails_with_one_line(["export-draft", str(other), str(tmp_path / "other"), "--format", "gguf"], capsys,
                          "fingerprint expected")
+
+
+# ---------------------------------------------------------------------------- computing with the draft
+
+
+def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter's q/k row order (`LlamaModel.permute`): its rope rotates adjacent pairs."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def _llama_gguf_from(model, path):
+    """An HF Llama as llama.cpp's converter writes it in F32: q/k rows permuted, a tied LM head stored once."""
+    config = model.config
+    weights = {name: tensor.float().numpy() for name, tensor in model.state_dict().items()}
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    writer = GGUFWriter(path, arch="llama")
+    writer.add_uint32("llama.block_count", config.num_hidden_layers)
+    writer.add_uint32("llama.context_length", config.max_position_embeddings)
+    writer.add_uint32("llama.embedding_length", config.hidden_size)
+    writer.add_uint32("llama.feed_forward_length", config.intermediate_size)
+    writer.add_uint32("llama.attention.head_count", heads)
+    writer.add_uint32("llama.attention.head_count_kv", kv_heads)
+    writer.add_float32("llama.rope.freq_base", config.rope_parameters["rope_theta"])
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", config.rms_norm_eps)
+    writer.add_uint32("llama.rope.dimension_count", config.head_dim)
+    writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(config.vocab_size)])
+    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    if not config.tie_word_embeddings:
+        writer.add_tensor("output.weight", weights["lm_head.weight"])
+    parts = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+             "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+             "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    for layer in range(config.num_hidden_layers):
+        for part, hf in parts.items():
+            tensor = weights[f"model.layers.{layer}.{hf}.weight"]
+            tensor = {"attn_q": lambda w: _permute(w, heads), "attn_k": lambda w: _permute(w, kv_heads)}.get(
+                part, lambda w: w)(tensor)
+            writer.add_tensor(f"blk.{layer}.{part}.weight", np.ascontiguousarray(tensor))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def run_deci(path, tokens: list[int], n_outputs: int) -> np.ndarray:
+    """llama.cpp's deci graph (`src/models/deci.cpp`, read 2026-12-04) restated in numpy for an F32 file, its
+    flaws included: a layer whose FFN length is 0 `continue`s before the attention output reaches the
+    residual stream, and the last layer picks the output rows (the last `n_outputs` tokens) on the FFN path
+    only, after which llama.cpp reads the first `n_outputs` rows of the result. Returns those logits."""
+    reader = GGUFReader(path)
+    fields = {f.name: f.contents() for f in reader.fields.values()}
+    weights = {t.name: np.asarray(t.data, dtype=np.float64) for t in reader.tensors}
+    heads, kv_heads = fields["deci.attention.head_count"], fields["deci.attention.head_count_kv"]
+    widths, eps = fields["deci.feed_forward_length"], fields["deci.attention.layer_norm_rms_epsilon"]
+    dim, base = fields["deci.attention.key_length"], fields["deci.rope.freq_base"]
+    n = len(tokens)
+    outputs = list(range(n - n_outputs, n))
+
+    def norm(x, weight):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
+
+    def rope(x):  # (tokens, heads, dim): rotate adjacent pairs (LLAMA_ROPE_TYPE_NORM)
+        angles = np.arange(n)[:, None] * base ** (-np.arange(0, dim, 2) / dim)
+        cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+        out = np.empty_like(x)
+        out[..., 0::2] = x[..., 0::2] * cos - x[..., 1::2] * sin
+        out[..., 1::2] = x[..., 0::2] * sin + x[..., 1::2] * cos
+        return out
+
+    hidden = weights["token_embd.weight"][tokens]  # (tokens, embd)
+    last = len(heads) - 1
+    for layer in range(len(heads)):
+        w = {name.split(".")[2]: value for name, value in weights.items() if name.startswith(f"blk.{layer}.")}
+        residual = hidden
+        cur = hidden if heads[layer] == 0 else norm(hidden, w["attn_norm"])
+        if heads[layer] > 0:
+            q = rope((cur @ w["attn_q"].T).reshape(n, heads[layer], dim))
+            k = rope((cur @ w["attn_k"].T).reshape(n, kv_heads[layer], dim))
+            v = (cur @ w["attn_v"].T).reshape(n, kv_heads[layer], dim)
+            group = heads[layer] // kv_heads[layer]
+            k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+            scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(dim)
+            scores = np.where(np.tril(np.ones((n, n), dtype=bool)), scores, -np.inf)
+            probs = np.exp(scores - scores.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            cur = np.einsum("hqk,khd->qhd", probs, v).reshape(n, -1) @ w["attn_output"].T
+        if layer == last:
+            cur, residual = cur[outputs], residual[outputs]
+        if widths[layer] == 0:
+            continue
+        ffn_in = cur + residual if heads[layer] > 0 else cur
+        x = norm(ffn_in, w["ffn_norm"])
+        gate = x @ w["ffn_gate"].T
+        hidden = (gate / (1 + np.exp(-gate)) * (x @ w["ffn_up"].T)) @ w["ffn_down"].T + ffn_in
+    hidden = norm(hidden, weights["output_norm.weight"])[:n_outputs]
+    return hidden @ weights.get("output.weight", weights["token_embd.weight"]).T
+
+
+# layer 1 skips its attention only, 2 its MLP only, 3 both (FFN length 0), 5 (the last) both (zero FFN)
+COMPUTE_SKIP = SkipSet(attention=(1, 3, 5), mlp=(2, 3, 5))
+
+
+@pytest.mark.parametrize("n_outputs", [1, 7], ids=["last token", "every token"])
+def test_the_gguf_draft_computes_the_skipped_model(tmp_path, n_outputs):
+    model = make_tiny("llama", num_layers=6)
+    source = _llama_gguf_from(model, tmp_path / "tiny.gguf")
+    tokens = [1, 7, 8, 5, 3, 9, 27]
+    whole = write_gguf_draft(source, _profile(SkipSet(), layers=6), str(tmp_path / "whole"))
+    full = run_deci(whole.file, tokens, n_outputs)
+    with torch.no_grad():
+        want = model(torch.tensor([tokens])).logits[0, -n_outputs:].double().numpy()
+    assert np.allclose(full, want, atol=1e-4)  # the restated graph computes the model
+
+    written = write_gguf_draft(source, _profile(COMPUTE_SKIP, layers=6), str(tmp_path / "draft"))
+    assert written.layers.feed_forward_length == [128, 128, 1, 0, 128, 1]
+    with torch.no_grad(), skipping(model, COMPUTE_SKIP):
+        want = model(torch.tensor([tokens])).logits[0, -n_outputs:].double().numpy()
+    got = run_deci(written.file, tokens, n_outputs)
+    assert np.allclose(got, want, atol=1e-4), np.abs(got - want).max()
