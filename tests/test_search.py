@@ -59,16 +59,30 @@ def test_rescoring_predicts_from_costs_timed_on_the_rescoring_machine(tmp_path, 
 
 @pytest.mark.slow
 def test_warm_starts_are_enqueued_first(tmp_path, isolated_cache):
-    setup, study = _run(tmp_path, study_config(tmp_path, objective="matchness", trials=2),
+    setup, study = _run(tmp_path, study_config(tmp_path, objective="matchness", trials=4),
                         f"sqlite:///{tmp_path / 'w.db'}")
     trials = study.get_trials()
-    assert all(t.user_attrs.get("warm_start") for t in trials[:2])
-    ranking = [((kind, layer), value) for kind, layer, value in study.user_attrs["importance"]]
+    warm = [t for t in trials if t.user_attrs.get("warm_start")]
+    assert len(warm) >= 2 and trials[:len(warm)] == warm  # tried before any sampled trial
+    assert SkipSet.from_attrs(warm[0].user_attrs) == runner.dp_method(setup, "clasp-sublayers", 2).best
+
+
+@pytest.mark.parametrize("objective", ["matchness", "speedup"])
+def test_the_dynamic_programs_sets_are_the_first_warm_starts(tmp_path, isolated_cache, objective):
+    """Strongest first: few trials or a small budget must reach them before the weaker starts."""
     from skipsearch.search.baselines import evenly_spaced, least_important
 
-    expected = {least_important(ranking, 2), evenly_spaced(setup.eligible, 2)}
-    assert {SkipSet.from_attrs(t.user_attrs) for t in trials[:2]} <= expected
-    assert SkipSet.from_attrs(trials[0].user_attrs) == least_important(ranking, 2)
+    setup = runner.prepare(study_config(tmp_path, objective=objective), progress=False, loaded=tiny_loaded())
+    setup.time_costs()
+    ranking = [(sublayer, float(i)) for i, sublayer in enumerate(setup.eligible)][::-1]
+    dp_sets = [runner.dp_method(setup, name, setup.k).best for name in ("clasp-sublayers", "knapspec")]
+    assert least_important(ranking, setup.k) not in dp_sets  # the ranking makes the two kinds differ
+    sets = runner.warm_start_sets(setup, ranking)
+    assert sets[:2] == dp_sets
+    weaker = sets.index(least_important(ranking, setup.k))
+    assert weaker >= 2 and sets[weaker + 1] == evenly_spaced(setup.eligible, setup.k)
+    if objective == "speedup":  # KnapSpec's own choice and n-gram drafting alone before them too
+        assert SkipSet() in sets[:weaker] and runner.dp_method(setup, "knapspec", None).best in sets[:weaker]
 
 
 @pytest.mark.slow

@@ -229,27 +229,32 @@ def dp_method(setup: StudySetup, name: str, k: int | None) -> MethodResult:
 
 
 def warm_start_sets(setup: StudySetup, ranking, progress: bool = False) -> list[SkipSet]:
-    """Sets the search tries before sampling: the least important sublayers, evenly spaced layers,
-    CLaSp's and KnapSpec's sets and their two nearest neighbours each, and warm-start profiles.
-    With a free count also KnapSpec's shortlist at its own count: the trials score it as KnapSpec
-    would, so the search's best is at least KnapSpec's choice on the search prompts."""
+    """Sets the search tries before sampling, strongest first: CLaSp's and KnapSpec's sets (with a
+    free count also KnapSpec's shortlist at its own count, which the trials score as KnapSpec
+    would, and no skip set at all: n-gram drafting alone), the least important sublayers, evenly
+    spaced layers, two nearest neighbours of each dynamic program's set, with a free count the
+    least important sublayers at half and twice the count, and warm-start profiles."""
     k, eligible = setup.k, setup.eligible
     fixed = get_objective(setup.config.search.objective).fixed_count
-    sets = [least_important(ranking, k), evenly_spaced(eligible, k)]
     bar = tqdm(total=2 if fixed else 3, desc="warm starts (dynamic programs)", disable=not progress, leave=False)
+    found = []
     for name in ("clasp-sublayers", "knapspec"):
-        found = dp_method(setup, name, k).best
-        sets += [found, *neighbours(found, dict(ranking), eligible, fixed_count=fixed)[:2]]
+        found.append(dp_method(setup, name, k).best)
         bar.update(1)
+    # the dynamic programs' sets first: they generalise best out of sample, and a small budget or
+    # few trials must not run out on weaker starts before reaching them
+    sets = list(found)
     if not fixed:
         sets += knapspec_shortlist(setup.scorer, setup.costs, eligible, None, setup.config.draft.max_draft_tokens,
                                    max_count=free_count_limit(setup))
-        bar.update(1)
-        # smaller and larger sets of the least important sublayers, and none at all (n-gram
-        # drafting alone)
-        sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
         sets.append(SkipSet())
+        bar.update(1)
     bar.close()
+    sets += [least_important(ranking, k), evenly_spaced(eligible, k)]
+    for dp_set in found:
+        sets += neighbours(dp_set, dict(ranking), eligible, fixed_count=fixed)[:2]
+    if not fixed:
+        sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
     allowed = set(eligible)
     for path, profile in setup.warm_profiles:
         kept = [s for s in profile.skip.sublayers if s in allowed]
