@@ -1,5 +1,6 @@
 import dataclasses
 import random
+import types
 
 import optuna
 import pytest
@@ -83,6 +84,10 @@ def test_the_dynamic_programs_sets_are_the_first_warm_starts(tmp_path, isolated_
     assert weaker >= 2 and sets[weaker + 1] == evenly_spaced(setup.eligible, setup.k)
     if objective == "speedup":  # KnapSpec's own choice and n-gram drafting alone before them too
         assert SkipSet() in sets[:weaker] and runner.dp_method(setup, "knapspec", None).best in sets[:weaker]
+    # a user's own warm start goes before all of them: a short study must not drop it
+    given = SkipSet(attention=(2,))
+    setup.warm_profiles = [("given.profile.yaml", types.SimpleNamespace(skip=given))]
+    assert runner.warm_start_sets(setup, ranking)[:3] == [given, *dp_sets]
 
 
 @pytest.mark.slow

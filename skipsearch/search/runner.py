@@ -229,11 +229,11 @@ def dp_method(setup: StudySetup, name: str, k: int | None) -> MethodResult:
 
 
 def warm_start_sets(setup: StudySetup, ranking, progress: bool = False) -> list[SkipSet]:
-    """Sets the search tries before sampling, strongest first: CLaSp's and KnapSpec's sets (with a
-    free count also KnapSpec's shortlist at its own count, which the trials score as KnapSpec
-    would, and no skip set at all: n-gram drafting alone), the least important sublayers, evenly
-    spaced layers, two nearest neighbours of each dynamic program's set, with a free count the
-    least important sublayers at half and twice the count, and warm-start profiles."""
+    """Sets the search tries before sampling: warm-start profiles, then the strongest first:
+    CLaSp's and KnapSpec's sets (with a free count also KnapSpec's shortlist at its own count,
+    which the trials score as KnapSpec would, and no skip set at all: n-gram drafting alone), the
+    least important sublayers, evenly spaced layers, two nearest neighbours of each dynamic
+    program's set, with a free count the least important sublayers at half and twice the count."""
     k, eligible = setup.k, setup.eligible
     fixed = get_objective(setup.config.search.objective).fixed_count
     bar = tqdm(total=2 if fixed else 3, desc="warm starts (dynamic programs)", disable=not progress, leave=False)
@@ -256,13 +256,14 @@ def warm_start_sets(setup: StudySetup, ranking, progress: bool = False) -> list[
     if not fixed:
         sets += [least_important(ranking, size) for size in (max(1, k // 2), min(len(eligible), 2 * k))]
     allowed = set(eligible)
+    given = []  # the user's own warm starts go first: a short study must not drop them
     for path, profile in setup.warm_profiles:
         kept = [s for s in profile.skip.sublayers if s in allowed]
         if len(kept) < len(profile.skip):
             log.warning("warm start %s: dropped sublayers outside the eligible layers", path)
         if kept:
-            sets.append(SkipSet.from_sublayers(kept))
-    return sets
+            given.append(SkipSet.from_sublayers(kept))
+    return given + sets
 
 
 def prepare_study(setup: StudySetup, study: optuna.Study, progress: bool) -> None:
