@@ -36,8 +36,9 @@ def test_a_short_study_writes_a_valid_profile(tmp_path, isolated_cache):
     assert [p.name for p in written] == ["toy.profile.yaml", "toy.profile-2.yaml"]
     profile = load_profile(written[0])
     check_profile_for_model(profile, setup.loaded.model)
-    # the best re-scored set, at the study's skip budget, of the eligible sublayers
-    assert profile.skip == measurements[0].skip_set and len(profile.skip) == setup.k == 2
+    # the best re-scored set, one of the study's trials, of the eligible sublayers
+    assert profile.skip == measurements[0].skip_set
+    assert profile.skip in {SkipSet.from_attrs(t.user_attrs) for t in runner.completed_trials(study)}
     assert set(profile.skip.sublayers) <= set(setup.eligible)
     assert load_profile(written[1]).skip == measurements[1].skip_set
     assert profile.provenance["study"] == "toy" and profile.provenance["trials"] == 3
