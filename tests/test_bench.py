@@ -250,6 +250,7 @@ def test_bench_settings(no_eos_model):
     json.dumps(data)
 
 
+@pytest.mark.slow
 def test_the_guard_suspends_a_losing_skip_set_in_every_timed_prompt(no_eos_model):
     everything = SkipSet.from_sublayers(eligible_sublayers(4, keep_first=0, keep_last=0))
     settings = BenchSettings(max_new_tokens=40, skip_set=everything, confidence_threshold=0.0, early_exit_layers=(),

@@ -31,8 +31,8 @@ def _perfect_draft_model(seed=0):
     return model, SkipSet(mlp=(len(model.model.layers) - 1,))
 
 
-# a hundred decodes per draft length: the fast tier keeps the shortest and a longer one
-@pytest.mark.parametrize("max_draft_tokens", [pytest.param(n, marks=[] if n in (1, 3) else pytest.mark.slow)
+# a hundred decodes per draft length: the fast tier keeps one of several tokens
+@pytest.mark.parametrize("max_draft_tokens", [pytest.param(n, marks=[] if n == 3 else pytest.mark.slow)
                                               for n in range(1, 9)])
 def test_greedy_is_identical_togenerate_greedy(tiny_model, max_draft_tokens):
     rng = random.Random(max_draft_tokens)

@@ -171,6 +171,7 @@ def test_weights_travel_in_two_halves_and_are_joined_with_their_checksum(tmp_pat
     assert all(part.is_dir() for part in gpu_weights.PARTS)  # kept, to send again
 
 
+@pytest.mark.slow  # a subprocess that imports torch: seconds
 def test_a_model_path_that_does_not_exist_is_one_line_and_exit_2(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--no-tests", "--config", "none",
                            "--model", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "out.json")],

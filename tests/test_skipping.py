@@ -195,6 +195,7 @@ def test_a_trial_without_skip_attributes_skips_nothing():
     assert SkipSet(attention=(3, 1), mlp=()).describe() == "attention[1,3] mlp[-]"
 
 
+@pytest.mark.slow  # many decodes on two threads
 def test_a_thread_drafting_leaves_another_threads_plain_generate_alone():
     """Serving code shares one model between request threads: skipping in one must not reach another."""
     import sys
