@@ -288,8 +288,12 @@ def run(args) -> int:
     report = write_study_report(study, config, args.study, storage, report_path, command)
     best = measurements[0]
     print(f"study {config.name}: {len(runner.completed_trials(study))} trials in {redact(storage)}")
-    print(f"best skip set: {best.skip_set.describe()} ({len(best.skip_set)} of {len(setup.eligible)} sublayers)")
-    print(f"held-out: matchness {best.matchness:.3f}, acceptance {best.acceptance_rate:.3f}, "
+    if len(best.skip_set):
+        print(f"best skip set: {best.skip_set.describe()} ({len(best.skip_set)} of {len(setup.eligible)} sublayers)")
+    else:  # matchness means nothing without a skipped model: 1.0 by definition
+        print(f"best skip set: none (n-gram drafting alone beat every skip set of the {len(setup.eligible)} sublayers)")
+    matchness = f"matchness {best.matchness:.3f}, " if len(best.skip_set) else ""
+    print(f"held-out: {matchness}acceptance {best.acceptance_rate:.3f}, "
           f"mean accepted tokens {best.mean_accepted_tokens:.2f}, decode speedup {best.decode_speedup:.2f}x measured / "
           f"{best.predicted_speedup:.2f}x predicted ({setup.costs.device})")
     print(f"drafting policy: {_policy_line(best)}")
