@@ -24,13 +24,23 @@ def test_a_fresh_process_starts_from_what_the_last_one_learned(tmp_path, monkeyp
     make_tokenizer().save_pretrained(tmp_path / "tiny")
     everything = ["--skip-attention", "0,1,2,3", "--skip-mlp", "0,1,2,3", "--confidence-threshold", "0",
                   "--no-fallback"]
-    first = _generate(tmp_path / "tiny", capsys, *everything)
+    _generate(tmp_path / "tiny", capsys, *everything)
     memories = list((tmp_path / "cache" / "policy").glob("*.json"))
     assert len(memories) == 1
     kept = json.loads(memories[0].read_text())
     assert sum(kept["layer_skip"]["rejected"]) > 0  # what the first call saw of the skip set's drafts
-    second = _generate(tmp_path / "tiny", capsys, *everything)
-    assert second["rounds"] - second["ngram_rounds"] <= first["rounds"] - first["ngram_rounds"]
+
+    def layer_skip_rounds_after(accepted: float, rejected: float) -> int:
+        """A fresh process's layer-skip rounds when the kept evidence says the drafts are
+        accepted (or rejected) overwhelmingly at every position: only a process that reads the
+        file decides by it, whatever its own draws."""
+        kept["layer_skip"] = {"accepted": [accepted] * 8, "rejected": [rejected] * 8}
+        memories[0].write_text(json.dumps(kept))
+        stats = _generate(tmp_path / "tiny", capsys, *everything)
+        return stats["rounds"] - stats["ngram_rounds"] - stats["ngram_layer_skip_rounds"]
+
+    assert layer_skip_rounds_after(accepted=0.0, rejected=10_000.0) == 0
+    assert layer_skip_rounds_after(accepted=10_000.0, rejected=0.0) > 0
     # another profile keeps a memory of its own; --plain keeps none
     _generate(tmp_path / "tiny", capsys, "--skip-attention", "0,1,2,3", "--confidence-threshold", "0")
     _generate(tmp_path / "tiny", capsys, "--plain")
