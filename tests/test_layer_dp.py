@@ -24,9 +24,10 @@ def scorer(tiny_model):
     return ProxyScorer(tiny_model, tiny_references(tiny_model, count=2, seed=3, new_tokens=10, first_length=5))
 
 
-def _final_similarity_from_scratch(model, references, skip_set: SkipSet) -> float:
-    """The skipped model's final state over each continuation, from a full-model prompt cache, by
-    a whole forward pass (not layer by layer), against the full model's."""
+def _final_similarity_from_scratch(model, references, skip_set: SkipSet, draft_cache: str = "shared") -> float:
+    """The skipped model's final state over each continuation, from a full-model prompt cache (or,
+    with an own draft cache, its own prefill of the prompt), by whole forward passes (not layer by
+    layer), against the full model's."""
     total, positions = 0.0, 0
     with torch.inference_mode():
         for ref in references:
@@ -36,6 +37,9 @@ def _final_similarity_from_scratch(model, references, skip_set: SkipSet) -> floa
             forward.run(model, cache, prompt, 0, logits_to_keep=1)
             full = forward.run(model, copy.deepcopy(cache), inputs, prompt.shape[1], output_hidden_states=True)
             with skipping(model, skip_set):
+                if draft_cache == "own":
+                    cache = forward.new_cache()
+                    forward.run(model, cache, prompt, 0, logits_to_keep=1)
                 ours = forward.run(model, cache, inputs, prompt.shape[1], output_hidden_states=True)
             total += torch.nn.functional.cosine_similarity(ours.hidden_states[-1], full.hidden_states[-1],
                                                            dim=-1).sum().item()
@@ -53,6 +57,17 @@ def test_a_table_that_keeps_everything_holds_every_small_set_with_its_true_simil
     for state in table[2]:
         brute = _final_similarity_from_scratch(tiny_model, scorer.references, SkipSet.from_sublayers(state.skipped))
         assert state.similarity == pytest.approx(brute, abs=1e-5)
+
+
+def test_with_an_own_draft_cache_the_table_scores_the_draft_s_own_prefill(tiny_model):
+    references = tiny_references(tiny_model, count=2, seed=3, new_tokens=10, first_length=5)
+    own = ProxyScorer(tiny_model, references, draft_cache="own")
+    table = layer_table(own, ELIGIBLE, 2, keep=lambda states: states)
+    for state in table[2]:
+        skip_set = SkipSet.from_sublayers(state.skipped)
+        assert state.similarity == pytest.approx(
+            _final_similarity_from_scratch(tiny_model, references, skip_set, "own"), abs=1e-5)
+    assert clasp(own, ELIGIBLE, 3, whole_layers=False).best  # the dynamic programs run on it
 
 
 def test_clasp_keeps_one_state_per_cell_and_returns_k_sublayers(scorer, tiny_model):

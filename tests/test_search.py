@@ -45,6 +45,28 @@ def test_a_short_study_writes_a_valid_profile(tmp_path, isolated_cache):
     assert 0 <= profile.metrics.acceptance_rate <= 1
 
 
+def test_an_own_cache_study_searches_an_engine_s_draft_and_says_so(tmp_path, isolated_cache):
+    config = study_config(tmp_path, draft_cache="own", trials=4)
+    storage = f"sqlite:///{tmp_path / 'own.db'}"
+    setup, study = _run(tmp_path, config, storage)
+    assert setup.scorer.draft_cache == "own" and setup.heldout_scorer.draft_cache == "own"
+    assert setup.runtime_scorer.draft_cache == "shared"  # the profile's priors are for skipsearch's runtime
+    trials = runner.completed_trials(study)
+    # the engine's rule: no n-gram drafting and no policy, and no empty set (that draft is the model itself)
+    assert all(t.user_attrs["ngram"] is None and t.user_attrs["policy_margin"] is None for t in trials)
+    assert all(t.user_attrs["skipped"] > 0 for t in trials if t.user_attrs["predicted_speedup"] != 1.0)
+    measurements = runner.rescore(setup, study, top=1, progress=False)
+    best = measurements[0]
+    assert best.predicted_speedup == max(m.predicted_speedup for m in measurements)
+    written = runner.export_profiles(setup, measurements, study, storage, tmp_path / "own.profile.yaml", 1, "test")
+    assert load_profile(written[0]).provenance["draft_cache"] == "own"
+    # the same study with the other cache would mix two meanings of its trial values
+    shared = dataclasses.replace(config, search=dataclasses.replace(config.search, draft_cache="shared"))
+    with pytest.raises(SkipsearchError, match="scores drafts on the own draft cache, not the shared one"):
+        runner.prepare_study(runner.prepare(shared, progress=False, loaded=tiny_loaded()),
+                             runner.open_configured_study(shared, storage), progress=False)
+
+
 @pytest.mark.slow
 def test_rescoring_predicts_from_costs_timed_on_the_rescoring_machine(tmp_path, isolated_cache):
     setup, study = _run(tmp_path, study_config(tmp_path), f"sqlite:///{tmp_path / 'r.db'}")
@@ -132,20 +154,36 @@ def test_references_are_cached_on_disk(tmp_path, isolated_cache):
     assert first.search_refs == second.search_refs
 
 
-def test_proxy_equals_a_from_scratch_computation(tiny_model):
+@pytest.mark.parametrize("draft_cache", ["shared", "own"])
+def test_proxy_equals_a_from_scratch_computation(tiny_model, draft_cache):
     references = tiny_references(tiny_model, count=3, seed=1, new_tokens=12)
     rng = random.Random(1)
-    scorer = ProxyScorer(tiny_model, references)
+    scorer = ProxyScorer(tiny_model, references, draft_cache=draft_cache)
     eligible = eligible_sublayers(4, keep_first=0, keep_last=0)
     scored = set()
     for _ in range(15):
         skip_set = SkipSet.from_sublayers(rng.sample(eligible, rng.randint(1, 6)))
-        fast, slow = scorer.score(skip_set), score_from_scratch(tiny_model, references, skip_set)
+        fast, slow = scorer.score(skip_set), score_from_scratch(tiny_model, references, skip_set, draft_cache)
         scored.add(skip_set)
         assert fast.matchness == slow.matchness
         assert fast.expected_acceptance == pytest.approx(slow.expected_acceptance, abs=1e-5)
         assert scorer.score(skip_set) is fast  # a set scored again is remembered, not run again
     assert scorer.evaluations == len(scored)
+
+
+def test_an_own_draft_cache_scores_what_a_separate_draft_sees(tiny_model):
+    references = tiny_references(tiny_model, count=3, seed=1, new_tokens=12)
+    shared, own = ProxyScorer(tiny_model, references), ProxyScorer(tiny_model, references, draft_cache="own")
+    skip_set = SkipSet(attention=(1, 2), mlp=(1, 3))
+    # the prompt's KV differs (the draft's own, skipped, states), so the draft's distributions do
+    assert own.score(skip_set).expected_acceptance != pytest.approx(shared.score(skip_set).expected_acceptance,
+                                                                    abs=1e-4)
+    # a skip set that starts above the prompt's layers changes nothing below them: the last
+    # layer's MLP only reads the position's own state, so both caches score it alike
+    last = SkipSet(mlp=(3,))
+    assert own.score(last).expected_acceptance == pytest.approx(shared.score(last).expected_acceptance, abs=1e-5)
+    with pytest.raises(SkipsearchError, match="unknown draft cache 'mine'"):
+        ProxyScorer(tiny_model, references, draft_cache="mine")
 
 
 def test_params_encode_and_decode_skip_sets():

@@ -19,6 +19,7 @@ import json
 
 from skipsearch.config.profiles import Profile, check_profile_for_model, load_profile
 from skipsearch.config.studies import (
+    DRAFT_CACHES,
     OBJECTIVES,
     SAMPLERS,
     apply_overrides,
@@ -236,6 +237,10 @@ def add_study_overrides(parser) -> None:
                              "postgresql://USER:PASSWORD@HOST:PORT/DB (many machines) or FILE.log (an Optuna "
                              "journal file on a shared file system)")
     parser.add_argument("--seed", type=int, metavar="S")
+    parser.add_argument("--draft-cache", choices=DRAFT_CACHES,
+                        help="score drafts on the full model's KV cache (shared: skipsearch's runtime) or on "
+                             "their own (own: an engine's exported draft model); default the study's "
+                             "search.draft_cache")
     parser.add_argument("--data", metavar="FILE", help="task data file (specbench, datasets)")
     parser.add_argument("--category", metavar="NAME", help="task category to keep")
     parser.add_argument("--heldout-prompts", type=int, metavar="N",
@@ -248,7 +253,8 @@ def configured(args):
     """The study config with command-line overrides, its storage URL and output paths."""
     config = load_study(args.study)
     config = apply_overrides(config, trials=args.trials, sampler=args.sampler, objective=args.objective,
-                             skip_budget=args.skip_budget, storage=args.storage, seed=args.seed, data=args.data,
+                             skip_budget=args.skip_budget, storage=args.storage, seed=args.seed,
+                             draft_cache=args.draft_cache, data=args.data,
                              category=args.category, heldout_prompts=args.heldout_prompts,
                              output_profile=getattr(args, "output", None),
                              **model_options(args))

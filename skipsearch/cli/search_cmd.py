@@ -293,9 +293,15 @@ def run(args) -> int:
     else:  # matchness means nothing without a skipped model: 1.0 by definition
         print(f"best skip set: none (n-gram drafting alone beat every skip set of the {len(setup.eligible)} sublayers)")
     matchness = f"matchness {best.matchness:.3f}, " if len(best.skip_set) else ""
-    print(f"held-out: {matchness}acceptance {best.acceptance_rate:.3f}, "
-          f"mean accepted tokens {best.mean_accepted_tokens:.2f}, decode speedup {best.decode_speedup:.2f}x measured / "
-          f"{best.predicted_speedup:.2f}x predicted ({setup.costs.device})")
+    runtime = (f"acceptance {best.acceptance_rate:.3f}, mean accepted tokens {best.mean_accepted_tokens:.2f}, "
+               f"decode speedup {best.decode_speedup:.2f}x measured")
+    if setup.engine_draft:
+        print(f"held-out, as an engine's draft model (own KV cache, drafts of {best.max_draft_tokens} stopping below "
+              f"{best.confidence_threshold}): {matchness}{best.predicted_speedup:.2f}x plain decoding predicted "
+              f"({setup.costs.device}); export it with `skipsearch export-draft PROFILE DIR --study {args.study}`")
+        print(f"held-out, in skipsearch's runtime: {runtime} ({setup.costs.device})")
+    else:
+        print(f"held-out: {matchness}{runtime} / {best.predicted_speedup:.2f}x predicted ({setup.costs.device})")
     print(f"drafting policy: {_policy_line(best)}")
     counts = LosslessCounts(**{kind: sum(m.lossless[kind] for m in measurements) for kind in KINDS})
     print(f"lossless check ({setup.costs.dtype}, {len(measurements)} candidates x {len(setup.heldout_refs)} held-out "

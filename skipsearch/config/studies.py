@@ -36,6 +36,9 @@ from skipsearch.errors import SkipsearchError
 
 OBJECTIVES = ("matchness", "speedup", "pareto")
 SAMPLERS = ("tpe", "gp", "nsga2", "random")
+# whose KV cache a draft reads: the full model's (skipsearch's runtime, custom_generate) or its own
+# (an engine's draft model from `skipsearch export-draft`)
+DRAFT_CACHES = ("shared", "own")
 TASK_SOURCES = ("humaneval", "specbench", "datasets")
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
@@ -176,6 +179,9 @@ class SearchConfig:
     # decoder layers at the top that are never skipped
     warm_start: tuple[str, ...] = _f((), PATHS)
     # profile files whose skip sets are evaluated first
+    draft_cache: str = _f("shared", _choice(DRAFT_CACHES))
+    # shared: score drafts as skipsearch's runtime runs them, on the full model's KV cache; own:
+    # as an engine runs the exported draft model (`skipsearch export-draft`), on a cache of its own
     rescore_top: int = _f(3, _int(1))
     # best candidates re-scored by the real self-speculative decoder on held-out prompts
     heartbeat_interval: int = _f(10, _int(1))
@@ -359,6 +365,7 @@ def apply_overrides(
     skip_budget: Any = None,
     storage: Any = None,
     seed: Any = None,
+    draft_cache: Any = None,
     data: Any = None,
     category: Any = None,
     heldout_prompts: Any = None,
@@ -370,7 +377,7 @@ def apply_overrides(
 ) -> StudyConfig:
     """The study with command-line values (None = not given) replaced, validated again."""
     search_changes = {"trials": trials, "sampler": sampler, "objective": objective, "skip_budget": skip_budget,
-                      "seed": seed}
+                      "seed": seed, "draft_cache": draft_cache}
     task_changes = {"data": data, "category": category, "heldout_prompts": heldout_prompts}
     model_changes = {"dtype": dtype, "device": device, "device_map": device_map,
                      "attn_implementation": attn_implementation}

@@ -72,6 +72,7 @@ class StudySetup:
     warm_profiles: list[tuple[str, Profile]] = field(default_factory=list)  # (path, profile), checked against the model
     _costs: CostModel | None = None
     _heldout_scorer: ProxyScorer | None = None
+    _runtime_scorer: ProxyScorer | None = None
 
     @property
     def costs(self) -> CostModel:
@@ -118,8 +119,29 @@ class StudySetup:
     @property
     def heldout_scorer(self) -> ProxyScorer:
         if self._heldout_scorer is None:
-            self._heldout_scorer = ProxyScorer(self.loaded.model, self.heldout_refs)
+            self._heldout_scorer = ProxyScorer(self.loaded.model, self.heldout_refs, self.config.search.draft_cache)
         return self._heldout_scorer
+
+    @property
+    def engine_draft(self) -> bool:
+        """Whether the study searches for an engine's draft model (`search.draft_cache: own`): it
+        drafts a fixed length per round with a confidence stop, without n-grams or a policy."""
+        return self.config.search.draft_cache == "own"
+
+    @property
+    def runtime_policies(self) -> bool:
+        """Whether trials weigh skipsearch's runtime policy (n-gram drafts, the cost-model choice)."""
+        return self.config.search.objective != "matchness" and not self.engine_draft
+
+    @property
+    def runtime_scorer(self) -> ProxyScorer:
+        """The search prompts scored as skipsearch's runtime drafts (the full model's cache): where a
+        profile's priors come from, whatever cache the study searched for."""
+        if not self.engine_draft:
+            return self.scorer
+        if self._runtime_scorer is None:
+            self._runtime_scorer = ProxyScorer(self.loaded.model, self.search_refs)
+        return self._runtime_scorer
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -188,7 +210,7 @@ def prepare(config: StudyConfig, progress: bool = True, loaded: LoadedModel | No
     eligible = eligible_sublayers(model.config.num_hidden_layers, config.search.keep_first, config.search.keep_last)
     k = resolve_skip_budget(config.search.skip_budget, len(eligible))
     return StudySetup(config, loaded, fingerprint, eligible, k, search_refs, heldout_refs,
-                      ProxyScorer(model, search_refs), warm_profiles)
+                      ProxyScorer(model, search_refs, config.search.draft_cache), warm_profiles)
 
 
 def importance(setup: StudySetup, study: optuna.Study, progress: bool) -> list[tuple[tuple[str, int], float]]:
@@ -247,7 +269,8 @@ def warm_start_sets(setup: StudySetup, ranking, progress: bool = False) -> list[
     if not fixed:
         sets += knapspec_shortlist(setup.scorer, setup.costs, eligible, None, setup.config.draft.max_draft_tokens,
                                    max_count=free_count_limit(setup))
-        sets.append(SkipSet())
+        if not setup.engine_draft:  # an engine's draft model without a skip set is the model itself
+            sets.append(SkipSet())
         bar.update(1)
     bar.close()
     sets += [least_important(ranking, k), evenly_spaced(eligible, k)]
@@ -271,6 +294,13 @@ def prepare_study(setup: StudySetup, study: optuna.Study, progress: bool) -> Non
     ranking and the warm starts it yields, and the costs every worker's objective uses (so trial
     values from different workers compare)."""
     search_cfg = setup.config.search
+    # studies prepared before the attribute existed were all searched for the shared cache
+    searched_for = study.user_attrs.get("draft_cache",
+                                        "shared" if study.user_attrs.get("warm_started") else search_cfg.draft_cache)
+    if searched_for != search_cfg.draft_cache:
+        raise SkipsearchError(f"study {study.study_name!r} scores drafts on the {searched_for} draft cache, not "
+                              f"the {search_cfg.draft_cache} one; give the study another name or storage")
+    study.set_user_attr("draft_cache", search_cfg.draft_cache)
     stored = study.user_attrs.get("costs")
     if stored and setup.fits(CostModel.from_dict(stored)):
         setup.costs = CostModel.from_dict(stored)
@@ -291,7 +321,7 @@ def run_search(setup: StudySetup, study: optuna.Study, progress: bool) -> None:
     objective = SkipObjective(setup.scorer.score, setup.costs, setup.eligible, search_cfg.objective,
                               setup.k if get_objective(search_cfg.objective).fixed_count else None,
                               setup.config.draft.max_draft_tokens, setup.thresholds,
-                              policies=search_cfg.objective != "matchness")
+                              policies=setup.runtime_policies)
     complete, _ = trial_counts(study)
     bar = tqdm(total=search_cfg.trials, initial=min(complete, search_cfg.trials), desc="trials (all workers)",
                disable=not progress)
@@ -322,7 +352,9 @@ class Measurement:
     mean_accepted_tokens: float
     # measured: tokens/s over skipsearch's plain decoder's, both after the prompt's prefill
     decode_speedup: float
-    predicted_speedup: float  # cost model over drafting replayed on the held-out proxy outcomes
+    # cost model over drafting replayed on the held-out proxy outcomes: as the runtime drafts, or with an
+    # own draft cache as an engine drafts (fixed drafts, no n-grams)
+    predicted_speedup: float
     predicted_acceptance: float  # accepted / drafted tokens in that replay: beside acceptance_rate
     tokens_per_s: float
     plain_tokens_per_s: float
@@ -347,7 +379,7 @@ class Measurement:
 def search_priors(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confidence_threshold: float) -> Priors:
     """The evidence a profile carries: acceptance by position of the skip set's drafts and of the
     n-gram drafts, with counts, over the search prompts' reference continuations."""
-    return measure_priors(setup.scorer.score(skip_set).prompts, len(skip_set) > 0, NGRAM, max_draft_tokens,
+    return measure_priors(setup.runtime_scorer.score(skip_set).prompts, len(skip_set) > 0, NGRAM, max_draft_tokens,
                           confidence_threshold)
 
 
@@ -404,7 +436,12 @@ def measure(setup: StudySetup, skip_set: SkipSet, max_draft_tokens: int, confide
     totals = DecodeStats.total(runs)
     heldout = setup.heldout_scorer.score(skip_set)
     per_prompt, plain_steps = prompt_costs(setup.costs, skip_set, heldout.prompts)
-    replayed, predicted = replay_drafting(heldout.prompts, drafting, len(skip_set) > 0, per_prompt,
+    # an own-cache study predicts the engine's draft model: its fixed rule over its own-cache trace
+    replayed_settings = (DecodeSettings(max_new_tokens=setup.config.task.reference_tokens,
+                                        max_draft_tokens=max_draft_tokens, confidence_threshold=confidence_threshold,
+                                        ngram=None, costs=None, fallback=False)
+                         if setup.engine_draft else drafting)
+    replayed, predicted = replay_drafting(heldout.prompts, replayed_settings, len(skip_set) > 0, per_prompt,
                                           plain_steps=plain_steps)
     tokens_per_s, plain_tokens_per_s = draft_tokens / draft_time, plain_tokens / plain_time
     return Measurement(
@@ -437,6 +474,8 @@ def rescore(setup: StudySetup, study: optuna.Study, top: int, progress: bool) ->
         measurements.append(measure(setup, SkipSet.from_attrs(attrs), attrs["draft_tokens"],
                                     attrs["confidence_threshold"], trial.number))
     key = get_objective(objective).rescore_key
+    if setup.engine_draft and key == "decode_speedup":  # the decoder measures skipsearch's runtime, not the engine
+        key = "predicted_speedup"
     measurements.sort(key=lambda m: getattr(m, key), reverse=True)
     study.set_user_attr("rescored", [m.to_attrs() for m in measurements])
     return measurements
@@ -471,6 +510,7 @@ def build_profile(setup: StudySetup, measurement: Measurement, study: optuna.Stu
             "objective": config.search.objective,
             "sampler": config.search.sampler,
             "seed": config.search.seed,
+            "draft_cache": config.search.draft_cache,
             "trials": len(completed_trials(study)),
             "heldout_prompts": len(setup.heldout_refs),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -3,8 +3,17 @@
 For each search prompt the full model's KV cache of the prompt and its per-layer hidden
 states over the reference continuation are computed once. A candidate then runs only its
 own layers from its first skipped sublayer upwards, over the continuation only, attending
-to the prompt's full-model KV, exactly what drafting sees in real decoding (the prompt is
-prefilled by the full model; drafting only runs on new tokens).
+to the prompt's full-model KV, exactly what drafting sees in skipsearch's runtime (the
+prompt is prefilled by the full model; drafting only runs on new tokens, and verified
+tokens enter the cache from the full model): the draft cache is `shared`.
+
+An engine's draft model (`skipsearch export-draft`) keeps a cache of its own: it prefills
+the prompt itself and its KV over verified tokens comes from its own, skipped, hidden
+states. With `draft_cache="own"` the scorer keeps the full model's hidden states over prompt
+and continuation together, and a candidate runs from its first skipped sublayer over all of
+them without any cache: one pass of the skipped model over prompt and reference, which is
+what the engine's draft computes for each verified position. Its scores are lower; held
+memory grows with prompt + continuation tokens instead of continuation tokens.
 
 Scores:
 - matchness: the share of positions where the skipped model's argmax equals the full
@@ -29,6 +38,7 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from skipsearch.config.studies import DRAFT_CACHES
 from skipsearch.engine import forward
 from skipsearch.engine.forward import crop_cache
 from skipsearch.engine.replay import ReplayPrompt
@@ -49,16 +59,30 @@ class ProxyScore:
     prompts: tuple[ReplayPrompt, ...] = field(default=(), compare=False, repr=False)
 
 
+def check_draft_cache(draft_cache: str) -> None:
+    if draft_cache not in DRAFT_CACHES:
+        raise SkipsearchError(f"unknown draft cache {draft_cache!r}; use shared (skipsearch's own runtime and "
+                              "custom_generate) or own (an engine's exported draft model)")
+
+
 @dataclass
 class _PromptState:
-    cache: DynamicCache  # the full model's KV of the prompt only
+    cache: DynamicCache | None  # the full model's KV of the prompt only; None for an own draft cache
     prompt_length: int
-    hidden: list[torch.Tensor]  # hidden[i]: input of layer i over the continuation, (1, T, hidden)
+    # hidden[i]: input of layer i over the scored positions (1, T, hidden); with an own draft
+    # cache over the prompt and the scored positions (1, P + T, hidden)
+    hidden: list[torch.Tensor]
     final: torch.Tensor  # the last layer's output after the final norm, (1, T, hidden); p comes from it
-    masks: list  # per layer attention mask for the continuation, as the model itself builds them
-    position_ids: torch.Tensor  # (1, T)
+    masks: list  # per layer attention mask for the rows of `hidden`, as the model itself builds them
+    position_ids: torch.Tensor  # (1, T), or (1, P + T)
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
-    targets: torch.Tensor  # (T,) the next token after each input position
+    targets: torch.Tensor  # (T,) the next token after each scored position
+    scored_from: int  # the first row of `hidden` that is scored: 0, or P with an own draft cache
+
+    def release(self) -> None:
+        """Drop what a pass appended to the shared prompt cache."""
+        if self.cache is not None:
+            crop_cache(self.cache, self.prompt_length)
 
 
 def mask_kinds(config, num_layers: int) -> list[str]:
@@ -74,8 +98,10 @@ def mask_kinds(config, num_layers: int) -> list[str]:
 class ProxyScorer:
     """Scores skip sets on a fixed set of reference continuations, reusing the full model's work."""
 
-    def __init__(self, model, references: list[Reference]):
+    def __init__(self, model, references: list[Reference], draft_cache: str = "shared"):
+        check_draft_cache(draft_cache)
         self.model = model
+        self.draft_cache = draft_cache
         self.layers = decoder_layers(model)
         self.device = forward.input_device(model)
         self.devices = forward.model_devices(model)  # what timing waits for
@@ -106,6 +132,8 @@ class ProxyScorer:
         return [by_kind[kind] for kind in kinds]
 
     def _prepare(self, reference: Reference) -> _PromptState:
+        if self.draft_cache == "own":
+            return self._prepare_own(reference)
         model, device = self.model, self.device
         prompt = torch.tensor([reference.prompt_ids], device=device)
         cache = forward.new_cache()
@@ -129,6 +157,28 @@ class ProxyScorer:
             position_ids=position_ids,
             position_embeddings=model.model.rotary_emb(embeds, position_ids=position_ids),
             targets=targets,
+            scored_from=0,
+        )
+
+    def _prepare_own(self, reference: Reference) -> _PromptState:
+        """Prompt and continuation (but its last token) in one full pass without a cache; the
+        continuation's rows are scored."""
+        model, device = self.model, self.device
+        start = len(reference.prompt_ids)
+        inputs = torch.tensor([list(reference.prompt_ids) + list(reference.continuation[:-1])], device=device)
+        position_ids = torch.arange(inputs.shape[1], device=device).unsqueeze(0)
+        embeds = model.model.embed_tokens(inputs)
+        out = model(input_ids=inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        return _PromptState(
+            cache=None,
+            prompt_length=start,
+            hidden=list(out.hidden_states[:-1]),
+            final=out.hidden_states[-1][:, start:],
+            masks=self._masks(embeds, None, position_ids),
+            position_ids=position_ids,
+            position_embeddings=model.model.rotary_emb(embeds, position_ids=position_ids),
+            targets=torch.tensor(reference.continuation[1:], device=device),
+            scored_from=start,
         )
 
     def _draft_logits(self, state: _PromptState, skip_set: SkipSet) -> torch.Tensor:
@@ -147,8 +197,8 @@ class ProxyScorer:
                         **{self._layer_cache_keyword: state.cache},
                     )
         finally:
-            crop_cache(state.cache, state.prompt_length)
-        return self.model.lm_head(self.model.model.norm(hidden))[0]  # (T, vocab)
+            state.release()
+        return self.model.lm_head(self.model.model.norm(hidden[:, state.scored_from:]))[0]  # (T, vocab)
 
     # --- one layer at a time, for the dynamic programs over layers (`layer_dp`) -----------------
 
@@ -158,7 +208,8 @@ class ProxyScorer:
 
     def run_layer(self, index: int, hidden: list[torch.Tensor], skip_set: SkipSet) -> list[torch.Tensor]:
         """Layer `index` over each prompt's continuation from `hidden`, with the blocks of `skip_set`
-        (sublayers of this layer only) left out, attending to the prompt's full-model KV."""
+        (sublayers of this layer only) left out, attending to the prompt's full-model KV (with an
+        own draft cache: over prompt and continuation, attending to `hidden` only)."""
         outputs = []
         self.block_forwards += 2 - len(skip_set)
         with torch.inference_mode(), skipping(self.model, skip_set):
@@ -168,7 +219,7 @@ class ProxyScorer:
                         inputs, attention_mask=state.masks[index], position_ids=state.position_ids, use_cache=True,
                         position_embeddings=state.position_embeddings, **{self._layer_cache_keyword: state.cache}))
                 finally:
-                    crop_cache(state.cache, state.prompt_length)
+                    state.release()
         return outputs
 
     def similarity(self, hidden: list[torch.Tensor], depth: int) -> float:
@@ -178,10 +229,11 @@ class ProxyScorer:
         total = 0.0
         with torch.inference_mode():
             for state, states in zip(self._states, hidden):
+                states = states[:, state.scored_from:]
                 ours = self.model.model.norm(states) if last else states
-                full = state.final if last else state.hidden[depth]
+                full = state.final if last else state.hidden[depth][:, state.scored_from:]
                 total += torch.nn.functional.cosine_similarity(ours.float(), full.float(), dim=-1).sum().item()
-        return total / sum(state.hidden[0].shape[1] for state in self._states)
+        return total / sum(len(state.targets) for state in self._states)
 
     def forget(self) -> None:
         """Drop remembered scores and counters, so that methods compared on one scorer pay alike."""
@@ -230,8 +282,10 @@ def full_forward_seconds(model, references: list[Reference], repeats: int = 3) -
     return median(times)
 
 
-def score_from_scratch(model, references: list[Reference], skip_set: SkipSet) -> ProxyScore:
-    """The same scores without reusing hidden states: a check on `ProxyScorer`, and its cost baseline."""
+def score_from_scratch(model, references: list[Reference], skip_set: SkipSet, draft_cache: str = "shared") -> ProxyScore:
+    """The same scores without reusing hidden states: a check on `ProxyScorer`, and its cost baseline.
+    With an own draft cache the skipped model prefills the prompt itself, as an engine's draft does."""
+    check_draft_cache(draft_cache)
     matches, overlap, positions = 0.0, 0.0, 0
     device = forward.input_device(model)
     with torch.inference_mode():
@@ -246,6 +300,10 @@ def score_from_scratch(model, references: list[Reference], skip_set: SkipSet) ->
             full = forward.run(model, cache, inputs, start)
             crop_cache(cache, start)
             with skipping(model, skip_set):
+                if draft_cache == "own":
+                    cache = forward.new_cache()
+                    forward.run(model, cache, torch.tensor([reference.prompt_ids], device=device), 0,
+                                logits_to_keep=1)
                 draft = forward.run(model, cache, inputs, start)
             q = draft.logits[0].float().softmax(-1)
             matches += (draft.logits[0].argmax(-1) == targets).sum().item()

@@ -83,6 +83,9 @@ class Evaluation:
 def evaluate(score: Callable[[SkipSet], ProxyScore], costs: CostModel, skip_set: SkipSet,
              max_draft_tokens: int, thresholds: Sequence[float] = THRESHOLDS, policies: bool = False) -> Evaluation:
     result = score(skip_set)
+    if not policies and not len(skip_set):  # the fixed rule with nothing skipped drafts nothing: plain decoding
+        settings = DecodeSettings(max_new_tokens=1, max_draft_tokens=1, ngram=None, costs=None, fallback=False)
+        return Evaluation(skip_set, result, 1.0, settings, 1.0, DecodeStats())
     settings, speedup, stats = best_draft_settings(costs, skip_set, result.prompts, max_draft_tokens, thresholds,
                                                    policies)
     return Evaluation(skip_set, result, draft_step_cost(costs, skip_set) / costs.plain_step, settings, speedup,
