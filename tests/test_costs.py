@@ -289,3 +289,20 @@ def test_a_replay_with_per_prompt_costs_weighs_each_prompt_by_its_plain_step():
     per_prompt, steps = prompt_costs(sloped, skip, prompts)
     assert steps[1] > steps[0]
     assert replay_drafting(prompts, settings, True, per_prompt, plain_steps=steps)[1] < one
+
+
+def test_fixed_drafts_count_as_an_engine_s_draft_model_counts():
+    from skipsearch.engine.replay import ReplayPrompt, replay_fixed_drafts
+
+    # 13 tokens: the prefill's, then a round after each commit. Right, right, wrong, then right:
+    # round 1 drafts 4 (positions 0-3), accepts 2 and commits 3; round 2 drafts 4 right ones
+    # (3-6) and commits 5; round 3 may draft 3 (7-9) and commits 4.
+    trace = [(0.9, True), (0.9, True), (0.9, False)] + [(0.9, True)] * 9
+    prompt = ReplayPrompt((1, 2), tuple(range(100, 113)), tuple(trace))
+    stats = replay_fixed_drafts([prompt], max_draft_tokens=4, confidence_threshold=0.0)
+    assert (stats.rounds, stats.drafted_tokens, stats.accepted_tokens) == (3, 11, 9)
+    assert stats.acceptance_rate == pytest.approx(9 / 11) and stats.mean_accepted_tokens == pytest.approx(4)
+    # a confidence stop before the third token: drafts of 2 right tokens
+    unsure = [(0.9, True), (0.9, True), (0.1, True)] * 4
+    stats = replay_fixed_drafts([ReplayPrompt((1, 2), tuple(range(100, 113)), tuple(unsure))], 4, 0.5)
+    assert stats.drafted_tokens == stats.accepted_tokens and stats.acceptance_rate == 1.0

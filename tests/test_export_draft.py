@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -135,6 +136,29 @@ def test_the_readme_states_the_memory_of_the_kept_weights(tmp_path):
     per_token = 2 * 2 * 2 * 16 * 4  # 2 kept attention layers, K and V, 2 KV heads of 16, float32
     readme = (draft / "README.md").read_text()
     assert f"| {kept} (" in readme and f"| {per_token} (" in readme
+
+
+def test_a_rescored_draft_states_its_engine_settings_and_whether_it_pays(tmp_path):
+    from skipsearch.config.draft_export import DraftAcceptance, write_draft
+
+    source = _tiny_llama()
+    profile = Profile(model=ProfileModel("tiny", "llama", 4, model_fingerprint(source)), task="toy", skip=SKIP,
+                      draft=DraftSettings(max_draft_tokens=5, confidence_threshold=0.8))
+    slow = DraftAcceptance(prompts="3 held-out prompts of study toy", positions=90, draft_tokens=2, p_min=0.5,
+                           own_matchness=0.41, shared_matchness=0.52, own_acceptance=0.3, shared_acceptance=0.4,
+                           own_tokens_per_round=1.6, predicted_speedup=0.7)
+    write_draft(source, make_tokenizer(), profile, str(tmp_path / "slow"), acceptance=slow)
+    readme = (tmp_path / "slow" / "README.md").read_text()
+    # the engine's settings are the chosen ones, not the profile's
+    assert '"num_speculative_tokens": 2' in readme and "--speculative-num-steps 2" in readme
+    assert "| its own KV cache: this exported draft in an engine | 0.410 | 0.300 |" in readme
+    assert "predicted 0.70x plain decoding there" in readme and "The draft is not predicted to pay" in readme
+    fast = dataclasses.replace(slow, predicted_speedup=1.3)
+    write_draft(source, make_tokenizer(), profile, str(tmp_path / "fast"), acceptance=fast)
+    assert "not predicted to pay" not in (tmp_path / "fast" / "README.md").read_text()
+    write_draft(source, make_tokenizer(), profile, str(tmp_path / "plain"))
+    unscored = (tmp_path / "plain" / "README.md").read_text()
+    assert '"num_speculative_tokens": 5' in unscored and "--study STUDY.yaml" in unscored
 
 
 def test_block_configs_follow_the_skip_set():

@@ -11,6 +11,7 @@ for the last layer (both seen failing once)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -22,6 +23,7 @@ from gguf.quants import quantize
 from skipsearch.cli import export_draft_cmd, main
 from skipsearch.config.gguf_export import deci_layers, kept_tensors, write_gguf_draft
 from skipsearch.config.profiles import DraftSettings, Profile, ProfileModel, save_profile
+from skipsearch.engine.drafting import NgramSettings
 from skipsearch.engine.models import embedded_model_path, model_fingerprint
 from skipsearch.engine.skipping import SkipSet, skipping
 from skipsearch.errors import SkipsearchError
@@ -222,6 +224,14 @@ def test_the_command_refuses_layer_0_without_attention_before_loading(tmp_path, 
     assert not (tmp_path / "draft").exists()
 
 
+def test_the_command_refuses_a_profile_that_skips_nothing_before_loading(tmp_path, capsys):
+    ngram_only = dataclasses.replace(_profile(SkipSet(), name="x.gguf"), draft=DraftSettings(
+        max_draft_tokens=5, confidence_threshold=0.8, ngram=NgramSettings()))
+    profile = _saved_profile(tmp_path, ngram_only)
+    _fails_with_one_line(["export-draft", str(profile), str(tmp_path / "draft"), "--format", "gguf"], capsys,
+                         "the profile skips nothing")
+
+
 def test_the_command_refuses_a_non_llama_family(tmp_path, capsys):
     profile = _saved_profile(tmp_path, _profile(TINY_SKIP, name="x.gguf", architecture="qwen3"))
     _fails_with_one_line(["export-draft", str(profile), str(tmp_path / "draft"), "--format", "gguf"], capsys,
@@ -268,6 +278,20 @@ def test_the_smollm2_draft_keeps_its_q4_1_tensors(tmp_path, capsys, caplog, monk
     fields = {f.name: f.contents() for f in reader.fields.values()}
     assert fields["deci.feed_forward_length"][5] == 0 and fields["deci.attention.head_count"][5] == 0
     assert sum(t.tensor_type == GGMLQuantizationType.Q4_1 for t in reader.tensors) == 210 - 4 * 3 - 4 * 3
+
+    # with --study the draft is re-scored on the study's held-out prompts, its own KV cache against the full model's
+    study = tmp_path / "study.yaml"
+    study.write_text("name: export-check\nmodel: {name: smollm2-135m}\n"
+                     "task: {source: humaneval, search_prompts: 1, heldout_prompts: 2, reference_tokens: 12}\n")
+    monkeypatch.setenv("SKIPSEARCH_CACHE", str(tmp_path / "cache"))
+    assert _run(["export-draft", str(profile), str(draft), "--format", "gguf", "--force", "--study", str(study),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "re-scored on 2 held-out prompts of study export-check: accepted / drafted" in printed
+    readme = (draft / "README.md").read_text()
+    assert "## Acceptance, re-scored for this draft" in readme and "(22 positions" in readme
+    own_row = next(line for line in readme.splitlines() if line.startswith("| its own KV cache"))
+    assert all(0.0 <= float(cell) <= 1.0 for cell in own_row.strip("|").split("|")[1:])
 
     # a profile of another model (its fingerprint) is refused
     other = _saved_profile(tmp_path, _profile(SMOLLM_SKIP, name="smollm2-135m", layers=30), "other.yaml")

@@ -62,6 +62,12 @@ def check_family(model_type: str | None) -> None:
         raise SkipsearchError(f"export-draft writes Llama-family models only; this model is {model_type!r}: {reason}")
 
 
+def check_skips(skip: SkipSet) -> None:
+    if not len(skip):
+        raise SkipsearchError("the profile skips nothing (it drafts with n-grams only), so its draft would be the "
+                              "full model itself; export a profile with a skip set")
+
+
 def ffn_mult(intermediate_size: int, hidden_size: int) -> float:
     """The ffn_mult from which the engines derive exactly `intermediate_size`, or a one-line refusal."""
     mult = round(1.5 * intermediate_size / hidden_size, 6)  # NVIDIA's FFNConfig keeps 6 decimals
@@ -157,6 +163,50 @@ class DraftMemory:
                    tied=bool(config.tie_word_embeddings))
 
 
+@dataclass(frozen=True)
+class DraftAcceptance:
+    """The exported skip set re-scored on held-out prompts (`skipsearch.experiments.draft_acceptance`),
+    for the README: an engine's draft reads its own KV cache, skipsearch's runtime the full model's."""
+
+    prompts: str  # where the prompts came from, e.g. "3 held-out prompts of study NAME"
+    positions: int  # scored continuation positions
+    draft_tokens: int  # the fixed draft length an engine uses (the profile's max_draft_tokens)
+    p_min: float  # the confidence stop (the profile's confidence_threshold)
+    own_matchness: float  # share of positions whose draft token is the target's: own cache
+    shared_matchness: float  # the same on the full model's cache
+    own_acceptance: float  # accepted / drafted tokens, drafts of draft_tokens stopping below p_min: own cache
+    shared_acceptance: float
+    own_tokens_per_round: float  # tokens committed per verification (accepted + the target's)
+    # the engine's speed over plain decoding that the replay predicts with the exporting machine's
+    # costs, where the draft settings were chosen by it; None where they are the profile's
+    predicted_speedup: float | None = None
+
+    def readme_section(self) -> str:
+        if self.predicted_speedup is None:
+            chosen = "the profile's draft settings"
+        else:
+            verdict = ("" if self.predicted_speedup >= 1 else
+                       " The draft is not predicted to pay: on such a device the engine's own n-gram drafting, or "
+                       "plain decoding, is the better choice.")
+            chosen = (f"the draft length and stop that the replay of an engine's rounds over this draft's own-cache "
+                      f"acceptance predicts fastest with the costs skipsearch timed on the exporting machine "
+                      f"(predicted {self.predicted_speedup:.2f}x plain decoding there; a GPU's costs differ, so "
+                      f"re-check on the serving device).{verdict}")
+        return f"""## Acceptance, re-scored for this draft
+
+Measured by `skipsearch export-draft --study` on {self.prompts} ({self.positions} positions of the full
+model's greedy continuations), with drafts of up to {self.draft_tokens} tokens stopping below a top
+probability of {self.p_min}, as the commands above draft: {chosen}
+
+| the draft reads | first-token match | accepted / drafted tokens |
+|---|---|---|
+| its own KV cache: this exported draft in an engine | {self.own_matchness:.3f} | {self.own_acceptance:.3f} |
+| the full model's KV cache: skipsearch's own runtime | {self.shared_matchness:.3f} | {self.shared_acceptance:.3f} |
+
+In an engine each verification would commit {self.own_tokens_per_round:.2f} tokens on these prompts.
+"""
+
+
 def size_text(n: int) -> str:
     if n < 1024:
         return f"{n} B"
@@ -200,8 +250,11 @@ class DeciLMConfig(LlamaConfig):
 '''
 
 
-def render_readme(profile: Profile, folder: str, memory: DraftMemory, k: int) -> str:
+def render_readme(profile: Profile, folder: str, memory: DraftMemory, acceptance: DraftAcceptance | None = None) -> str:
     model, skip = profile.model, profile.skip
+    tuned = acceptance is not None and acceptance.predicted_speedup is not None
+    k = acceptance.draft_tokens if acceptance else profile.draft.max_draft_tokens
+    settings = "the draft length chosen for an engine below" if tuned else "the profile's `max_draft_tokens`"
     head = "LM head tied to the embeddings (one matrix)" if memory.tied else "LM head"
     spec = json.dumps({"method": "draft_model", "model": folder, "num_speculative_tokens": k})
     return f"""# Layer-skip draft of {model.name} ({profile.task})
@@ -219,8 +272,7 @@ vllm serve {model.name} --trust-remote-code \\
 ```
 
 `--trust-remote-code` loads `{CONFIG_CLASS_FILE}` from this folder (transformers has no `nemotron-nas`
-config). `num_speculative_tokens` is the profile's `max_draft_tokens` ({k}); vLLM drafts that many every
-step (no confidence stop).
+config). `num_speculative_tokens` is {settings} ({k}); vLLM drafts that many every step (no confidence stop).
 
 ## SGLang
 
@@ -247,8 +299,17 @@ The engine loads the draft beside the target and shares nothing with it:
 | the full model, for comparison | {memory.full_weights} ({size_text(memory.full_weights)}) |
 | the draft's own KV cache, per token of context | {memory.kv_per_token} ({size_text(memory.kv_per_token)}) |
 
-Not checked here: a run in a real engine. The draft keeps its own KV cache, where skipsearch's own
-runtime drafts from the full model's; acceptance measured by skipsearch may differ.
+{acceptance.readme_section() if acceptance else NOT_RESCORED}
+Not checked here: a run in vLLM or SGLang.
+"""
+
+
+NOT_RESCORED = """## Acceptance
+
+Not measured for this export: the draft keeps its own KV cache, where skipsearch's runtime drafts from the
+full model's, so the profile's figures do not carry over.
+`skipsearch export-draft PROFILE DIR --study STUDY.yaml` re-scores the draft on the study's held-out prompts,
+chooses the draft length (and llama.cpp's confidence stop) for an engine, and writes the figures here.
 """
 
 
@@ -267,7 +328,7 @@ def check_target(folder: str, force: bool, source: str | None) -> Path:
 
 
 def write_draft(model: torch.nn.Module, tokenizer, profile: Profile, folder: str, force: bool = False,
-                source: str | None = None) -> DraftMemory:
+                source: str | None = None, acceptance: DraftAcceptance | None = None) -> DraftMemory:
     """Write the draft folder (config.json, configuration_decilm.py, model.safetensors, the tokenizer,
     README.md) in one rename; every input is checked before anything is written. `source` is the model's
     own folder, which --force must never replace."""
@@ -277,7 +338,7 @@ def write_draft(model: torch.nn.Module, tokenizer, profile: Profile, folder: str
     config = draft_config(model, profile.skip)
     tensors = draft_tensors(model, profile.skip)
     memory = DraftMemory.of(model, tensors, profile.skip)
-    readme = render_readme(profile, folder, memory, profile.draft.max_draft_tokens)
+    readme = render_readme(profile, folder, memory, acceptance)
 
     def fill(temporary: Path) -> None:
         save_file(tensors, temporary / WEIGHTS_FILE, metadata={"format": "pt"})

@@ -37,7 +37,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from skipsearch.config.draft_export import README_FILE, DraftMemory, check_target, size_text
+from skipsearch.config.draft_export import (
+    NOT_RESCORED,
+    README_FILE,
+    DraftAcceptance,
+    DraftMemory,
+    check_target,
+    size_text,
+)
 from skipsearch.config.profiles import Profile
 from skipsearch.engine.models import gguf_file_of
 from skipsearch.engine.skipping import SkipSet
@@ -248,9 +255,13 @@ class GgufDraft:
     memory: DraftMemory
 
 
-def render_readme(profile: Profile, source: Path, draft: str, layers: DeciLayers, memory: DraftMemory) -> str:
+def render_readme(profile: Profile, source: Path, draft: str, layers: DeciLayers, memory: DraftMemory,
+                  acceptance: DraftAcceptance | None = None) -> str:
     model, skip = profile.model, profile.skip
-    k, p_min = profile.draft.max_draft_tokens, profile.draft.confidence_threshold
+    k, p_min = ((acceptance.draft_tokens, acceptance.p_min) if acceptance else
+                (profile.draft.max_draft_tokens, profile.draft.confidence_threshold))
+    settings = ("the draft length and stop chosen for an engine below" if acceptance and
+                acceptance.predicted_speedup is not None else "the profile's `max_draft_tokens` and confidence threshold")
     head = "LM head tied to the embeddings (one matrix)" if memory.tied else "LM head"
     zero = ", ".join(map(str, layers.zero_ffn)) or "none"
     return f"""# Layer-skip draft of {model.name} ({profile.task}) for llama.cpp
@@ -263,14 +274,14 @@ The target verifies every draft, so output stays the target's.
 ## llama.cpp
 
 ```
-llama-speculative -m {source} -md {draft} --draft-max {k} --draft-p-min {p_min} -p "..."
-llama-server -m {source} -md {draft} --draft-max {k} --draft-p-min {p_min}
+llama-server -m {source} -md {draft} --spec-type draft-simple --spec-draft-n-max {k} --spec-draft-p-min {p_min}
+llama-speculative-simple -m {source} -md {draft} --spec-type draft-simple --spec-draft-n-max {k} --spec-draft-p-min {p_min} -p "..."
 ```
 
-`-m` is the target, the GGUF this draft was made from; `--draft-max` is the profile's `max_draft_tokens`
-({k}) and `--draft-p-min` its confidence threshold. llama.cpp stops drafting after the first token whose
-top probability is below it but keeps that token, where skipsearch's confidence stop drops it: one
-draft token more at most per round. Add `-ngld` (GPU layers of the draft) as for `-ngl`.
+`-m` is the target, the GGUF this draft was made from; `--spec-draft-n-max` and `--spec-draft-p-min` are
+{settings}: llama.cpp, like skipsearch, stops a draft before the first token whose top probability is below
+the stop. Add `-ngld` (GPU layers of the draft) as for `-ngl`. (The flags are llama.cpp's of late 2026; older
+builds call them `--draft-max` and `--draft-p-min` and need no `--spec-type`.)
 
 Layers given a one-wide FFN of zeros where the profile skips the FFN: {zero}. llama.cpp's `deci` graph
 drops the attention output of a layer whose FFN length is 0 (and, in the last layer, does not pick the
@@ -287,14 +298,15 @@ llama.cpp loads the draft beside the target and shares nothing with it:
 | the full model, for comparison | {memory.full_weights} ({size_text(memory.full_weights)}) |
 | the draft's own KV cache per token (f16, the default) | {memory.kv_per_token} ({size_text(memory.kv_per_token)}) |
 
-Not checked: a run in llama.cpp. The layout follows llama.cpp's source as read on 2026-12-04
-(`src/llama-model.cpp`, `src/models/deci.cpp`, `convert_hf_to_gguf.py`); skipsearch's tests read such
-files back with gguf-py and compare them with their source. The draft keeps its own KV cache, where
-skipsearch's runtime drafts from the full model's; acceptance in llama.cpp may differ.
+{acceptance.readme_section() if acceptance else NOT_RESCORED}
+The layout follows llama.cpp's source (`src/llama-model.cpp`, `src/models/deci.cpp`,
+`convert_hf_to_gguf.py`); skipsearch's tests read such files back with gguf-py and compare them with their
+source, and `tools/engines_check.py` runs them in llama.cpp (see skipsearch's docs/engines.md).
 """
 
 
-def write_gguf_draft(source: Path, profile: Profile, folder: str, force: bool = False) -> GgufDraft:
+def write_gguf_draft(source: Path, profile: Profile, folder: str, force: bool = False,
+                     acceptance: DraftAcceptance | None = None) -> GgufDraft:
     """Write DIR/<source stem>-draft.gguf and DIR/README.md in one rename; every input is checked first.
     The source's own folder is never replaced."""
     from gguf import GGUFWriter, Keys
@@ -315,7 +327,7 @@ def write_gguf_draft(source: Path, profile: Profile, folder: str, force: bool = 
                          kv_per_token=sum(2 * kv * head_dim * KV_ELEMENT_BYTES for kv in layers.head_count_kv),
                          tied="output.weight" not in tensors)
     file_name = f"{source.stem}-draft.gguf"
-    readme = render_readme(profile, source, str(Path(folder) / file_name), layers, memory)
+    readme = render_readme(profile, source, str(Path(folder) / file_name), layers, memory, acceptance)
 
     def write_file(path: Path) -> None:
         writer = GGUFWriter(path, arch=ARCH, endianess=reader.endianess)

@@ -209,3 +209,17 @@ def replay_drafting(prompts: Sequence[ReplayPrompt], settings: DecodeSettings, l
         plain += weight * max(len(prompt.continuation) - 1, 0)
     return stats, (plain / cost if cost else 1.0)
 
+
+
+def replay_fixed_drafts(prompts: Sequence[ReplayPrompt], max_draft_tokens: int,
+                        confidence_threshold: float) -> DecodeStats:
+    """The counts of an engine's draft model over reference continuations: every round drafts up
+    to `max_draft_tokens`, stopping below `confidence_threshold` (llama.cpp's `--spec-draft-n-max`
+    and `--spec-draft-p-min`), with no choice between drafters and no guard. With traces from an own draft
+    cache (`ProxyScorer(..., draft_cache="own")`) it predicts the acceptance the engine reports."""
+    settings = DecodeSettings(max_new_tokens=max(len(p.continuation) for p in prompts),
+                              max_draft_tokens=max_draft_tokens, confidence_threshold=confidence_threshold,
+                              fallback=False, ngram=None, costs=None)
+    unit = RelativeCosts(verify=tuple(1.0 for _ in range(max_draft_tokens + 1)), draft_step=1.0)
+    stats, _ = replay_drafting(prompts, settings, layer_skip=True, costs=unit)
+    return stats
