@@ -10,7 +10,7 @@ TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: demo test test-fast lint install lock clean gpu-check gpu-wheels report-png
+.PHONY: demo test test-fast lint install lock clean gpu-check gpu-wheels report-png engines-check
 
 install: $(STAMP)
 
@@ -64,6 +64,14 @@ gpu-check:
 
 gpu-wheels:
 	$(PYTHON) tools/gpu_wheels.py download
+
+# Exported drafts in real engines on this machine (a benchmark, not a test: nothing else running).
+# llama.cpp is built once into .engines/ (~10 min on 2 cores); ENGINE=vllm uses vLLM's CPU build,
+# installed once into .engines/vllm-venv (~3.5 GB). Tables go to reports/engines/.
+ENGINE ?= llamacpp
+engines-check: $(STAMP)
+	$(if $(filter vllm,$(ENGINE)),$(BIN)/python tools/engines_check.py vllm-setup,$(BIN)/python tools/engines_check.py build)
+	$(BIN)/python tools/engines_check.py run --engine $(ENGINE) --prompts 3 --max-new-tokens 64 --out reports/engines
 
 clean:
 	rm -rf $(VENV)

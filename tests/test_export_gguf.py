@@ -162,8 +162,8 @@ def test_the_tiny_gguf_draft_keeps_the_source_tensors_byte_for_byte(tmp_path):
     assert written.memory.weights == sum(int(t.n_bytes) for t in draft.tensors)
     assert written.memory.kv_per_token == 2 * 2 * KV_HEADS * (EMBD // HEADS) * 2  # layers 0 and 2, K and V, f16
     readme = (tmp_path / "draft" / "README.md").read_text()
-    assert f"-md {written.file} --draft-max 5 --draft-p-min 0.8" in readme
-    assert "llama-speculative -m" in readme and "llama-server -m" in readme
+    assert f"-md {written.file} --spec-type draft-simple --spec-draft-n-max 5 --spec-draft-p-min 0.8" in readme
+    assert "llama-speculative-simple -m" in readme and "llama-server -m" in readme
     assert f"| {written.memory.weights} (" in readme
 
 
@@ -287,7 +287,8 @@ def test_the_smollm2_draft_keeps_its_q4_1_tensors(tmp_path, capsys, caplog, monk
     assert _run(["export-draft", str(profile), str(draft), "--format", "gguf", "--force", "--study", str(study),
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "re-scored on 2 held-out prompts of study export-check: accepted / drafted" in printed
+    assert "re-scored on 2 held-out prompts of study export-check: drafts of up to " in printed
+    assert "x plain decoding with this machine's costs; accepted / drafted " in printed
     readme = (draft / "README.md").read_text()
     assert "## Acceptance, re-scored for this draft" in readme and "(22 positions" in readme
     own_row = next(line for line in readme.splitlines() if line.startswith("| its own KV cache"))

@@ -237,6 +237,7 @@ def test_study_config_fields_are_the_yaml_keys():
     keys = study_to_dict(parse_study({"name": "x"}, "x.yaml"))
     assert list(keys) == [f.name for f in __import__("dataclasses").fields(StudyConfig)]
     assert list(keys["search"]) == [
-        "objective", "sampler", "trials", "skip_budget", "seed", "keep_first", "keep_last", "warm_start", "rescore_top",
+        "objective", "sampler", "trials", "skip_budget", "seed", "keep_first", "keep_last", "warm_start",
+        "draft_cache", "rescore_top",
         "heartbeat_interval",
     ]

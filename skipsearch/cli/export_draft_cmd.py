@@ -61,7 +61,8 @@ def run(args) -> int:
                                       profile.draft.confidence_threshold,
                                       f"{len(setup.heldout_refs)} held-out prompts of study {study.name}",
                                       costs=setup.time_costs())
-        print(f"re-scored on {acceptance.prompts}: drafts of up to {acceptance.draft_tokens} tokens stopping below "
+        print(f"re-scored on {acceptance.prompts}: drafts of up to {acceptance.draft_tokens} "
+              f"token{'s' if acceptance.draft_tokens != 1 else ''} stopping below "
               f"{acceptance.p_min}, predicted {acceptance.predicted_speedup:.2f}x plain decoding with this machine's "
               f"costs; accepted / drafted {acceptance.own_acceptance:.3f} with the draft's own KV cache (an engine), "
               f"{acceptance.shared_acceptance:.3f} with the full model's (skipsearch's runtime)")

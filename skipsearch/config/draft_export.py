@@ -182,6 +182,7 @@ class DraftAcceptance:
     predicted_speedup: float | None = None
 
     def readme_section(self) -> str:
+        tokens = f"{self.draft_tokens} token{'s' if self.draft_tokens != 1 else ''}"
         if self.predicted_speedup is None:
             chosen = "the profile's draft settings"
         else:
@@ -195,7 +196,7 @@ class DraftAcceptance:
         return f"""## Acceptance, re-scored for this draft
 
 Measured by `skipsearch export-draft --study` on {self.prompts} ({self.positions} positions of the full
-model's greedy continuations), with drafts of up to {self.draft_tokens} tokens stopping below a top
+model's greedy continuations), with drafts of up to {tokens} stopping below a top
 probability of {self.p_min}, as the commands above draft: {chosen}
 
 | the draft reads | first-token match | accepted / drafted tokens |
@@ -300,7 +301,8 @@ The engine loads the draft beside the target and shares nothing with it:
 | the draft's own KV cache, per token of context | {memory.kv_per_token} ({size_text(memory.kv_per_token)}) |
 
 {acceptance.readme_section() if acceptance else NOT_RESCORED}
-Not checked here: a run in vLLM or SGLang.
+vLLM 0.32 (its CPU build) ran drafts exported this way losslessly, and served alone they gave the skipped
+model's greedy tokens (skipsearch's `make engines-check ENGINE=vllm`); SGLang was not run.
 """
 
 

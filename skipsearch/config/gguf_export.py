@@ -260,8 +260,9 @@ def render_readme(profile: Profile, source: Path, draft: str, layers: DeciLayers
     model, skip = profile.model, profile.skip
     k, p_min = ((acceptance.draft_tokens, acceptance.p_min) if acceptance else
                 (profile.draft.max_draft_tokens, profile.draft.confidence_threshold))
-    settings = ("the draft length and stop chosen for an engine below" if acceptance and
-                acceptance.predicted_speedup is not None else "the profile's `max_draft_tokens` and confidence threshold")
+    tuned = acceptance is not None and acceptance.predicted_speedup is not None
+    settings = ("the draft length and stop chosen for an engine below" if tuned
+                else "the profile's `max_draft_tokens` and confidence threshold")
     head = "LM head tied to the embeddings (one matrix)" if memory.tied else "LM head"
     zero = ", ".join(map(str, layers.zero_ffn)) or "none"
     return f"""# Layer-skip draft of {model.name} ({profile.task}) for llama.cpp
@@ -275,7 +276,8 @@ The target verifies every draft, so output stays the target's.
 
 ```
 llama-server -m {source} -md {draft} --spec-type draft-simple --spec-draft-n-max {k} --spec-draft-p-min {p_min}
-llama-speculative-simple -m {source} -md {draft} --spec-type draft-simple --spec-draft-n-max {k} --spec-draft-p-min {p_min} -p "..."
+llama-speculative-simple -m {source} -md {draft} --spec-type draft-simple \\
+  --spec-draft-n-max {k} --spec-draft-p-min {p_min} -p "..."
 ```
 
 `-m` is the target, the GGUF this draft was made from; `--spec-draft-n-max` and `--spec-draft-p-min` are

@@ -282,7 +282,8 @@ def full_forward_seconds(model, references: list[Reference], repeats: int = 3) -
     return median(times)
 
 
-def score_from_scratch(model, references: list[Reference], skip_set: SkipSet, draft_cache: str = "shared") -> ProxyScore:
+def score_from_scratch(model, references: list[Reference], skip_set: SkipSet,
+                       draft_cache: str = "shared") -> ProxyScore:
     """The same scores without reusing hidden states: a check on `ProxyScorer`, and its cost baseline.
     With an own draft cache the skipped model prefills the prompt itself, as an engine's draft does."""
     check_draft_cache(draft_cache)
