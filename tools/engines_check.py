@@ -230,14 +230,12 @@ class CategoryResult:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
-def check_category(category: str, args, loaded, source: Path, drafts: Path) -> CategoryResult | None:
+def category_profile(category: str, args, loaded):
+    """The category's prompts its study did not use and its profile, checked against the model; None
+    (and a line saying why) where there is no profile or nothing to export."""
     from skipsearch.config.draft_export import check_skips
-    from skipsearch.config.gguf_export import write_gguf_draft
     from skipsearch.config.profiles import check_profile_for_model, load_profile
     from skipsearch.errors import SkipsearchError
-    from skipsearch.experiments.draft_acceptance import draft_acceptance
-    from skipsearch.search.references import Reference
-    from skipsearch.search.tasks import format_prompt
     from unseen_bench import unseen_prompts
 
     prompts, _, profile_path = unseen_prompts(category, args.prompts)
@@ -251,6 +249,19 @@ def check_category(category: str, args, loaded, source: Path, drafts: Path) -> C
         print(f"{category}: {exc}; skipped")
         return None
     check_profile_for_model(profile, loaded.model)
+    return prompts, profile
+
+
+def check_category(category: str, args, loaded, source: Path, drafts: Path) -> CategoryResult | None:
+    from skipsearch.config.gguf_export import write_gguf_draft
+    from skipsearch.experiments.draft_acceptance import draft_acceptance
+    from skipsearch.search.references import Reference
+    from skipsearch.search.tasks import format_prompt
+
+    found = category_profile(category, args, loaded)
+    if found is None:
+        return None
+    prompts, profile = found
     tokenizer = loaded.tokenizer
     k, p_min = profile.draft.max_draft_tokens, profile.draft.confidence_threshold
     drafts.mkdir(parents=True, exist_ok=True)
@@ -373,25 +384,15 @@ def vllm_check(target: Path, draft: Path, prompts_file: Path, out: Path, args, k
 
 
 def check_category_vllm(category: str, args, loaded, target: Path, drafts: Path) -> VllmResult | None:
-    from skipsearch.config.draft_export import check_skips, write_draft
-    from skipsearch.config.profiles import check_profile_for_model, load_profile
-    from skipsearch.errors import SkipsearchError
+    from skipsearch.config.draft_export import write_draft
     from skipsearch.experiments.draft_acceptance import draft_acceptance
     from skipsearch.search.references import Reference
     from skipsearch.search.tasks import format_prompt
-    from unseen_bench import unseen_prompts
 
-    prompts, _, profile_path = unseen_prompts(category, args.prompts)
-    if profile_path is None:
-        print(f"{category}: no profile in reports/; skipped")
+    found = category_profile(category, args, loaded)
+    if found is None:
         return None
-    profile = load_profile(profile_path)
-    try:
-        check_skips(profile.skip)
-    except SkipsearchError as exc:
-        print(f"{category}: {exc}; skipped")
-        return None
-    check_profile_for_model(profile, loaded.model)
+    prompts, profile = found
     tokenizer, k = loaded.tokenizer, profile.draft.max_draft_tokens
     drafts.mkdir(parents=True, exist_ok=True)
     folder = drafts / category
