@@ -245,9 +245,10 @@ def test_the_loop_waits_for_the_model_s_devices_once_a_round_for_the_guard_only(
     (Before: two waits a drafting round, one a plain step and four around the loop, on every GPU.)"""
     model, skip_set = _perfect_draft_model()
     costs = RelativeCosts(verify=tuple(1.0 + 0.02 * n for n in range(20)), draft_step=0.2)
-    settings = DecodeSettings(max_new_tokens=24, max_draft_tokens=3, confidence_threshold=0.0, costs=costs)
+    # long enough for the guard's 8 rounds to judge, and so for its plain probe steps
+    settings = DecodeSettings(max_new_tokens=48, max_draft_tokens=3, confidence_threshold=0.0, costs=costs)
     stats = decode(model, [5, 6, 7, 8], skip_set, settings).stats
-    assert stats.rounds > 0 and stats.plain_steps >= settings.probe_steps
+    assert stats.rounds >= 8 and stats.plain_steps >= settings.probe_steps
     assert len(host_waits) == 1 + stats.rounds + stats.plain_steps
     assert set(host_waits) == {frozenset({torch.device("cpu")})}
     assert stats.draft_time_s > 0 and stats.verify_time_s > 0 and stats.plain_time_s > 0

@@ -194,14 +194,19 @@ def test_a_drafter_that_starts_paying_is_picked_up():
 
 def test_the_guard_suspends_drafting_slower_than_plain_steps_and_lets_it_back():
     guard = ThroughputGuard(probe_steps=2, min_rounds=4, first_backoff=16)
-    assert not guard.allows_drafting(1)
-    guard.plain_step(1.0)
-    guard.plain_step(1.0)
-    assert guard.allows_drafting(3)
-    tokens = 3
-    for _ in range(4):  # 3 seconds for 2 tokens: slower than a plain step per token
+    assert guard.allows_drafting(1)  # no probing before there is something to judge
+    tokens = 1
+    for _ in range(4):  # 3 seconds for 2 tokens: slower than a plain step per token, not yet known
         tokens += 2
         guard.drafting_round(3.0, 2, tokens)
+    assert guard.suspensions == [] and not guard.allows_drafting(tokens)  # probe now
+    guard.plain_step(1.0)
+    assert not guard.allows_drafting(tokens + 1)
+    guard.plain_step(1.0)
+    tokens += 2
+    assert guard.allows_drafting(tokens)
+    tokens += 2
+    guard.drafting_round(3.0, 2, tokens)  # judged at once, against the probes
     assert guard.suspensions == [tokens] and not guard.allows_drafting(tokens + 15)
     assert guard.allows_drafting(tokens + 16)
     for _ in range(10):  # 1.5 seconds for 3 tokens: drafting pays, no new suspension

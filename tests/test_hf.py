@@ -298,8 +298,9 @@ def test_custom_generate_waits_for_the_model_s_devices_once_a_round_for_the_guar
     model.generation_config.eos_token_id = None
     profile = profile_for(model, skip_set, max_draft_tokens=3)
     stats = DecodeStats()
-    _ours(model, [5, 6, 7, 8], profile, max_new_tokens=20, skip_stats=stats, policy_costs=CHEAP, fallback=True)
-    assert stats.rounds > 0 and stats.plain_steps >= 2
+    # long enough for the guard's 8 rounds to judge, and so for its 2 plain probe steps
+    _ours(model, [5, 6, 7, 8], profile, max_new_tokens=40, skip_stats=stats, policy_costs=CHEAP, fallback=True)
+    assert stats.rounds >= 8 and stats.plain_steps >= 2
     assert len(waits) == 1 + stats.rounds + stats.plain_steps
     assert set(waits) == {frozenset({torch.device("cpu")})}
     waits.clear()

@@ -66,7 +66,7 @@ class DecodeSettings:
     top_k: int = 0
     seed: int | None = None
     # suspend drafting for a while whenever it proves slower than plain steps by the clock
-    # (`drafting.ThroughputGuard`); the first `probe_steps` steps are plain and timed
+    # (`drafting.ThroughputGuard`), which times `probe_steps` plain steps when it first needs them
     fallback: bool = True
     probe_steps: int = 2
     # draft from the context's n-grams too (prompt lookup); None drafts with the skip set only

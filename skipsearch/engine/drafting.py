@@ -540,11 +540,15 @@ def _faded(positions: int, counts: AcceptanceCounts | None, factor: float) -> Ev
 
 
 class ThroughputGuard:
-    """A check of the policy against plain decoding by the clock. The first `probe_steps` steps of
-    a call are plain and timed; after that, once `min_rounds` drafting rounds have been timed,
-    drafting whose discounted seconds per committed token exceed the recent plain steps' is
-    suspended for `backoff` tokens (16 at first, doubling each time up to 512), then allowed again
-    with a fresh window: acceptance drifts within a generation, and so does what pays."""
+    """A check of the policy against plain decoding by the clock. Once `min_rounds` drafting rounds
+    have been timed, drafting whose discounted seconds per committed token exceed the recent plain
+    steps' is suspended for `backoff` tokens (16 at first, doubling each time up to 512), then
+    allowed again with a fresh window: acceptance drifts within a generation, and so does what pays.
+
+    The plain steps it compares with are those the policy takes anyway (nothing to draft), and
+    where fewer than `probe_steps` were timed when the guard first has rounds to judge, it asks
+    for plain steps then. Probing at the start of every call instead would cost short calls with
+    good drafts a tenth of their time (two passes of ~15), and those need no guard."""
 
     def __init__(self, probe_steps: int = 2, min_rounds: int = 8, window: float = 0.9,
                  first_backoff: int = 16, max_backoff: int = 512) -> None:
@@ -557,7 +561,9 @@ class ThroughputGuard:
         self.suspensions: list[int] = []  # the token counts at which drafting was suspended
 
     def allows_drafting(self, new_tokens: int) -> bool:
-        return len(self.plain_times) >= self.probe_steps and new_tokens >= self.resume_at
+        if self.rounds >= self.min_rounds and len(self.plain_times) < self.probe_steps:
+            return False  # rounds to judge, too few plain steps to judge them by: probe now
+        return new_tokens >= self.resume_at
 
     def plain_step(self, seconds: float) -> None:
         self.plain_times = (self.plain_times + [seconds])[-8:]
