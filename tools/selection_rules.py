@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python tools/selection_rules.py studies/humaneval.yaml > reports/selection/humaneval.json
 
-One default-search run per study (`skipsearch compare`'s loop for its "skipsearch" method:
+One default-search run per study (`skipsearch compare`'s "skipsearch" method, `DefaultSearch`:
 matchness at k = 11, seed 0, 12 held-out prompts); at 60 and at 187 proxy evaluations three rules
 pick a set from the same trials — the best mean matchness over the search prompts (the search's
 rule), the best lower confidence bound across prompts (mean - 1.28 standard errors), and a paired
@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from skipsearch.config.studies import apply_overrides, load_study
 from skipsearch.engine.skipping import SkipSet
+from skipsearch.experiments.compare import DefaultSearch
 from skipsearch.search import runner
-from skipsearch.search.neighbours import LocalSearch
-from skipsearch.search.study import SkipObjective, enqueue_warm_starts, make_sampler, open_study
 
 Z = 1.28  # one-sided 90%, fixed before any run
 
@@ -48,12 +47,8 @@ def lcb(values):
 
 dp = {name: runner.dp_method(setup, name, setup.k).best for name in ("clasp", "clasp-sublayers", "knapspec")}
 scorer.forget()
-study = open_study("x", optuna.storages.InMemoryStorage(), "matchness", make_sampler("tpe", 0, "matchness"))
-ranking = runner.importance(setup, study, progress=False)
-enqueue_warm_starts(study, runner.warm_start_sets(setup, ranking), setup.eligible)
-objective = SkipObjective(scorer.score, setup.costs, setup.eligible, "matchness", setup.k,
-                          setup.config.draft.max_draft_tokens, setup.thresholds)
-local = LocalSearch(setup.eligible, dict(ranking), "matchness", fixed_count=True)
+search = DefaultSearch(setup, seed=0, sampler="tpe")
+study = search.study
 
 
 def picks():
@@ -70,10 +65,7 @@ def picks():
 results = {"study": path, "k": setup.k}
 started = time.time()
 for budget in (60, 187):
-    for _ in range(3 * budget):
-        if scorer.evaluations >= budget:
-            break
-        study.optimize(objective, n_trials=1, callbacks=[local])
+    search.run_to(budget)
     chosen = picks()
     results[budget] = {rule: {"skip": s.describe(), "search": round(scorer.score(s).matchness, 4),
                               "heldout": round(setup.heldout_scorer.score(s).matchness, 4)}

@@ -49,27 +49,43 @@ class CompareRow:
     errors: int = 0
 
 
+class DefaultSearch:
+    """skipsearch's own search at fixed k (objective matchness), run to a budget of proxy
+    evaluations and continued to a larger one: `default_search`, and the selection-rules tool
+    that judges several budgets' picks from one run."""
+
+    def __init__(self, setup: StudySetup, seed: int, sampler: str):
+        self.setup = setup
+        self.study = open_study("compare", optuna.storages.InMemoryStorage(), "matchness",
+                                make_sampler(sampler, seed, "matchness"))
+        ranking = importance(setup, self.study, progress=False)
+        enqueue_warm_starts(self.study, warm_start_sets(setup, ranking), setup.eligible)
+        self.objective = SkipObjective(setup.scorer.score, setup.costs, setup.eligible, "matchness", setup.k,
+                                       setup.config.draft.max_draft_tokens, setup.thresholds)
+        self.local = LocalSearch(setup.eligible, dict(ranking), "matchness", fixed_count=True)
+        self.history: list[float] = []  # the best value after each trial
+
+    def run_to(self, budget: int) -> None:
+        """Trials until the scorer has spent `budget` evaluations (repeated sets cost none, so it
+        gives up after 3 x `budget` trials)."""
+        for _ in range(3 * budget):
+            if self.setup.scorer.evaluations >= budget:
+                break
+            self.study.optimize(self.objective, n_trials=1, callbacks=[self.local])
+            self.history.append(max(t.value for t in self.study.trials if t.value is not None))
+
+    def best(self) -> SkipSet:
+        return SkipSet.from_attrs(best_trials(self.study, "matchness", 1)[0].user_attrs)
+
+
 def default_search(setup: StudySetup, budget: int, seed: int, sampler: str) -> MethodResult:
     """skipsearch's own search at fixed k within `budget` proxy evaluations."""
-    scorer = setup.scorer
     started = time.perf_counter()
-    study = open_study("compare", optuna.storages.InMemoryStorage(), "matchness",
-                       make_sampler(sampler, seed, "matchness"))
-    ranking = importance(setup, study, progress=False)
-    enqueue_warm_starts(study, warm_start_sets(setup, ranking), setup.eligible)
-    objective = SkipObjective(scorer.score, setup.costs, setup.eligible, "matchness", setup.k,
-                              setup.config.draft.max_draft_tokens, setup.thresholds)
-    local = LocalSearch(setup.eligible, dict(ranking), "matchness", fixed_count=True)
-    history = []
-    for _ in range(3 * budget):  # repeats cost no evaluation; stop on the budget, or give up
-        if scorer.evaluations >= budget:
-            break
-        study.optimize(objective, n_trials=1, callbacks=[local])
-        history.append(max(t.value for t in study.trials if t.value is not None))
-    best = best_trials(study, "matchness", 1)[0]
-    skip_set = SkipSet.from_attrs(best.user_attrs)
-    return MethodResult("skipsearch", skip_set, scorer.score(skip_set), scorer.evaluations,
-                        time.perf_counter() - started, history)
+    search = DefaultSearch(setup, seed, sampler)
+    search.run_to(budget)
+    skip_set = search.best()
+    return MethodResult("skipsearch", skip_set, setup.scorer.score(skip_set), setup.scorer.evaluations,
+                        time.perf_counter() - started, search.history)
 
 
 @dataclass
