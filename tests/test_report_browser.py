@@ -11,10 +11,10 @@ that writes what it saw into `<pre id="probe">`, which is read back from `--dump
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # a browser start is seconds: left to `make test`
 pytestmark = pytest.mark.slow
 
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND",
-    "--virtual-time-budget=10000",
-]
+
+def _report_png():
+    """tools/report_png.py, whose Chromium flags and lookup the tests share (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("report_png", ROOT / "tools" / "report_png.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report_png = _report_png()
 
 PROBE_HEAD = """<script>
 window.__seen = {errors: [], alerts: []};
@@ -66,14 +70,9 @@ window.addEventListener("load", () => setTimeout(() => {
 </script>"""
 
 
-def _find_chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-
-
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    binary = _find_chromium()
+    binary = report_png.find_chromium()
     may_install = os.environ.get("SKIPSEARCH_INSTALL_BROWSER") == "1" or bool(os.environ.get("CI"))
     if binary is None and may_install and hasattr(os, "geteuid") and os.geteuid() == 0:
         for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
@@ -83,7 +82,7 @@ def chromium() -> str:
             except (OSError, subprocess.TimeoutExpired) as exc:
                 print(f"{' '.join(command)} failed: {exc}")
                 break
-        binary = _find_chromium()
+        binary = report_png.find_chromium()
     if binary is None:
         reason = ("headless Chromium not found; install the Debian package `chromium` "
                   "(or run as root with CI=1 or SKIPSEARCH_INSTALL_BROWSER=1 to let the test install it)")
@@ -94,8 +93,8 @@ def chromium() -> str:
 
 def run_chromium(binary: str, page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
-    return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=180)
+    command = [binary, *report_png.OFFLINE_FLAGS, f"--user-data-dir={profile}", *args, page.resolve().as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
 
 
 def build_page(tmp_path: Path, name: str = "report.html") -> tuple[Path, int]:

@@ -21,22 +21,31 @@ sys.path.insert(0, str(ROOT))
 from skipsearch.errors import SkipsearchError  # noqa: E402
 from skipsearch.files import write_atomic  # noqa: E402
 
+# headless, offline (any host name resolves to nothing) and given 10 s of virtual time to draw;
+# tests/test_report_browser.py opens its pages with the same flags
+OFFLINE_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-default-apps", "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND",
+                 "--virtual-time-budget=10000"]
 WINDOW = "1280,3400"  # wide enough for the figures side by side, tall enough for the heat maps
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", f"--window-size={WINDOW}"]
+
+
+def find_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or (
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
 def screenshot(report: Path, png: Path) -> Path:
     if not report.is_file():
         raise SkipsearchError(f"{report} not found: run `make demo` first, or name a report that exists")
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    binary = find_chromium()
     if binary is None:
         raise SkipsearchError("headless Chromium not found; install it (Debian: apt-get install chromium)")
     with tempfile.TemporaryDirectory() as folder:
         shot = Path(folder) / "report.png"
-        done = subprocess.run([binary, *FLAGS, f"--user-data-dir={folder}/profile", f"--screenshot={shot}",
-                               report.resolve().as_uri()], capture_output=True, text=True, timeout=180)
+        done = subprocess.run([binary, *OFFLINE_FLAGS, "--hide-scrollbars", f"--window-size={WINDOW}",
+                               f"--user-data-dir={folder}/profile", f"--screenshot={shot}", report.resolve().as_uri()],
+                              capture_output=True, text=True, timeout=180)
         if done.returncode != 0 or not shot.is_file():
             raise SkipsearchError(f"Chromium did not draw {report}: {done.stderr.strip()[-300:]}")
         return write_atomic(png, shot.read_bytes(), what="picture")
