@@ -8,8 +8,10 @@ category's profile exists, the profile as the runtime runs it (and through `cust
         --out reports/unseen
 
 A benchmark, not a test: run it with nothing else running. Prints one table (each skipsearch row
-against the better of plain generate and the best prompt lookup, as whole calls) and writes it
-as CSV beside every bench's own CSV and JSON.
+against the better of plain generate and the best prompt lookup, as whole calls, over all prompts
+and over those where both gave generate's very output: `same_output_ratio`) and writes it as CSV
+beside every bench's own CSV and JSON. `--rescan` re-reads the benches' JSON already written and
+prints the table again without running anything.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import argparse
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from skipsearch.config.studies import load_study
+from skipsearch.experiments.bench import prompt_lookup_name
 from skipsearch.files import write_atomic
 from skipsearch.search.tasks import load_task, split_prompts
 
@@ -31,7 +35,27 @@ CATEGORIES = ("translation", "summarization", "qa", "math_reasoning", "rag", "co
 DATA = "../shared/data/spec_bench/dev.jsonl"
 COLUMNS = ("category", "dtype", "prompts", "prompt_source", "generate_tokens_per_s", "best_prompt_lookup",
            "prompt_lookup_speedup", "defaults_speedup", "defaults_vs_best_peer", "profile_speedup",
-           "profile_vs_best_peer", "profile_vs_defaults", "custom_generate_vs_best_peer", "errors")
+           "profile_vs_best_peer", "profile_vs_defaults", "custom_generate_vs_best_peer", "errors",
+           "same_output_prompts", "defaults_vs_best_peer_same_output", "profile_vs_best_peer_same_output")
+
+
+def same_output_ratio(result: dict, name: str, peer: str) -> tuple[float | None, int]:
+    """(`name`'s tokens/s over the better of generate's and `peer`'s, the number of prompts) on the
+    prompts where both gave generate's very output. A bfloat16 tie flip changes the text decoded,
+    and with it how much a draft can copy (prompt lookup, flipped into a short or repetitive
+    answer, decodes something easier): speeds are compared on the same text."""
+    runs = {(run["method"], run["prompt_id"]): run for run in result["runs"]}
+    prompts = [prompt for method, prompt in runs if method == "generate"]
+    same = [prompt for prompt in prompts
+            if all(runs[(method, prompt)]["divergence"]["kind"] == "identical" for method in (name, peer))]
+    if not same:
+        return None, 0
+
+    def rate(method: str) -> float:
+        return (sum(len(runs[(method, prompt)]["token_ids"]) for prompt in same)
+                / sum(runs[(method, prompt)]["time_s"] for prompt in same))
+
+    return round(rate(name) / max(rate("generate"), rate(peer)), 3), len(same)
 
 
 def unseen_prompts(category: str, count: int) -> tuple[list[dict], str, str | None]:
@@ -69,6 +93,11 @@ def bench(category: str, dtype: str, prompts: list[dict], source: str, profile: 
         run = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if run.returncode not in (0, 1):
         raise SystemExit(f"{category} {dtype}: bench failed: {run.stderr.strip().splitlines()[-1:]}")
+    return summarise(category, dtype, len(prompts), source, out)
+
+
+def summarise(category: str, dtype: str, prompts: int, source: str, out: Path) -> dict:
+    """The table's row from the bench's JSON in OUT/<category>-<dtype>/."""
     result = json.loads(next((out / f"{category}-{dtype}").glob("bench-*.json")).read_text())
     rows = {row["method"]: row for row in result["rows"]}
     generate = rows["generate"]
@@ -81,7 +110,11 @@ def bench(category: str, dtype: str, prompts: list[dict], source: str, profile: 
     def ratio(row, to):
         return round(row["tokens_per_s"] / to, 3) if row else None
 
-    return {"category": category, "dtype": dtype, "prompts": len(prompts), "prompt_source": source,
+    peer_runs = prompt_lookup_name(int(re.search(r"N=(\d+)", lookup["method"]).group(1)))
+    defaults_same, same_prompts = same_output_ratio(result, defaults["method"], peer_runs)
+    profile_same = same_output_ratio(result, own["method"], peer_runs) if own else (None, 0)
+
+    return {"category": category, "dtype": dtype, "prompts": prompts, "prompt_source": source,
             "generate_tokens_per_s": round(generate["tokens_per_s"], 2), "best_prompt_lookup": lookup["method"],
             "prompt_lookup_speedup": ratio(lookup, generate["tokens_per_s"]),
             "defaults_speedup": ratio(defaults, generate["tokens_per_s"]),
@@ -89,7 +122,10 @@ def bench(category: str, dtype: str, prompts: list[dict], source: str, profile: 
             "profile_speedup": ratio(own, generate["tokens_per_s"]), "profile_vs_best_peer": ratio(own, best_peer),
             "profile_vs_defaults": ratio(own, defaults["tokens_per_s"]) if own else None,
             "custom_generate_vs_best_peer": ratio(custom, best_peer),
-            "errors": sum(row.get("errors") or 0 for row in result["rows"])}
+            "errors": sum(row.get("errors") or 0 for row in result["rows"]),
+            # where the profile row runs, on the prompts both it and the peer decoded as generate did
+            "same_output_prompts": profile_same[1] if own else same_prompts,
+            "defaults_vs_best_peer_same_output": defaults_same, "profile_vs_best_peer_same_output": profile_same[0]}
 
 
 def main() -> int:
@@ -100,6 +136,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports/unseen")
+    parser.add_argument("--rescan", action="store_true", help="summarise the benches already in --out; run nothing")
     args = parser.parse_args()
     out = Path(args.out)
     rows = []
@@ -107,7 +144,8 @@ def main() -> int:
     for category in args.categories:
         prompts, source, profile = unseen_prompts(category, args.prompts)
         for dtype in args.dtypes:
-            row = bench(category, dtype, prompts, source, profile, args, out)
+            row = (summarise(category, dtype, len(prompts), source, out) if args.rescan
+                   else bench(category, dtype, prompts, source, profile, args, out))
             rows.append(row)
             print(" | ".join(str(row[c]) for c in COLUMNS), flush=True)
     text = io.StringIO()
