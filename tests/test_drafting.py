@@ -13,7 +13,6 @@ from skipsearch.engine.drafting import (
     NGRAM,
     PLAIN,
     AcceptanceCounts,
-    Choice,
     DraftPolicy,
     NgramIndex,
     NgramSettings,
@@ -130,24 +129,6 @@ def test_expected_tokens_and_the_posterior_by_position():
     assert capped.acceptance(LAYER_SKIP) == pytest.approx([(1 + 7.2) / (2 + 8)])
     with pytest.raises(SkipsearchError, match="one entry per draft position"):
         AcceptanceCounts((1.0,), ())
-
-
-def test_the_profile_s_prior_fades_like_evidence_and_the_memory_carries_what_is_left():
-    """The search saw 0.9; rounds without the drafter fade that prior towards the default 0.5,
-    and the next call starts from the memory, not from the whole prior again."""
-    prior = Priors(layer_skip=AcceptanceCounts((90.0,), (10.0,)))
-    settings = PolicySettings(layer_skip_prior=0.5, prior_weight=2, prior_cap=8, discount=0.5)
-    memory = PolicyMemory(call_discount=0.5)
-    policy = DraftPolicy(GPU, settings, layer_skip=True, max_draft_tokens=1, priors=prior, memory=memory)
-    assert policy.acceptance(LAYER_SKIP) == pytest.approx([(1 + 7.2) / (2 + 8)])
-    for _ in range(10):
-        policy.record(Choice(PLAIN), 0, 0)
-    assert policy.acceptance(LAYER_SKIP)[0] == pytest.approx(0.5, abs=0.01)
-    policy.remember()
-    again = DraftPolicy(GPU, settings, layer_skip=True, max_draft_tokens=1, priors=prior, memory=memory)
-    assert again.acceptance(LAYER_SKIP)[0] == pytest.approx(0.5, abs=0.01)
-    fresh = DraftPolicy(GPU, settings, layer_skip=True, max_draft_tokens=1, priors=prior, memory=PolicyMemory())
-    assert fresh.acceptance(LAYER_SKIP) == pytest.approx([(1 + 7.2) / (2 + 8)])
 
 
 def test_where_verifying_costs_most_of_a_step_the_policy_decodes_plainly():

@@ -13,11 +13,10 @@ Two drafters propose tokens after the current context:
 What the policy knows is evidence with counts (`AcceptanceCounts`): for each drafter, how
 often a draft's i-th token was accepted and how often it was the first one rejected — for the
 n-gram drafter per matched suffix length, since longer matches predict better. Its belief in
-each position's acceptance is a Beta posterior: a weak default prior (`PolicySettings`) and the
-evidence, discounted by `discount` per round so that old evidence fades (acceptance drifts within
-a generation and between prompts). The profile's priors (what the search measured) are the first
-evidence, their weight capped so that this device's evidence can overrule them; they fade as the
-rest does, and the memory a process carries from call to call holds what is left of them.
+each position's acceptance is a Beta posterior: a weak default prior (`PolicySettings`), the
+profile's priors (what the search measured, their weight capped so that this device's evidence
+can overrule them), and what this process saw, discounted by `discount` per round so that old
+evidence fades (acceptance drifts within a generation and between prompts).
 
 Each round `DraftPolicy.choose` draws one acceptance per position from those posteriors
 (Thompson sampling) and, with this device's costs relative to a plain step, takes the option
@@ -277,12 +276,19 @@ class Priors:
 
 
 class _Belief:
-    """Beta posteriors of one drafter's per-position acceptance: the default prior's fixed
-    pseudo-counts plus the discounted evidence (the profile's priors among it)."""
+    """Beta posteriors of one drafter's per-position acceptance: fixed pseudo-counts (the default
+    prior and the capped profile prior) plus this process's discounted evidence."""
 
-    def __init__(self, positions: int, mean: float, weight: float, evidence: Evidence) -> None:
+    def __init__(self, positions: int, mean: float, weight: float, prior: AcceptanceCounts | None, cap: float,
+                 evidence: Evidence) -> None:
         self.alpha = [mean * weight] * positions
         self.beta = [(1.0 - mean) * weight] * positions
+        if prior is not None:
+            for i in range(min(positions, len(prior.accepted))):
+                a, r = prior.accepted[i], prior.rejected[i]
+                scale = min(1.0, cap / (a + r)) if a + r else 0.0
+                self.alpha[i] += a * scale
+                self.beta[i] += r * scale
         self.evidence = evidence
 
     def sample(self, rng: random.Random | None, positions: int) -> list[float]:
@@ -301,9 +307,9 @@ class _Belief:
 
 class PolicyMemory:
     """The evidence a runtime carries from call to call of one process (and, through
-    `verdicts`, from process to process): per drafter, the discounted acceptance counts, the
-    profile's faded priors among them. A new call fades it by `call_discount`, so the calls
-    before count less than the call itself. Use one memory per skip set and draft settings."""
+    `verdicts`, from process to process): per drafter, the discounted acceptance counts. A new
+    call fades it by `call_discount`, so the calls before count less than the call itself. Use
+    one memory per skip set and draft settings."""
 
     def __init__(self, call_discount: float = 0.5) -> None:
         if not 0.0 <= call_discount <= 1.0:
@@ -384,17 +390,16 @@ class DraftPolicy:
         priors = priors or Priors()
         fade = memory.call_discount if memory is not None else 0.0
         remembered = memory or PolicyMemory()
-        cap = settings.prior_cap
-        self.layer_skip_evidence = _first_evidence(max_draft_tokens, remembered.layer_skip, fade,
-                                                   priors.layer_skip, cap)
+        self.layer_skip_evidence = _faded(max_draft_tokens, remembered.layer_skip, fade)
         self.layer_skip_belief = _Belief(max_draft_tokens, settings.layer_skip_prior, settings.prior_weight,
-                                         self.layer_skip_evidence)
+                                         priors.layer_skip, settings.prior_cap, self.layer_skip_evidence)
         self.ngram_beliefs: dict[int, _Belief] = {}
         if ngram is not None:
             for n in range(ngram.min_n, ngram.max_n + 1):
-                evidence = _first_evidence(ngram.max_tokens, remembered.ngram.get(n), fade, priors.ngram_at(n), cap)
+                evidence = _faded(ngram.max_tokens, remembered.ngram.get(n), fade)
                 self.ngram_beliefs[n] = _Belief(ngram.max_tokens, settings.ngram_prior, settings.prior_weight,
-                                                evidence)
+                                                priors.ngram_at(n),
+                                                settings.prior_cap, evidence)
 
     def _all_evidence(self) -> list[Evidence]:
         return [self.layer_skip_evidence] + [belief.evidence for belief in self.ngram_beliefs.values()]
@@ -528,23 +533,9 @@ class DraftPolicy:
         return self.ngram_beliefs[match].mean(self.ngram.max_tokens)
 
 
-def _first_evidence(positions: int, remembered: AcceptanceCounts | None, fade: float,
-                    prior: AcceptanceCounts | None, cap: float) -> Evidence:
-    """A call's evidence before its first round: what the memory carries, faded by a call; where
-    it carries nothing for this drafter yet, the profile's prior, each position's counts scaled
-    down to at most `cap` drafts. The prior is evidence like any other: it fades round by round,
-    and once remembered, the memory holds what is left of it (a fixed prior would pull the belief
-    back to the search's figures whenever this device's evidence faded)."""
-    if remembered is not None:
-        evidence = Evidence(positions, remembered)
-        evidence.fade(fade)
-        return evidence
-    evidence = Evidence(positions)
-    if prior is not None:
-        for i in range(min(positions, len(prior.accepted))):
-            a, r = prior.accepted[i], prior.rejected[i]
-            scale = min(1.0, cap / (a + r)) if a + r else 0.0
-            evidence.accepted[i], evidence.rejected[i] = a * scale, r * scale
+def _faded(positions: int, counts: AcceptanceCounts | None, factor: float) -> Evidence:
+    evidence = Evidence(positions, counts)
+    evidence.fade(factor)
     return evidence
 
 
