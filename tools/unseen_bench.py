@@ -20,14 +20,12 @@ import argparse
 import csv
 import io
 import json
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from skipsearch.config.studies import load_study
-from skipsearch.experiments.bench import prompt_lookup_name
 from skipsearch.files import write_atomic
 from skipsearch.search.tasks import load_task, split_prompts
 
@@ -110,7 +108,9 @@ def summarise(category: str, dtype: str, prompts: int, source: str, out: Path) -
     def ratio(row, to):
         return round(row["tokens_per_s"] / to, 3) if row else None
 
-    peer_runs = prompt_lookup_name(int(re.search(r"N=(\d+)", lookup["method"]).group(1)))
+    # the table's best prompt lookup, under its own name in the runs
+    peer_runs = max((row for row in result["all_rows"] if row["method"].startswith("prompt lookup ")),
+                    key=lambda row: row["tokens_per_s"])["method"]
     defaults_same, same_prompts = same_output_ratio(result, defaults["method"], peer_runs)
     profile_same = same_output_ratio(result, own["method"], peer_runs) if own else (None, 0)
 
