@@ -6,8 +6,17 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from skipsearch.engine.costs import CostModel, draft_step_cost, measure_costs, verify_cost
+from skipsearch.engine.costs import (
+    CostModel,
+    draft_step_cost,
+    measure_costs,
+    nondecreasing,
+    relative_costs,
+    verify_cost,
+)
 from skipsearch.engine.decoding import DecodeStats
 from skipsearch.engine.prediction import (
     best_draft_length,
@@ -112,6 +121,27 @@ def test_best_draft_length_grows_with_acceptance():
     assert high_speedup == pytest.approx(predicted_speedup(costs, cheap, 0.95, high_gamma))
     with pytest.raises(SkipsearchError, match="max_verify_tokens >= 11"):
         best_draft_length(costs, cheap, 0.95, 10)
+
+
+@given(st.lists(st.floats(0.0, 10.0), min_size=1, max_size=12))
+def test_pooled_costs_never_decrease_and_keep_their_total(values):
+    pooled = nondecreasing(values)
+    assert len(pooled) == len(values)
+    assert all(a <= b + 1e-9 for a, b in zip(pooled, pooled[1:]))
+    assert sum(pooled) == pytest.approx(sum(values))
+    if all(a <= b for a, b in zip(values, values[1:])):
+        assert pooled == pytest.approx(values)
+
+
+def test_a_verify_pass_timed_cheaper_than_a_plain_step_is_pooled_with_it():
+    # bfloat16 on this CPU timed a 2-token pass at 0.80 of a 1-token one: taken as it is, a
+    # layer-skip draft of one token would look like it pays against a plain step
+    costs = CostModel(attention=[0.0011] * 30, mlp=[0.0006] * 30, fixed=0.0053,
+                      verify=[0.0557, 0.0447, 0.0499, 0.0480, 0.0517], device="cpu", dtype="bfloat16")
+    assert costs.verify == pytest.approx([0.0496] * 4 + [0.0517], abs=1e-4)
+    relative = relative_costs(costs, SkipSet(attention=tuple(range(3, 11)) + (25,), mlp=(3, 5)))
+    assert relative.verify[1] == pytest.approx(1.0)
+    assert relative.draft_step + relative.verify[1] > 1.66  # one draft token accepted at 0.66 does not pay
 
 
 def test_verify_cost_interpolates_between_measured_counts():

@@ -63,6 +63,10 @@ class CostModel:
         values = [*self.attention, *self.mlp, self.fixed, *self.verify]
         if any(not math.isfinite(v) or v < 0 for v in values):
             raise SkipsearchError("cost model: costs must be finite and >= 0 seconds")
+        # a pass over more tokens does all the work of one over fewer, so it never costs less; timings
+        # that say otherwise (kernel choices, noise: bfloat16 on a CPU can time 2 tokens at 0.8 of 1)
+        # would make every draft look free against a plain step, so they are pooled
+        self.verify = nondecreasing(self.verify)
 
     @property
     def num_layers(self) -> int:
@@ -110,6 +114,19 @@ class CostModel:
             dtype=str(data["dtype"]),
             context_tokens=int(data.get("context_tokens", 0)),
         )
+
+
+def nondecreasing(values: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence closest to `values` in squared error (isotonic regression by
+    pooling adjacent violators: each run that decreases is replaced by its mean)."""
+    blocks: list[list[float]] = []  # [sum, count] of each pooled run
+    for value in values:
+        blocks.append([value, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [total / count for total, count in blocks for _ in range(int(count))]
 
 
 def describe_device(device: torch.device) -> str:
