@@ -34,26 +34,36 @@ DATA = "../shared/data/spec_bench/dev.jsonl"
 COLUMNS = ("category", "dtype", "prompts", "prompt_source", "generate_tokens_per_s", "best_prompt_lookup",
            "prompt_lookup_speedup", "defaults_speedup", "defaults_vs_best_peer", "profile_speedup",
            "profile_vs_best_peer", "profile_vs_defaults", "custom_generate_vs_best_peer", "errors",
-           "same_output_prompts", "defaults_vs_best_peer_same_output", "profile_vs_best_peer_same_output")
+           "same_output_prompts", "defaults_vs_best_peer_same_output", "profile_vs_best_peer_same_output",
+           "profile_vs_defaults_same_output", "profile_defaults_same_output_prompts")
 
 
-def same_output_ratio(result: dict, name: str, peer: str) -> tuple[float | None, int]:
-    """(`name`'s tokens/s over the better of generate's and `peer`'s, the number of prompts) on the
-    prompts where both gave generate's very output. A bfloat16 tie flip changes the text decoded,
-    and with it how much a draft can copy (prompt lookup, flipped into a short or repetitive
-    answer, decodes something easier): speeds are compared on the same text."""
+def same_output_rates(result: dict, methods: tuple[str, ...]) -> tuple[dict[str, float], int]:
+    """(each of `methods`' tokens/s, and generate's, the number of prompts) on the prompts where all
+    of `methods` gave generate's very output. A bfloat16 tie flip changes the text decoded, and
+    with it how much a draft can copy (prompt lookup, flipped into a short or repetitive answer,
+    decodes something easier): speeds are compared on the same text."""
     runs = {(run["method"], run["prompt_id"]): run for run in result["runs"]}
     prompts = [prompt for method, prompt in runs if method == "generate"]
     same = [prompt for prompt in prompts
-            if all(runs[(method, prompt)]["divergence"]["kind"] == "identical" for method in (name, peer))]
+            if all(runs[(method, prompt)]["divergence"]["kind"] == "identical" for method in methods)]
     if not same:
-        return None, 0
+        return {}, 0
 
     def rate(method: str) -> float:
         return (sum(len(runs[(method, prompt)]["token_ids"]) for prompt in same)
                 / sum(runs[(method, prompt)]["time_s"] for prompt in same))
 
-    return round(rate(name) / max(rate("generate"), rate(peer)), 3), len(same)
+    return {method: rate(method) for method in ("generate", *methods)}, len(same)
+
+
+def same_output_ratio(result: dict, name: str, peer: str) -> tuple[float | None, int]:
+    """(`name`'s tokens/s over the better of generate's and `peer`'s, the number of prompts) on the
+    prompts where both gave generate's very output (`same_output_rates`)."""
+    rates, count = same_output_rates(result, (name, peer))
+    if not count:
+        return None, 0
+    return round(rates[name] / max(rates["generate"], rates[peer]), 3), count
 
 
 def unseen_prompts(category: str, count: int) -> tuple[list[dict], str, str | None]:
@@ -113,6 +123,8 @@ def summarise(category: str, dtype: str, prompts: int, source: str, out: Path) -
                     key=lambda row: row["tokens_per_s"])["method"]
     defaults_same, same_prompts = same_output_ratio(result, defaults["method"], peer_runs)
     profile_same = same_output_ratio(result, own["method"], peer_runs) if own else (None, 0)
+    # the profile against the defaults on the prompts both decoded as generate did
+    both, both_prompts = same_output_rates(result, (own["method"], defaults["method"])) if own else ({}, 0)
 
     return {"category": category, "dtype": dtype, "prompts": prompts, "prompt_source": source,
             "generate_tokens_per_s": round(generate["tokens_per_s"], 2), "best_prompt_lookup": lookup["method"],
@@ -125,7 +137,10 @@ def summarise(category: str, dtype: str, prompts: int, source: str, out: Path) -
             "errors": sum(row.get("errors") or 0 for row in result["rows"]),
             # where the profile row runs, on the prompts both it and the peer decoded as generate did
             "same_output_prompts": profile_same[1] if own else same_prompts,
-            "defaults_vs_best_peer_same_output": defaults_same, "profile_vs_best_peer_same_output": profile_same[0]}
+            "defaults_vs_best_peer_same_output": defaults_same, "profile_vs_best_peer_same_output": profile_same[0],
+            "profile_vs_defaults_same_output": (round(both[own["method"]] / both[defaults["method"]], 3)
+                                                if both_prompts else None),
+            "profile_defaults_same_output_prompts": both_prompts}
 
 
 def main() -> int:
