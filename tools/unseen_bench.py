@@ -35,7 +35,7 @@ COLUMNS = ("category", "dtype", "prompts", "prompt_source", "generate_tokens_per
            "prompt_lookup_speedup", "defaults_speedup", "defaults_vs_best_peer", "profile_speedup",
            "profile_vs_best_peer", "profile_vs_defaults", "custom_generate_vs_best_peer", "errors",
            "same_output_prompts", "defaults_vs_best_peer_same_output", "profile_vs_best_peer_same_output",
-           "profile_vs_defaults_same_output", "profile_defaults_same_output_prompts")
+           "profile_vs_defaults_same_output", "profile_defaults_same_output_prompts", "no_draft_vs_generate")
 
 
 def same_output_rates(result: dict, methods: tuple[str, ...]) -> tuple[dict[str, float], int]:
@@ -140,7 +140,9 @@ def summarise(category: str, dtype: str, prompts: int, source: str, out: Path) -
             "defaults_vs_best_peer_same_output": defaults_same, "profile_vs_best_peer_same_output": profile_same[0],
             "profile_vs_defaults_same_output": (round(both[own["method"]] / both[defaults["method"]], 3)
                                                 if both_prompts else None),
-            "profile_defaults_same_output_prompts": both_prompts}
+            "profile_defaults_same_output_prompts": both_prompts,
+            # skipsearch's decoder with nothing to draft: its overhead against generate
+            "no_draft_vs_generate": ratio(rows["skipsearch (no skip)"], generate["tokens_per_s"])}
 
 
 def main() -> int:
