@@ -192,6 +192,25 @@ def test_a_drafter_that_starts_paying_is_picked_up():
         assert kinds[300:].count(LAYER_SKIP) >= 80, seed
 
 
+def test_a_skip_set_too_unsure_to_draft_is_dropped_though_its_prior_claims_otherwise():
+    """Drafts the confidence threshold stops before their first token cost a draft pass and give
+    nothing; they count as rejected at the first position, so a profile whose priors claim 90%
+    acceptance for such a skip set stops being followed: the belief falls to where drafting is
+    break-even by the costs (evidence fades, so it is re-checked there, at a bounded rate). Without
+    counting them the policy would draft with it every round."""
+    claimed = Priors(layer_skip=AcceptanceCounts((900.0,) * 8, (100.0,) * 8))
+    for seed in range(5):
+        policy = DraftPolicy(GPU, PolicySettings(seed=seed), layer_skip=True, priors=claimed)
+        kinds = []
+        for _ in range(200):
+            choice = policy.choose(8)
+            policy.record(choice, 0, 0)  # whatever was asked, the draft came back empty
+            kinds.append(choice.kind)
+        assert kinds[:5].count(LAYER_SKIP) >= 3, seed  # the prior is followed at first
+        assert kinds[50:].count(LAYER_SKIP) <= 75, seed
+        assert policy.acceptance(LAYER_SKIP)[0] < 0.6, seed
+
+
 def test_the_guard_suspends_drafting_slower_than_plain_steps_and_lets_it_back():
     guard = ThroughputGuard(probe_steps=2, min_rounds=4, first_backoff=16)
     assert guard.allows_drafting(1)  # no probing before there is something to judge

@@ -507,17 +507,18 @@ class DraftPolicy:
         if self.settings.discount < 1.0:
             for evidence in self._all_evidence():
                 evidence.fade(self.settings.discount)
-        if choice.kind == PLAIN or not drafted:
-            return
+        # a layer-skip draft that the confidence threshold stopped before its first token cost a
+        # pass and gave nothing: it counts as rejected at the first position, or a skip set too
+        # unsure to draft would never be shown to lose
         if choice.kind == NGRAM:
             self.ngram_beliefs[choice.match].evidence.record(drafted, accepted)
         elif choice.kind == LAYER_SKIP:
-            self.layer_skip_evidence.record(drafted, accepted)
+            self.layer_skip_evidence.record(max(drafted, 1), accepted)
         elif choice.kind == NGRAM_LAYER_SKIP:
             k = len(choice.tokens)
             self.ngram_beliefs[choice.match].evidence.record(k, min(accepted, k))
-            if accepted >= k and drafted > k:  # the continuation is judged only where the n-grams held
-                self.layer_skip_evidence.record(drafted - k, accepted - k)
+            if accepted >= k:  # the continuation is judged only where the n-grams held
+                self.layer_skip_evidence.record(max(drafted - k, 1), accepted - k)
 
     def remember(self) -> None:
         """Leave this call's evidence in the memory, for the calls after it."""
