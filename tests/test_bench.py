@@ -120,6 +120,7 @@ def test_bench_rows_and_lossless_check(no_eos_model, fixed_costs):
         assert row.ngram_rounds == sum(run.stats.ngram_rounds for run in runs)
         assert row.layer_skip_rounds == sum(run.stats.rounds - run.stats.ngram_rounds for run in runs)
         assert row.plain_steps == sum(run.stats.plain_steps for run in runs)
+        assert row.draft_steps == sum(run.stats.draft_steps for run in runs)
     assert rows[NO_SKIP].acceptance_rate is None and rows[NO_SKIP].predicted_speedup == pytest.approx(1.0)
     assert (rows[NO_SKIP].ngram_rounds, rows[NO_SKIP].layer_skip_rounds) == (0, 0)
     no_fallback = rows[SKIP_ONLY_NO_FALLBACK]
@@ -145,7 +146,7 @@ def test_bench_rows_and_lossless_check(no_eos_model, fixed_costs):
 
     table = csv.DictReader(io.StringIO(_csv_text(result)))
     assert tuple(table.fieldnames) == CSV_COLUMNS
-    assert {"ngram_rounds", "layer_skip_rounds", "plain_steps", "predicted_by"} <= set(CSV_COLUMNS)
+    assert {"ngram_rounds", "layer_skip_rounds", "plain_steps", "draft_steps", "predicted_by"} <= set(CSV_COLUMNS)
     by_method = {line["method"]: line for line in table}
     assert list(by_method) == [row.method for row in result.rows]
     assert by_method[NGRAM_ONLY]["ngram_rounds"] == str(ngram.ngram_rounds)

@@ -49,7 +49,8 @@ DEFAULT_EARLY_EXIT_LAYERS = (4, 8, 12, 16, 20, 24)
 DEFAULT_PROMPT_LOOKUP_NUM_TOKENS = (3, 5, 10)
 CSV_COLUMNS = ("method", "tokens_per_s", "end_to_end_speedup", "acceptance_rate", "mean_accepted_tokens",
                "predicted_speedup", "identical", "tie_flips", "errors", "new_tokens", "time_s", "fell_back",
-               "ngram_rounds", "layer_skip_rounds", "ngram_layer_skip_rounds", "plain_steps", "predicted_by")
+               "ngram_rounds", "layer_skip_rounds", "ngram_layer_skip_rounds", "plain_steps", "draft_steps",
+               "predicted_by")
 
 
 def register(subparsers) -> None:

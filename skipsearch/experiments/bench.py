@@ -225,11 +225,13 @@ class MethodRow:
     fell_back: int | None = None  # prompts on which the decoder switched to plain decoding
     # skipsearch methods, over all prompts: verify rounds of n-gram drafts, of layer-skip drafts,
     # of n-gram drafts the skipped model continued, and full-model steps without a draft (probe,
-    # fallback, the policy's plain choice)
+    # fallback, the policy's plain choice, a layer-skip draft stopped before its first token), and
+    # the skipped model's passes (those of empty drafts included)
     ngram_rounds: int | None = None
     layer_skip_rounds: int | None = None
     ngram_layer_skip_rounds: int | None = None
     plain_steps: int | None = None
+    draft_steps: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -433,6 +435,7 @@ def _summarise(method: _Method, runs: list[PromptRun], baseline_tokens_per_s: fl
         row.layer_skip_rounds = stats.layer_skip_rounds
         row.ngram_layer_skip_rounds = stats.ngram_layer_skip_rounds
         row.plain_steps = stats.plain_steps
+        row.draft_steps = stats.draft_steps
         row.predicted_speedup, row.predicted_by = _prediction(method, runs, costs, replay)
     return row
 
