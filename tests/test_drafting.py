@@ -13,6 +13,7 @@ from skipsearch.engine.drafting import (
     NGRAM,
     PLAIN,
     AcceptanceCounts,
+    Choice,
     DraftPolicy,
     NgramIndex,
     NgramSettings,
@@ -195,9 +196,10 @@ def test_a_drafter_that_starts_paying_is_picked_up():
 def test_a_skip_set_too_unsure_to_draft_is_dropped_though_its_prior_claims_otherwise():
     """Drafts the confidence threshold stops before their first token cost a draft pass and give
     nothing; they count as rejected at the first position, so a profile whose priors claim 90%
-    acceptance for such a skip set stops being followed: the belief falls to where drafting is
-    break-even by the costs (evidence fades, so it is re-checked there, at a bounded rate). Without
-    counting them the policy would draft with it every round."""
+    acceptance for such a skip set stops being followed. The priors fade with the evidence, and
+    the belief falls back to a default prior below break-even by the costs, so the skip set is
+    re-checked by exploration only: in 9-12 of the last 150 rounds here (with the priors kept
+    whole and a default prior of 0.6, in 63-68; without counting empty drafts, in all)."""
     claimed = Priors(layer_skip=AcceptanceCounts((900.0,) * 8, (100.0,) * 8))
     for seed in range(5):
         policy = DraftPolicy(GPU, PolicySettings(seed=seed), layer_skip=True, priors=claimed)
@@ -207,8 +209,23 @@ def test_a_skip_set_too_unsure_to_draft_is_dropped_though_its_prior_claims_other
             policy.record(choice, 0, 0)  # whatever was asked, the draft came back empty
             kinds.append(choice.kind)
         assert kinds[:5].count(LAYER_SKIP) >= 3, seed  # the prior is followed at first
-        assert kinds[50:].count(LAYER_SKIP) <= 75, seed
-        assert policy.acceptance(LAYER_SKIP)[0] < 0.6, seed
+        assert kinds[50:].count(LAYER_SKIP) <= 20, seed
+        assert policy.acceptance(LAYER_SKIP)[0] < 0.3, seed
+
+
+def test_the_profile_s_priors_open_a_memory_s_first_call_only():
+    """The next call opens with what the first left in the memory (the priors' remains included),
+    not with the priors again: a skip set the first call saw rejected is not believed anew."""
+    claimed = Priors(layer_skip=AcceptanceCounts((900.0,) * 8, (100.0,) * 8))
+    settings, memory = PolicySettings(explore=False), PolicyMemory()
+    first = DraftPolicy(GPU, settings, layer_skip=True, priors=claimed, memory=memory)
+    opening = first.acceptance(LAYER_SKIP)[0]
+    for _ in range(10):
+        first.record(Choice(LAYER_SKIP, draft_tokens=1), 1, 0)
+    first.remember()
+    second = DraftPolicy(GPU, settings, layer_skip=True, priors=claimed, memory=memory)
+    without_memory = DraftPolicy(GPU, settings, layer_skip=True, priors=claimed)
+    assert second.acceptance(LAYER_SKIP)[0] < 0.4 < 0.7 < without_memory.acceptance(LAYER_SKIP)[0] == opening
 
 
 def test_the_guard_suspends_drafting_slower_than_plain_steps_and_lets_it_back():

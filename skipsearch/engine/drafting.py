@@ -13,10 +13,13 @@ Two drafters propose tokens after the current context:
 What the policy knows is evidence with counts (`AcceptanceCounts`): for each drafter, how
 often a draft's i-th token was accepted and how often it was the first one rejected — for the
 n-gram drafter per matched suffix length, since longer matches predict better. Its belief in
-each position's acceptance is a Beta posterior: a weak default prior (`PolicySettings`), the
-profile's priors (what the search measured, their weight capped so that this device's evidence
-can overrule them), and what this process saw, discounted by `discount` per round so that old
-evidence fades (acceptance drifts within a generation and between prompts).
+each position's acceptance is a Beta posterior: a weak default prior (`PolicySettings`) and
+the evidence, discounted by `discount` per round so that old evidence fades (acceptance drifts
+within a generation and between prompts). The evidence opens with the profile's priors (what
+the search measured, their weight capped so that this device's evidence can overrule them) in a
+process's first call, and with what the calls before left in the `PolicyMemory` after it: the
+priors come from other prompts on another machine, and re-added whole to every call they had a
+skip set the profile overrated re-tried at the start of each call.
 
 Each round `DraftPolicy.choose` draws one acceptance per position from those posteriors
 (Thompson sampling) and, with this device's costs relative to a plain step, takes the option
@@ -98,14 +101,14 @@ class PolicySettings:
     # the default prior: per-token acceptance believed before any evidence (for n-gram drafts, at
     # every matched length: evidence tells them apart), and how many drafts' worth it counts for
     ngram_prior: float = 0.6
-    layer_skip_prior: float = 0.6
+    layer_skip_prior: float = 0.3
     prior_weight: float = 2.0
     # draft only when the best option's tokens per unit of time beat a plain step's by this factor
     margin: float = 1.0
-    # per-round fading of evidence (1: never); the profile's priors are capped at this many tokens
-    # per position, so that a few dozen rounds on this device can overrule them
+    # per-round fading of evidence, the profile's priors included (1: never); those priors are
+    # capped at this many drafts per position, so that a few rounds on this device can overrule them
     discount: float = 0.95
-    prior_cap: float = 10.0
+    prior_cap: float = 5.0
     seed: int = 0  # Thompson sampling's random stream: the same seed, the same choices
     # False: decide by the posterior means instead of Thompson samples (no exploration)
     explore: bool = True
@@ -277,33 +280,30 @@ class Priors:
 
 
 class _Belief:
-    """Beta posteriors of one drafter's per-position acceptance: fixed pseudo-counts (the default
-    prior and the capped profile prior) plus this process's discounted evidence."""
+    """Beta posteriors of one drafter's per-position acceptance: the default prior's fixed
+    pseudo-counts plus the evidence (which fades)."""
 
-    def __init__(self, positions: int, mean: float, weight: float, prior: AcceptanceCounts | None, cap: float,
-                 evidence: Evidence) -> None:
+    def __init__(self, positions: int, mean: float, weight: float, evidence: Evidence) -> None:
         self.alpha = [mean * weight] * positions
         self.beta = [(1.0 - mean) * weight] * positions
-        if prior is not None:
-            for i in range(min(positions, len(prior.accepted))):
-                a, r = prior.accepted[i], prior.rejected[i]
-                scale = min(1.0, cap / (a + r)) if a + r else 0.0
-                self.alpha[i] += a * scale
-                self.beta[i] += r * scale
         self.evidence = evidence
+
+    def _counts(self, i: int) -> tuple[float, float]:
+        """Position i's Beta parameters."""
+        return self.alpha[i] + self.evidence.accepted[i], self.beta[i] + self.evidence.rejected[i]
 
     def sample(self, rng: random.Random | None, positions: int) -> list[float]:
         """One draw of every position's acceptance (Thompson sampling); the means without `rng`."""
         if rng is None:
             return self.mean(positions)
-        e = self.evidence
-        return [rng.betavariate(self.alpha[i] + e.accepted[i], self.beta[i] + e.rejected[i])
-                for i in range(min(positions, len(self.alpha)))]
+        return [rng.betavariate(*self._counts(i)) for i in range(min(positions, len(self.alpha)))]
 
     def mean(self, positions: int) -> list[float]:
-        e = self.evidence
-        return [(self.alpha[i] + e.accepted[i]) / (self.alpha[i] + self.beta[i] + e.accepted[i] + e.rejected[i])
-                for i in range(min(positions, len(self.alpha)))]
+        means = []
+        for i in range(min(positions, len(self.alpha))):
+            a, b = self._counts(i)
+            means.append(a / (a + b))
+        return means
 
 
 class PolicyMemory:
@@ -321,6 +321,10 @@ class PolicyMemory:
 
     def forget(self) -> None:
         self.layer_skip, self.ngram = None, {}
+
+    def is_empty(self) -> bool:
+        """Whether no call has left its evidence here yet."""
+        return self.layer_skip is None and not self.ngram
 
     def to_dict(self) -> dict:
         def pair(counts: AcceptanceCounts) -> dict:
@@ -388,19 +392,22 @@ class DraftPolicy:
         self.rng = random.Random(settings.seed) if settings.explore else None
         self.explore_allowance = 1.0  # rounds' worth of throughput exploring may still give up
         self.memory = memory
-        priors = priors or Priors()
         fade = memory.call_discount if memory is not None else 0.0
         remembered = memory or PolicyMemory()
-        self.layer_skip_evidence = _faded(max_draft_tokens, remembered.layer_skip, fade)
+        # the profile's priors open the evidence of a memory's first call (of every call without
+        # one); after it, what the memory carries holds what is left of them
+        priors = (priors or Priors()) if remembered.is_empty() else Priors()
+        self.layer_skip_evidence = _opening(max_draft_tokens, remembered.layer_skip, fade, priors.layer_skip,
+                                            settings.prior_cap)
         self.layer_skip_belief = _Belief(max_draft_tokens, settings.layer_skip_prior, settings.prior_weight,
-                                         priors.layer_skip, settings.prior_cap, self.layer_skip_evidence)
+                                         self.layer_skip_evidence)
         self.ngram_beliefs: dict[int, _Belief] = {}
         if ngram is not None:
             for n in range(ngram.min_n, ngram.max_n + 1):
-                evidence = _faded(ngram.max_tokens, remembered.ngram.get(n), fade)
+                evidence = _opening(ngram.max_tokens, remembered.ngram.get(n), fade, priors.ngram_at(n),
+                                    settings.prior_cap)
                 self.ngram_beliefs[n] = _Belief(ngram.max_tokens, settings.ngram_prior, settings.prior_weight,
-                                                priors.ngram_at(n),
-                                                settings.prior_cap, evidence)
+                                                evidence)
 
     def _all_evidence(self) -> list[Evidence]:
         return [self.layer_skip_evidence] + [belief.evidence for belief in self.ngram_beliefs.values()]
@@ -502,9 +509,9 @@ class DraftPolicy:
         return Choice(NGRAM_LAYER_SKIP, tokens=ngram.tokens, draft_tokens=best_m, match=ngram.match, rate=best_rate)
 
     def record(self, choice: Choice, drafted: int, accepted: int) -> None:
-        """Learn from a round: fade all evidence by a round (plain steps included, so that what a
-        drafter showed long ago weighs less when the policy has stopped trying it), then count
-        this round's drafts."""
+        """Learn from a round: fade all evidence by a round, the profile's priors included (plain
+        steps included, so that what a drafter showed long ago weighs less when the policy has
+        stopped trying it), then count this round's drafts."""
         if self.settings.discount < 1.0:
             for evidence in self._all_evidence():
                 evidence.fade(self.settings.discount)
@@ -535,9 +542,18 @@ class DraftPolicy:
         return self.ngram_beliefs[match].mean(self.ngram.max_tokens)
 
 
-def _faded(positions: int, counts: AcceptanceCounts | None, factor: float) -> Evidence:
-    evidence = Evidence(positions, counts)
-    evidence.fade(factor)
+def _opening(positions: int, remembered: AcceptanceCounts | None, fade: float, prior: AcceptanceCounts | None,
+             cap: float) -> Evidence:
+    """A call's opening evidence: what the memory carries, faded by `fade`, plus the profile's
+    prior capped at `cap` drafts per position, so that a few rounds here can overrule it."""
+    evidence = Evidence(positions, remembered)
+    evidence.fade(fade)
+    if prior is not None:
+        for i in range(min(positions, len(prior.accepted))):
+            a, r = prior.accepted[i], prior.rejected[i]
+            scale = min(1.0, cap / (a + r)) if a + r else 0.0
+            evidence.accepted[i] += a * scale
+            evidence.rejected[i] += r * scale
     return evidence
 
 
