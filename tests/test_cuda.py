@@ -11,6 +11,7 @@ import torch
 
 from skipsearch.engine.costs import layer_groups, measure_costs
 from skipsearch.engine.decoding import DecodeSettings, decode
+from skipsearch.engine.drafting import PolicySettings
 from skipsearch.engine.lossless import LosslessCounts, classify
 from skipsearch.engine.skipping import SkipSet
 from skipsearch.engine.timing import Stopwatch
@@ -75,8 +76,10 @@ def test_at_most_one_host_transfer_per_pass_on_the_gpu(monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
-    settings = DecodeSettings(max_new_tokens=24, max_draft_tokens=4, confidence_threshold=0.005, fallback=False)
+    settings = DecodeSettings(max_new_tokens=24, max_draft_tokens=4, confidence_threshold=0.005, fallback=False,
+                              policy=PolicySettings(layer_skip_prior=0.9))  # so that the skip set drafts
     stats = decode(model, [5, 17, 33, 9, 41], SkipSet(attention=(2,), mlp=(3,)), settings).stats
+    assert stats.draft_steps > 0
     assert counted["n"] <= 1 + stats.draft_steps + stats.rounds + stats.plain_steps
 
 

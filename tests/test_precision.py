@@ -10,6 +10,7 @@ import torch
 
 from skipsearch.engine import decoding, forward, lossless
 from skipsearch.engine.decoding import DecodeSettings, decode
+from skipsearch.engine.drafting import PolicySettings
 from skipsearch.engine.lossless import Divergence, LosslessCounts, classify, tie_tolerance
 from skipsearch.engine.skipping import SkipSet
 from skipsearch.errors import SkipsearchError
@@ -96,7 +97,8 @@ def test_at_most_one_host_transfer_per_draft_step_and_per_verify_pass(tiny_model
 
         monkeypatch.setattr(torch.Tensor, name, counting)
     settings = DecodeSettings(max_new_tokens=24, max_draft_tokens=4, confidence_threshold=threshold,
-                              temperature=temperature, seed=1, fallback=False)
+                              temperature=temperature, seed=1, fallback=False,
+                              policy=PolicySettings(layer_skip_prior=0.9))  # so that the skip set drafts
     result = decode(tiny_model, [5, 17, 33, 9, 41], SkipSet(attention=(2,), mlp=(3,)), settings)
     stats = result.stats
     passes = 1 + stats.draft_steps + stats.rounds + stats.plain_steps  # the prefill's choice counts as one
