@@ -112,9 +112,12 @@ class PolicySettings:
     seed: int = 0  # Thompson sampling's random stream: the same seed, the same choices
     # False: decide by the posterior means instead of Thompson samples (no exploration)
     explore: bool = True
-    # what exploring may cost: a Thompson choice is taken while the throughput it gave up by the
-    # posterior means (against the best choice by the means), summed over the call's rounds, stays
-    # within explore_cost per round (plus one round's worth); else the best choice by the means
+    # what exploring may cost: a Thompson choice other than the best by the posterior means is
+    # taken while the time exploring lost, summed over rounds, stays within explore_cost of the
+    # time decoded plus one plain step (a memory's first call; later calls go on with what is
+    # left); else the best choice by the means. A round's loss is the time it took beyond what the
+    # best choice by the means would take for the tokens it committed: judged by the means when
+    # choosing, charged by what the round realized once it is recorded
     explore_cost: float = 0.03
 
     def __post_init__(self) -> None:
@@ -308,9 +311,9 @@ class _Belief:
 
 class PolicyMemory:
     """The evidence a runtime carries from call to call of one process (and, through
-    `verdicts`, from process to process): per drafter, the discounted acceptance counts. A new
-    call fades it by `call_discount`, so the calls before count less than the call itself. Use
-    one memory per skip set and draft settings."""
+    `verdicts`, from process to process): per drafter, the discounted acceptance counts, and what
+    is left of the exploring allowance. A new call fades the counts by `call_discount`, so the
+    calls before count less than the call itself. Use one memory per skip set and draft settings."""
 
     def __init__(self, call_discount: float = 0.5) -> None:
         if not 0.0 <= call_discount <= 1.0:
@@ -318,9 +321,10 @@ class PolicyMemory:
         self.call_discount = call_discount
         self.layer_skip: AcceptanceCounts | None = None
         self.ngram: dict[int, AcceptanceCounts] = {}
+        self.explore_allowance: float | None = None  # None: a call opens with a whole round's worth
 
     def forget(self) -> None:
-        self.layer_skip, self.ngram = None, {}
+        self.layer_skip, self.ngram, self.explore_allowance = None, {}, None
 
     def is_empty(self) -> bool:
         """Whether no call has left its evidence here yet."""
@@ -331,7 +335,8 @@ class PolicyMemory:
             return {"accepted": list(counts.accepted), "rejected": list(counts.rejected)}
 
         return {"layer_skip": None if self.layer_skip is None else pair(self.layer_skip),
-                "ngram": {str(n): pair(c) for n, c in self.ngram.items()}}
+                "ngram": {str(n): pair(c) for n, c in self.ngram.items()},
+                "explore_allowance": self.explore_allowance}
 
     @classmethod
     def from_dict(cls, data: dict, call_discount: float = 0.5) -> "PolicyMemory":
@@ -341,6 +346,7 @@ class PolicyMemory:
                                                  tuple(data["layer_skip"]["rejected"]))
         memory.ngram = {int(n): AcceptanceCounts(tuple(c["accepted"]), tuple(c["rejected"]))
                         for n, c in data.get("ngram", {}).items()}
+        memory.explore_allowance = data.get("explore_allowance")
         return memory
 
 
@@ -390,7 +396,12 @@ class DraftPolicy:
         self.layer_skip = layer_skip
         self.max_draft_tokens = max_draft_tokens
         self.rng = random.Random(settings.seed) if settings.explore else None
-        self.explore_allowance = 1.0  # rounds' worth of throughput exploring may still give up
+        # plain steps of time exploring may still lose; a call goes on with what the calls before
+        # it left, never with more than one step's worth
+        self.explore_allowance = 1.0
+        if memory is not None and memory.explore_allowance is not None:
+            self.explore_allowance = min(1.0, memory.explore_allowance)
+        self.exploring: tuple[float, float] | None = None  # the round's (rate by the means, loss charged)
         self.memory = memory
         fade = memory.call_discount if memory is not None else 0.0
         remembered = memory or PolicyMemory()
@@ -440,10 +451,13 @@ class DraftPolicy:
         draws = (ngram_belief.sample(self.rng, ngram_length) if ngram_belief else [],
                  self.layer_skip_belief.sample(self.rng, skip_length) if skip_length else [])
         sampled = self._best_option(proposal, match, limit, *draws)
-        self.explore_allowance += self.settings.explore_cost
-        given_up = max(0.0, 1.0 - self._rate(sampled, *means) / by_means.rate)
-        if given_up <= self.explore_allowance:
-            self.explore_allowance -= given_up
+        if sampled == by_means:
+            return by_means
+        tokens, cost = self._expected(sampled, *means)
+        loss = max(0.0, cost - tokens / by_means.rate)
+        if loss <= self.explore_allowance:
+            self.explore_allowance -= loss
+            self.exploring = (by_means.rate, loss)
             return sampled
         return by_means
 
@@ -466,10 +480,11 @@ class DraftPolicy:
                 best = option
         return best
 
-    def _rate(self, choice: Choice, ngram_acceptance: list[float], skip_acceptance: list[float]) -> float:
-        """`choice`'s expected tokens per plain step under these per-position acceptances."""
+    def _expected(self, choice: Choice, ngram_acceptance: list[float],
+                  skip_acceptance: list[float]) -> tuple[float, float]:
+        """`choice`'s expected tokens and cost in plain steps under these per-position acceptances."""
         if choice.kind == PLAIN:
-            return 1.0
+            return 1.0, 1.0
         k, m = len(choice.tokens), choice.draft_tokens
         reach, tokens = 1.0, 1.0
         for a in ngram_acceptance[:k]:
@@ -485,7 +500,7 @@ class DraftPolicy:
             cost = m * step + verify[m]
         else:
             cost = self.costs.draft_pass_cost(k + 1) + (m - 1) * step + verify[k + m]
-        return tokens / cost
+        return tokens, cost
 
     def _continued(self, ngram: Choice, ngram_draw: list[float], skip_draw: list[float], limit: int) -> Choice:
         """The n-gram draft `ngram` continued by the skipped model for its best number of tokens
@@ -508,10 +523,20 @@ class DraftPolicy:
                 best_m, best_rate = m, rate
         return Choice(NGRAM_LAYER_SKIP, tokens=ngram.tokens, draft_tokens=best_m, match=ngram.match, rate=best_rate)
 
-    def record(self, choice: Choice, drafted: int, accepted: int) -> None:
-        """Learn from a round: fade all evidence by a round, the profile's priors included (plain
-        steps included, so that what a drafter showed long ago weighs less when the policy has
-        stopped trying it), then count this round's drafts."""
+    def record(self, choice: Choice, drafted: int, accepted: int, draft_steps: int = 0) -> None:
+        """Learn from a round that drafted `drafted` tokens in `draft_steps` passes of the skipped
+        model: fade all evidence by a round, the profile's priors included (plain steps included,
+        so that what a drafter showed long ago weighs less when the policy has stopped trying it),
+        then count this round's drafts. An exploring round is charged what it realized: the means
+        that judged it can be far off (a draft stopped before its first token costs a pass that no
+        mean foresees)."""
+        if self.rng is not None and self.costs is not None:
+            cost = round_cost(self.costs, choice, drafted, draft_steps)
+            self.explore_allowance += self.settings.explore_cost * cost
+            if self.exploring is not None:
+                rate_by_means, charged = self.exploring
+                self.explore_allowance -= max(0.0, cost - (accepted + 1) / rate_by_means) - charged
+                self.exploring = None
         if self.settings.discount < 1.0:
             for evidence in self._all_evidence():
                 evidence.fade(self.settings.discount)
@@ -534,6 +559,8 @@ class DraftPolicy:
             return
         self.memory.layer_skip = self.layer_skip_evidence.counts()
         self.memory.ngram = {n: belief.evidence.counts() for n, belief in self.ngram_beliefs.items()}
+        if self.rng is not None:
+            self.memory.explore_allowance = self.explore_allowance
 
     def acceptance(self, drafter: str, match: int = 0) -> list[float]:
         """The posterior mean acceptance by position of a drafter (for reports and tests)."""

@@ -100,7 +100,7 @@ def run_rounds(backend: RoundBackend, policy: DraftPolicy, guard: ThroughputGuar
 
         spans += [("draft_time_s", last, verify_start), ("verify_time_s", verify_start, end)]
         count_round(stats, choice, len(drafted), accepted, steps)
-        policy.record(choice, len(drafted), accepted)
+        policy.record(choice, len(drafted), accepted, steps)
         if guard is not None:
             now = clock.now()
             guard.drafting_round(now - guard_last, accepted + 1, backend.new_tokens)
