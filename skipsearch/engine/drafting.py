@@ -322,7 +322,7 @@ class PolicyMemory:
         self.call_discount = call_discount
         self.layer_skip: AcceptanceCounts | None = None
         self.ngram: dict[int, AcceptanceCounts] = {}
-        self.explore_allowance: float | None = None  # None: a call opens with a whole round's worth
+        self.explore_allowance: float | None = None  # None: a call opens with one plain step's worth
 
     def forget(self) -> None:
         self.layer_skip, self.ngram, self.explore_allowance = None, {}, None
