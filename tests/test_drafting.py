@@ -244,6 +244,22 @@ def test_exploring_loses_no_more_time_than_its_budget_by_what_rounds_realized():
         assert lost <= opening + settings.explore_cost * spent + GPU.draft_step, seed
 
 
+def test_a_round_the_means_would_choose_too_is_not_charged_to_exploring():
+    """Thompson draws that pick what the means pick, at another predicted rate, are no exploring:
+    such a round takes nothing from the allowance, however little it then commits."""
+    policy = DraftPolicy(GPU, PolicySettings(ngram_prior=0.9), NgramSettings(), layer_skip=False)
+    proposal = [1, 2, 3, 4, 5, 6]
+    for _ in range(30):
+        rng, policy.rng = policy.rng, None
+        by_means = policy.choose(8, proposal=proposal, match=3)
+        policy.rng = rng
+        before = policy.explore_allowance
+        choice = policy.choose(8, proposal=proposal, match=3)
+        policy.record(choice, len(choice.tokens), 0)  # every draft rejected
+        if choice.same_round(by_means):
+            assert policy.explore_allowance >= before, choice
+
+
 def test_the_profile_s_priors_open_a_memory_s_first_call_only():
     """The next call opens with what the first left in the memory (the priors' remains included),
     not with the priors again: a skip set the first call saw rejected is not believed anew."""

@@ -371,6 +371,10 @@ class Choice:
     match: int = 0  # the matched suffix length of an n-gram draft
     rate: float = 1.0
 
+    def same_round(self, other: "Choice") -> bool:
+        """Whether `other` drafts the same way (whatever rate either was predicted at)."""
+        return (self.kind, self.tokens, self.draft_tokens) == (other.kind, other.tokens, other.draft_tokens)
+
 
 def _best_length(acceptance: Sequence[float], verify: Sequence[float], step_cost: float) -> tuple[int, float]:
     """The draft length in 1..len(acceptance) with the most expected tokens per plain step, and
@@ -452,7 +456,7 @@ class DraftPolicy:
         draws = (ngram_belief.sample(self.rng, ngram_length) if ngram_belief else [],
                  self.layer_skip_belief.sample(self.rng, skip_length) if skip_length else [])
         sampled = self._best_option(proposal, match, limit, *draws)
-        if sampled == by_means:
+        if sampled.same_round(by_means):
             return by_means
         tokens, cost = self._expected(sampled, *means)
         loss = max(0.0, cost - tokens / by_means.rate)
